@@ -1,0 +1,20 @@
+# Neuron-level adversarial vulnerability: data -> models -> adversarial pairs -> neuron sensitivity
+# -> robustness tables. All logic lives in the `advneurons` package (src/); rules are wiring.
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/train.smk"
+include: "rules/attack.smk"
+include: "rules/sensitivity.smk"
+include: "rules/evaluate.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_outputs(),
+    localrule: True

@@ -1,0 +1,25 @@
+# Stage 3: adversarial pair sets (clean, perturbed, label, both predictions) on the test split.
+
+
+rule attack_pairs:
+    input:
+        model="results/{data}/models/{model}/model.pt",
+        test=split_file("test"),
+    output:
+        pairs="results/{data}/pairs/{model}/{attack}/pairs.npz",
+        meta="results/{data}/pairs/{model}/{attack}/metadata.json",
+    log:
+        "logs/{data}/attack_pairs/{model}/{attack}.log",
+    benchmark:
+        "benchmarks/{data}/attack_pairs/{model}/{attack}.tsv"
+    conda:
+        "../envs/advneurons.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    params:
+        attack=attack_settings,
+        batch_size=config["evaluation"]["batch_size"],
+    script:
+        "../workflow_scripts/attack_pairs.py"

@@ -1,0 +1,45 @@
+# Stage 1: datasets as uint8 train/val/test split files.
+
+
+rule download_cifar10:
+    output:
+        CIFAR10_ARCHIVE,
+    log:
+        "logs/download_cifar10.log",
+    benchmark:
+        "benchmarks/download_cifar10.tsv"
+    conda:
+        "../envs/advneurons.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=30,
+    params:
+        url=config["dataset"]["cifar10"]["url"],
+        md5=config["dataset"]["cifar10"]["md5"],
+    script:
+        "../workflow_scripts/download_cifar10.py"
+
+
+rule prepare_dataset:
+    input:
+        unpack(dataset_inputs),
+    output:
+        train=split_file("train"),
+        val=split_file("val"),
+        test=split_file("test"),
+        meta="results/{data}/data/metadata.json",
+    log:
+        "logs/{data}/prepare_dataset.log",
+    benchmark:
+        "benchmarks/{data}/prepare_dataset.tsv"
+    conda:
+        "../envs/advneurons.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    params:
+        dataset=dataset_settings,
+    script:
+        "../workflow_scripts/prepare_dataset.py"

@@ -1,0 +1,43 @@
+# Stage 4: per-channel neuron sensitivity of every layer (TIP Eq 1), and the top-k% sensitive channels.
+
+
+rule neuron_sensitivity:
+    input:
+        model="results/{data}/models/{model}/model.pt",
+        pairs="results/{data}/pairs/{model}/{attack}/pairs.npz",
+    output:
+        table="results/{data}/sensitivity/{model}/{attack}/sensitivity_{form}.csv",
+        meta="results/{data}/sensitivity/{model}/{attack}/sensitivity_{form}.json",
+    log:
+        "logs/{data}/neuron_sensitivity/{model}/{attack}_{form}.log",
+    benchmark:
+        "benchmarks/{data}/neuron_sensitivity/{model}/{attack}_{form}.tsv"
+    conda:
+        "../envs/advneurons.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        batch_size=config["sensitivity"]["batch_size"],
+    script:
+        "../workflow_scripts/neuron_sensitivity.py"
+
+
+rule sensitive_channels:
+    input:
+        "results/{data}/sensitivity/{model}/{attack}/sensitivity_{form}.csv",
+    output:
+        "results/{data}/sensitivity/{model}/{attack}/top{percent}pct_{form}.csv",
+    log:
+        "logs/{data}/sensitive_channels/{model}/{attack}_top{percent}pct_{form}.log",
+    benchmark:
+        "benchmarks/{data}/sensitive_channels/{model}/{attack}_top{percent}pct_{form}.tsv"
+    conda:
+        "../envs/advneurons.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../workflow_scripts/sensitive_channels.py"

@@ -1,0 +1,26 @@
+# Stage 2: model training (vanilla, PAT). Resumes from the last finished epoch if a job was killed.
+
+
+rule train_model:
+    input:
+        train=split_file("train"),
+        val=split_file("val"),
+    output:
+        model="results/{data}/models/{model}/model.pt",
+        metrics="results/{data}/models/{model}/metrics.csv",
+        meta="results/{data}/models/{model}/metadata.json",
+    log:
+        "logs/{data}/train_model/{model}.log",
+    benchmark:
+        "benchmarks/{data}/train_model/{model}.tsv"
+    conda:
+        "../envs/advneurons.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=240,
+    params:
+        model=model_settings,
+        dataset=DATASET,
+    script:
+        "../workflow_scripts/train_model.py"

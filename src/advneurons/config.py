@@ -1,0 +1,136 @@
+"""Configuration: schema validation with defaults, cross-reference checks, and parameter-encoding ids.
+
+Every output path carries an id of the form ``<readable name>~<hash>`` where the hash covers exactly the
+settings that produce that output (upstream settings are covered by the parent directories). Changing a
+setting yields a new path, so only dependent jobs run; undoing the change points back at the old results.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+SCHEMA_FILE = "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the offending key."""
+
+
+def schema_path() -> Path:
+    return Path(str(resources.files("advneurons") / SCHEMA_FILE))
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(schema_path().read_text())
+
+
+def _extend_with_defaults(validator_class):
+    """A validator that fills in schema defaults while it validates (as snakemake.utils.validate does)."""
+    from jsonschema import validators
+
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for prop, sub in properties.items():
+                if "default" in sub and prop not in instance:
+                    instance[prop] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _path_of(error) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "<top level>"
+
+
+def validate_config(config: dict) -> dict:
+    """Validate against the schema (filling defaults in place), then check cross-references.
+
+    Raises ConfigError naming the key at fault. Returns the same dict for convenience.
+    """
+    from jsonschema import Draft202012Validator
+
+    validator = _extend_with_defaults(Draft202012Validator)(load_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"config key '{_path_of(e)}': {e.message}" for e in errors[:10]]
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+    check_references(config)
+    return config
+
+
+def check_references(config: dict) -> None:
+    """Checks a JSON schema cannot express: names that must refer to entries defined elsewhere."""
+    attacks = config["attacks"]
+    for i, name in enumerate(config["evaluation"]["attacks"]):
+        if name not in attacks:
+            raise ConfigError(f"config key 'evaluation.attacks[{i}]': attack {name!r} is not defined under 'attacks' "
+                              f"(defined: {', '.join(sorted(attacks))})")
+    sens_attack = config["sensitivity"]["attack"]
+    if sens_attack not in attacks:
+        raise ConfigError(f"config key 'sensitivity.attack': attack {sens_attack!r} is not defined under 'attacks'")
+    for i, name in enumerate(config["models"]["training"]):
+        if name not in config["training"]:
+            raise ConfigError(f"config key 'models.training[{i}]': training {name!r} is not defined under 'training'")
+    for i, name in enumerate(config["models"]["architectures"]):
+        if name not in config["architectures"]:
+            raise ConfigError(f"config key 'models.architectures[{i}]': {name!r} is not defined under 'architectures'")
+
+
+# ------------------------------------------------------------------------------------------------ ids
+def param_hash(params) -> str:
+    """Eight hex digits that change whenever any value in `params` changes (key order is irrelevant)."""
+    blob = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def make_id(name: str, params) -> str:
+    return f"{name}~{param_hash(params)}"
+
+
+def dataset_params(config: dict) -> dict:
+    """The settings that determine the split files."""
+    ds = config["dataset"]
+    params = {"name": ds["name"], "split_seed": ds["split_seed"], "val_fraction": ds["val_fraction"]}
+    if ds["name"] == "digits":
+        params["test_fraction"] = ds["test_fraction"]
+    else:  # CIFAR-10 has an official test set; the archive's checksum pins its content
+        params["md5"] = ds["cifar10"]["md5"]
+    return params
+
+
+def model_entries(config: dict) -> dict[str, dict]:
+    """model id -> {arch, width, training name, training settings, seed} for every configured model."""
+    out = {}
+    for arch in config["models"]["architectures"]:
+        for train_name in config["models"]["training"]:
+            params = {
+                "arch": arch,
+                "width": config["architectures"][arch]["width"],
+                "training": config["training"][train_name],
+                "seed": config["seed"],
+            }
+            out[make_id(f"{arch}-{train_name}", params)] = {**params, "training_name": train_name}
+    return out
+
+
+def attack_entries(config: dict) -> dict[str, dict]:
+    """attack id -> {attack settings, n_images, seed} for every defined attack."""
+    out = {}
+    for name, attack in config["attacks"].items():
+        params = {"attack": attack, "n_images": config["evaluation"]["n_images"], "seed": config["seed"]}
+        out[make_id(name, params)] = {**params, "name": name}
+    return out
+
+
+def load_config(path: Path) -> dict:
+    with open(path) as fh:
+        config = yaml.safe_load(fh) or {}
+    return validate_config(config)

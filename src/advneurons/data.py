@@ -1,0 +1,273 @@
+"""Datasets as uint8 arrays of shape (N, 3, 32, 32) with int64 labels, split into train/val/test.
+
+`digits` is scikit-learn's bundled handwritten digits (8x8, 17 grey levels) upscaled to 3x32x32: it ships
+inside the package, so the default run needs no network. `cifar10` goes through torchvision's download with
+checksum verification; its python batches are read with a restricted unpickler so a foreign archive cannot
+run code.
+
+A split file is an ``.npz`` with ``images`` (uint8) and ``labels`` (int64); `load_split` returns float
+tensors in [0, 1].
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import socket
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DATASETS = ("digits", "cifar10")
+SPLITS = ("train", "val", "test")
+CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+_CIFAR10_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+
+
+class DatasetError(RuntimeError):
+    """A dataset could not be obtained or read; the message says what to do."""
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # uint8, (N, 3, 32, 32)
+    labels: np.ndarray  # int64, (N,)
+
+    def __post_init__(self):
+        if self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[1:] != (3, 32, 32):
+            raise DatasetError(f"images must be uint8 (N, 3, 32, 32), got {self.images.dtype} {self.images.shape}")
+        if self.labels.shape != (len(self.images),):
+            raise DatasetError(f"labels shape {self.labels.shape} does not match {len(self.images)} images")
+
+
+# ----------------------------------------------------------------------------------------------- digits
+def load_digits_images() -> tuple[np.ndarray, np.ndarray]:
+    """All 1797 digits upscaled bilinearly to 32x32, replicated to 3 channels, as uint8."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    small = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)  # (N, 1, 8, 8) in [0, 1]
+    big = F.interpolate(small, size=(32, 32), mode="bilinear", align_corners=False).clamp(0.0, 1.0)
+    images = (big * 255.0).round().to(torch.uint8).repeat(1, 3, 1, 1).numpy()
+    return images, bunch.target.astype(np.int64)
+
+
+def stratified_split(
+    labels: np.ndarray, test_fraction: float, val_fraction: float, seed: int
+) -> dict[str, np.ndarray]:
+    """Index arrays for train/val/test, stratified by label and fixed by `seed`.
+
+    `val_fraction` is a fraction of the whole set, carved out of what is not test.
+    """
+    from sklearn.model_selection import train_test_split
+
+    if not (0 < test_fraction < 1 and 0 <= val_fraction < 1 and test_fraction + val_fraction < 1):
+        raise ValueError(f"bad split fractions: test={test_fraction}, val={val_fraction}")
+    index = np.arange(len(labels))
+    rest, test = train_test_split(index, test_size=test_fraction, random_state=seed, stratify=labels)
+    if val_fraction > 0:
+        val_share = val_fraction / (1.0 - test_fraction)
+        train, val = train_test_split(rest, test_size=val_share, random_state=seed + 1, stratify=labels[rest])
+    else:
+        train, val = rest, rest[:0]
+    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def prepare_digits(test_fraction: float, val_fraction: float, seed: int) -> dict[str, Split]:
+    images, labels = load_digits_images()
+    parts = stratified_split(labels, test_fraction, val_fraction, seed)
+    return {name: Split(images[idx], labels[idx]) for name, idx in parts.items()}
+
+
+# ---------------------------------------------------------------------------------------------- CIFAR-10
+def _manual_instructions(archive: Path, md5: str, url: str) -> str:
+    return (
+        f"Download {url} by hand (md5 {md5}) and place it at {archive.resolve()}; "
+        "the workflow then verifies and uses it without touching the network."
+    )
+
+
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fetch_cifar10_archive(data_dir: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5, timeout: float = 20.0) -> Path:
+    """Return the verified CIFAR-10 archive in `data_dir`, downloading it if it is not there yet.
+
+    A file already in place (put there by hand) is checked and never re-downloaded or deleted. Offline, the
+    download fails after at most `timeout` seconds per connection attempt, with instructions.
+    """
+    from torchvision.datasets.utils import download_url
+
+    data_dir = Path(data_dir)
+    archive = data_dir / CIFAR10_ARCHIVE
+    if archive.exists():
+        actual = file_md5(archive)
+        if actual != md5:
+            raise DatasetError(
+                f"CIFAR-10 archive {archive} is corrupt or not the official one (md5 {actual}, expected {md5}). "
+                + _manual_instructions(archive, md5, url)
+            )
+        return archive
+    data_dir.mkdir(parents=True, exist_ok=True)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)
+    try:
+        download_url(url, str(data_dir), filename=CIFAR10_ARCHIVE, md5=md5)
+    except Exception as exc:  # network errors come in many types (URLError, OSError, HTTPError, timeout)
+        partial = archive.with_suffix(archive.suffix + ".partial")
+        if archive.exists():  # keep what was fetched for inspection, out of the way of the next attempt
+            archive.replace(partial)
+        raise DatasetError(f"could not download CIFAR-10 ({type(exc).__name__}: {exc}). "
+                           + _manual_instructions(archive, md5, url)) from exc
+    finally:
+        socket.setdefaulttimeout(previous)
+    if not archive.exists() or file_md5(archive) != md5:
+        raise DatasetError("CIFAR-10 download did not verify. " + _manual_instructions(archive, md5, url))
+    return archive
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickler that admits only what CIFAR batches contain: dicts, lists, bytes and numpy arrays."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise DatasetError(f"CIFAR-10 batch refers to {module}.{name}, which a data batch never needs; refusing it")
+
+
+def _read_batch(blob: bytes, member: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        batch = _ArrayUnpickler(io.BytesIO(blob), encoding="latin1").load()
+    except DatasetError:
+        raise
+    except Exception as exc:
+        raise DatasetError(f"CIFAR-10 batch {member} is not a readable python batch: {exc}") from exc
+    if not isinstance(batch, dict) or "data" not in batch or "labels" not in batch:
+        raise DatasetError(f"CIFAR-10 batch {member} lacks 'data' or 'labels'")
+    data = np.asarray(batch["data"])
+    labels = np.asarray(batch["labels"], dtype=np.int64)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
+        raise DatasetError(f"CIFAR-10 batch {member} has data {data.dtype} {data.shape} and {len(labels)} labels")
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise DatasetError(f"CIFAR-10 batch {member} has labels outside 0..9")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def read_cifar10_archive(archive: Path) -> tuple[Split, Split]:
+    """Official train and test sets from a `cifar-10-python.tar.gz` (members under cifar-10-batches-py/)."""
+    wanted = {f"cifar-10-batches-py/{name}" for name in (*_CIFAR10_TRAIN_BATCHES, "test_batch")}
+    blobs: dict[str, bytes] = {}
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar.getmembers():
+                if member.name in wanted and member.isfile():
+                    blobs[member.name] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise DatasetError(f"{archive} is not a readable tar.gz archive: {exc}") from exc
+    missing = sorted(wanted - set(blobs))
+    if missing:
+        raise DatasetError(f"{archive} lacks {', '.join(missing)}: not an official cifar-10-batches-py archive")
+    train = [_read_batch(blobs[f"cifar-10-batches-py/{n}"], n) for n in _CIFAR10_TRAIN_BATCHES]
+    test = _read_batch(blobs["cifar-10-batches-py/test_batch"], "test_batch")
+    return (
+        Split(np.concatenate([d for d, _ in train]), np.concatenate([lab for _, lab in train])),
+        Split(*test),
+    )
+
+
+def prepare_cifar10(archive: Path, val_fraction: float, seed: int) -> dict[str, Split]:
+    """Official test set; a stratified validation set held out of the official training set."""
+    from sklearn.model_selection import train_test_split
+
+    train, test = read_cifar10_archive(archive)
+    if val_fraction > 0:
+        index = np.arange(len(train.labels))
+        keep, val = train_test_split(index, test_size=val_fraction, random_state=seed, stratify=train.labels)
+        keep, val = np.sort(keep), np.sort(val)
+        return {
+            "train": Split(train.images[keep], train.labels[keep]),
+            "val": Split(train.images[val], train.labels[val]),
+            "test": test,
+        }
+    return {"train": train, "val": Split(train.images[:0], train.labels[:0]), "test": test}
+
+
+# ------------------------------------------------------------------------------------------------ files
+def save_split(split: Split, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, images=split.images, labels=split.labels)
+    tmp.replace(path)
+
+
+def read_split(path: Path) -> Split:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return Split(f["images"], f["labels"].astype(np.int64))
+    except (OSError, KeyError, ValueError) as exc:
+        raise DatasetError(f"{path} is not a dataset split file: {exc}") from exc
+
+
+def load_split(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float images in [0, 1] and int64 labels."""
+    split = read_split(path)
+    return torch.from_numpy(split.images.astype(np.float32) / 255.0), torch.from_numpy(split.labels)
+
+
+def prepare_dataset(
+    name: str,
+    split_seed: int,
+    test_fraction: float,
+    val_fraction: float,
+    outputs: dict[str, Path],
+    meta_path: Path,
+    archive: Path | None = None,
+    md5: str = CIFAR10_MD5,
+) -> dict:
+    """Workflow step: write the train/val/test split files of a dataset and a metadata JSON."""
+    from .runtime import metadata, write_json
+
+    if name == "digits":
+        parts = prepare_digits(test_fraction, val_fraction, split_seed)
+    elif name == "cifar10":
+        if archive is None:
+            raise DatasetError("CIFAR-10 needs the archive path")
+        actual = file_md5(archive)
+        if actual != md5:
+            raise DatasetError(f"CIFAR-10 archive {archive} has md5 {actual}, expected {md5}. "
+                               + _manual_instructions(Path(archive), md5, CIFAR10_URL))
+        parts = prepare_cifar10(archive, val_fraction, split_seed)
+    else:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    for split_name in SPLITS:
+        save_split(parts[split_name], outputs[split_name])
+    counts = {k: {"n": int(len(v.labels)), "per_class": np.bincount(v.labels, minlength=10).tolist()} for k, v in parts.items()}
+    meta = metadata(
+        "prepare_dataset",
+        {"name": name, "split_seed": split_seed, "test_fraction": test_fraction, "val_fraction": val_fraction},
+        seed=split_seed,
+        splits=counts,
+    )
+    write_json(meta, meta_path)
+    return meta

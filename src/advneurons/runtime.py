@@ -1,0 +1,121 @@
+"""Process set-up shared by every step: threads, seeds, determinism, provenance metadata, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import random
+import sys
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger("advneurons")
+
+
+def setup(threads: int, seed: int | None = None) -> None:
+    """Pin torch to `threads` CPU threads, make kernels deterministic, and seed every RNG.
+
+    Must run before any tensor work: set_num_threads after the first parallel op does not shrink the pool,
+    and two jobs fighting over the same cores run many times slower.
+    """
+    threads = max(1, int(threads))
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set in this process
+        pass
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    if seed is not None:
+        seed_everything(seed)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def generator(seed: int) -> torch.Generator:
+    """A CPU generator of its own, so that one consumer's draws do not shift another's."""
+    g = torch.Generator()
+    g.manual_seed(int(seed))
+    return g
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": sys.version.split()[0], "platform": platform.platform(), "torch": str(torch.__version__)}
+    for pkg in ("advneurons", "numpy", "torchvision", "scikit-learn", "scipy", "pandas", "auto-lirpa"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    out["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    out["threads"] = torch.get_num_threads()
+    return out
+
+
+def metadata(step: str, params: dict, seed: int | None = None, **extra) -> dict:
+    return {
+        "step": step,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seed": seed,
+        "params": params,
+        "versions": versions(),
+        **extra,
+    }
+
+
+@contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary sibling path and move it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(obj, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def configure_logging(log_file: str | Path | None = None) -> None:
+    """Route stderr (tqdm bars, warnings, tracebacks) and the package log into `log_file` if given.
+
+    Snakemake's `log:` file then holds everything the step printed, as a shell rule's `2> {log}` would.
+    """
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        sys.stderr = open(log_file, "w", buffering=1)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        handlers=[logging.StreamHandler(sys.stderr)],
+        force=True,
+    )
+    logging.captureWarnings(True)

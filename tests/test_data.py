@@ -1,0 +1,128 @@
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+import time
+
+import numpy as np
+import pytest
+
+from advneurons import data
+
+
+def test_digits_split_is_stratified_disjoint_and_fixed():
+    parts = data.prepare_digits(test_fraction=0.2, val_fraction=0.1, seed=0)
+    sizes = {k: len(v.labels) for k, v in parts.items()}
+    assert sum(sizes.values()) == 1797
+    assert sizes["test"] == pytest.approx(0.2 * 1797, abs=2)
+    assert sizes["val"] == pytest.approx(0.1 * 1797, abs=2)
+    for split in parts.values():
+        assert split.images.dtype == np.uint8 and split.images.shape[1:] == (3, 32, 32)
+        counts = np.bincount(split.labels, minlength=10) / len(split.labels)
+        np.testing.assert_allclose(counts, 0.1, atol=0.02)  # digits are ~10% per class
+    # Channels are replicated grey levels and the images use the full intensity range.
+    img = parts["train"].images
+    assert np.array_equal(img[:, 0], img[:, 1]) and img.max() == 255 and img.min() == 0
+    # Disjoint: no image index appears in two splits; same seed, same split; other seed, other split.
+    idx = data.stratified_split(data.load_digits_images()[1], 0.2, 0.1, seed=0)
+    assert not set(idx["train"]) & set(idx["test"]) and not set(idx["val"]) & set(idx["test"])
+    assert not set(idx["train"]) & set(idx["val"])
+    again = data.stratified_split(data.load_digits_images()[1], 0.2, 0.1, seed=0)
+    other = data.stratified_split(data.load_digits_images()[1], 0.2, 0.1, seed=1)
+    assert all(np.array_equal(idx[k], again[k]) for k in idx)
+    assert not np.array_equal(idx["test"], other["test"])
+
+
+def test_split_files_round_trip(tmp_path):
+    parts = data.prepare_digits(0.2, 0.1, 0)
+    data.save_split(parts["test"], tmp_path / "test.npz")
+    x, y = data.load_split(tmp_path / "test.npz")
+    assert x.dtype.is_floating_point and 0 <= x.min() and x.max() <= 1
+    assert np.array_equal(y.numpy(), parts["test"].labels)
+
+
+def _batch_blob(n, seed, label_key="labels"):
+    rng = np.random.default_rng(seed)
+    batch = {
+        "batch_label": "testing batch 1 of 1",
+        label_key: rng.integers(0, 10, n).tolist(),
+        "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        "filenames": [f"img_{i}.png" for i in range(n)],
+    }
+    return pickle.dumps(batch, protocol=2)
+
+
+def write_tiny_cifar(path, per_batch=20, members=None):
+    """A cifar-10-python.tar.gz in the official layout (python pickles of dicts) with few images."""
+    blobs = members or {
+        **{f"cifar-10-batches-py/data_batch_{i}": _batch_blob(per_batch, i) for i in range(1, 6)},
+        "cifar-10-batches-py/test_batch": _batch_blob(per_batch, 99),
+        "cifar-10-batches-py/batches.meta": pickle.dumps({"label_names": [str(i) for i in range(10)]}, protocol=2),
+    }
+    with tarfile.open(path, "w:gz") as tar:
+        for name, blob in blobs.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_cifar10_archive_in_official_format_is_read(tmp_path):
+    archive = tmp_path / data.CIFAR10_ARCHIVE
+    md5 = write_tiny_cifar(archive, per_batch=30)
+    outputs = {s: tmp_path / f"{s}.npz" for s in data.SPLITS}
+    meta = data.prepare_dataset("cifar10", 0, 0.2, 0.1, outputs, tmp_path / "meta.json", archive=archive, md5=md5)
+    assert meta["splits"]["test"]["n"] == 30
+    assert meta["splits"]["train"]["n"] + meta["splits"]["val"]["n"] == 150
+    x, y = data.load_split(outputs["test"])
+    raw = pickle.loads(_batch_blob(30, 99))
+    np.testing.assert_array_equal((x.numpy() * 255).round().astype(np.uint8), raw["data"].reshape(-1, 3, 32, 32))
+    np.testing.assert_array_equal(y.numpy(), raw["labels"])
+    # The verified archive already in place is used as is, without the network.
+    assert data.fetch_cifar10_archive(tmp_path, url="http://127.0.0.1:9/none", md5=md5) == archive
+
+
+def test_cifar10_checksum_mismatch_names_the_file_and_the_fix(tmp_path):
+    archive = tmp_path / data.CIFAR10_ARCHIVE
+    write_tiny_cifar(archive)
+    with pytest.raises(data.DatasetError) as err:
+        data.fetch_cifar10_archive(tmp_path, md5="0" * 32)
+    msg = str(err.value)
+    assert "corrupt" in msg and str(archive.resolve()) in msg and "by hand" in msg
+    assert archive.exists()  # the user's file is never deleted
+
+
+def test_corrupt_archive_is_a_clear_error(tmp_path):
+    archive = tmp_path / data.CIFAR10_ARCHIVE
+    archive.write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(data.DatasetError, match="not a readable tar.gz"):
+        data.read_cifar10_archive(archive)
+    write_tiny_cifar(archive, members={"cifar-10-batches-py/test_batch": _batch_blob(3, 0)})
+    with pytest.raises(data.DatasetError, match="data_batch_1"):
+        data.read_cifar10_archive(archive)
+
+
+def test_batch_with_code_payload_is_refused(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    evil = pickle.dumps({"data": Payload(), "labels": [0]}, protocol=2)
+    members = {f"cifar-10-batches-py/data_batch_{i}": evil for i in range(1, 6)}
+    members["cifar-10-batches-py/test_batch"] = evil
+    archive = tmp_path / data.CIFAR10_ARCHIVE
+    write_tiny_cifar(archive, members=members)
+    with pytest.raises(data.DatasetError, match="refusing"):
+        data.read_cifar10_archive(archive)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_offline_download_fails_fast_with_instructions(tmp_path):
+    started = time.monotonic()
+    # Port 9 (discard) on loopback refuses connections: the same failure as having no network.
+    with pytest.raises(data.DatasetError) as err:
+        data.fetch_cifar10_archive(tmp_path / "cifar", url="http://127.0.0.1:9/cifar-10-python.tar.gz", timeout=5)
+    assert time.monotonic() - started < 30
+    msg = str(err.value)
+    assert "could not download" in msg and str((tmp_path / "cifar" / data.CIFAR10_ARCHIVE).resolve()) in msg

@@ -1,0 +1,92 @@
+"""The whole DAG on the tiny config, through the real snakemake command line."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from advneurons.pairs import open_pairs
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--cores", "2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("tiny")
+    shutil.copy(ROOT / ".test" / "config.yaml", workdir / "config.yaml")
+    proc = snakemake(workdir, "all")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return workdir
+
+
+def test_every_stage_produced_its_outputs(tiny_run):
+    results = tiny_run / "results"
+    (data_dir,) = [p for p in results.iterdir() if p.name.startswith("digits~")]
+    models = sorted(p.name.split("~")[0] for p in (data_dir / "models").iterdir())
+    assert models == ["resnet18-pat", "resnet18-vanilla", "vgg16-pat", "vgg16-vanilla"]
+    for model_dir in (data_dir / "models").iterdir():
+        metrics = pd.read_csv(model_dir / "metrics.csv")
+        assert metrics.epoch.tolist() == [1]
+        meta = json.loads((model_dir / "metadata.json").read_text())
+        assert meta["seed"] == 0 and "torch" in meta["versions"]
+        assert not (model_dir / "resume.pt").exists()
+    pair_files = sorted((data_dir / "pairs").glob("*/*/pairs.npz"))
+    assert len(pair_files) == 8
+    for path in pair_files:
+        pairs = open_pairs(path)
+        assert len(pairs) == 24 and pairs.perturbed.min() >= 0 and pairs.perturbed.max() <= 1
+        assert np.abs(pairs.perturbed - pairs.clean).max() <= 32 / 255 + 1e-6
+
+
+def test_sensitivity_outputs_cover_every_layer(tiny_run):
+    (data_dir,) = [p for p in (tiny_run / "results").iterdir() if p.name.startswith("digits~")]
+    tables = sorted((data_dir / "sensitivity").glob("*/pgd~*/sensitivity_tip.csv"))
+    assert len(tables) == 4
+    for table_path in tables:
+        table = pd.read_csv(table_path)
+        expected = [f"conv{i}" for i in range(1, 14)] + ["fc"] if "vgg16" in str(table_path) else None
+        if expected:
+            assert table.layer.unique().tolist() == expected
+        else:
+            assert {"conv1", "l1b1c1", "l4b2c2", "fc"} <= set(table.layer)
+        assert (table.sensitivity >= 0).all() and table.sensitivity.max() > 0
+        top10 = pd.read_csv(table_path.with_name("top10pct_tip.csv"))
+        top50 = pd.read_csv(table_path.with_name("top50pct_tip.csv"))
+        assert len(top50) > len(top10) >= table.layer.nunique()
+        first = table[table.layer == "fc"].sensitivity.max()
+        assert top10[top10.layer == "fc"].sensitivity.iloc[0] == pytest.approx(first)
+
+
+def test_robustness_table_lists_models_and_attack_settings(tiny_run):
+    table = pd.read_csv(tiny_run / "results" / "tables" / "robustness.csv")
+    assert sorted(table.model) == ["resnet18-pat", "resnet18-vanilla", "vgg16-pat", "vgg16-vanilla"]
+    cols = list(table.columns)
+    assert cols[:4] == ["model", "arch", "training", "clean, n=24"]
+    assert any(c.startswith("pgd: L-inf PGD eps=32/255, 3 steps") for c in cols)
+    assert any(c.startswith("fgsm: FGSM eps=32/255") for c in cols)
+    md = (tiny_run / "results" / "tables" / "robustness.md").read_text()
+    assert "vgg16-pat" in md and "|" in md
+
+
+def test_every_job_left_a_log_and_a_benchmark(tiny_run):
+    logs = list((tiny_run / "logs").rglob("*.log"))
+    benchmarks = list((tiny_run / "benchmarks").rglob("*.tsv"))
+    # prepare + 4 train + 8 attacks + 4 sensitivity + 8 top-k + table
+    assert len(logs) == len(benchmarks) == 1 + 4 + 8 + 4 + 8 + 1
+
+
+def test_nothing_left_to_do_after_a_run(tiny_run):
+    proc = snakemake(tiny_run, "-n", "all")
+    assert proc.returncode == 0
+    assert "Nothing to be done" in proc.stdout + proc.stderr

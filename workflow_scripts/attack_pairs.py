@@ -1,0 +1,19 @@
+"""Rule attack_pairs: attack the test split and store the pair set (advneurons.pairs.attack_pair_set)."""
+
+from advneurons import runtime
+from advneurons.pairs import attack_pair_set
+
+smk = snakemake  # noqa: F821 -- injected by Snakemake
+runtime.configure_logging(smk.log[0])
+a = smk.params.attack
+runtime.setup(smk.threads, a["seed"])
+attack_pair_set(
+    model_path=smk.input.model,
+    test_path=smk.input.test,
+    attack_cfg=a["attack"],
+    n_images=a["n_images"],
+    seed=a["seed"],
+    batch_size=smk.params.batch_size,
+    out_path=smk.output.pairs,
+    meta_path=smk.output.meta,
+)

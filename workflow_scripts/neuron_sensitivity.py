@@ -1,0 +1,16 @@
+"""Rule neuron_sensitivity: per-channel sensitivity of every layer (advneurons.sensitivity)."""
+
+from advneurons import runtime
+from advneurons.sensitivity import sensitivity_from_pairs
+
+smk = snakemake  # noqa: F821 -- injected by Snakemake
+runtime.configure_logging(smk.log[0])
+runtime.setup(smk.threads)
+sensitivity_from_pairs(
+    model_path=smk.input.model,
+    pairs_path=smk.input.pairs,
+    normalise=smk.wildcards.form == "tip",
+    batch_size=smk.params.batch_size,
+    out_csv=smk.output.table,
+    meta_path=smk.output.meta,
+)

@@ -1,0 +1,19 @@
+"""Rule prepare_dataset: write the train/val/test split files (advneurons.data.prepare_dataset)."""
+
+from advneurons import runtime
+from advneurons.data import prepare_dataset
+
+smk = snakemake  # noqa: F821 -- injected by Snakemake
+runtime.configure_logging(smk.log[0])
+runtime.setup(smk.threads)
+ds = smk.params.dataset
+prepare_dataset(
+    name=ds["name"],
+    split_seed=ds["split_seed"],
+    test_fraction=ds["test_fraction"],
+    val_fraction=ds["val_fraction"],
+    outputs={"train": smk.output.train, "val": smk.output.val, "test": smk.output.test},
+    meta_path=smk.output.meta,
+    archive=smk.input.get("archive"),
+    md5=ds.get("md5", ""),
+)

@@ -1,0 +1,8 @@
+"""Rule sensitive_channels: top-k% sensitive channels per layer (advneurons.sensitivity.top_channels_file)."""
+
+from advneurons import runtime
+from advneurons.sensitivity import top_channels_file
+
+smk = snakemake  # noqa: F821 -- injected by Snakemake
+runtime.configure_logging(smk.log[0])
+top_channels_file(smk.input[0], float(smk.wildcards.percent), smk.output[0])

@@ -1,0 +1,25 @@
+"""Rule train_model: train one model (advneurons.training.train_model)."""
+
+from pathlib import Path
+
+from advneurons import runtime
+from advneurons.training import TrainConfig, train_model
+
+smk = snakemake  # noqa: F821 -- injected by Snakemake
+runtime.configure_logging(smk.log[0])
+m = smk.params.model
+runtime.setup(smk.threads, m["seed"])
+train_model(
+    train_path=smk.input.train,
+    val_path=smk.input.val,
+    arch=m["arch"],
+    dataset=smk.params.dataset,
+    width=m["width"],
+    cfg=TrainConfig.from_dict(m["training"]),
+    seed=m["seed"],
+    model_out=smk.output.model,
+    metrics_out=smk.output.metrics,
+    metadata_out=smk.output.meta,
+    # Not a declared output, so Snakemake leaves it in place when a job dies and the rerun resumes.
+    resume_path=Path(smk.output.model).with_name("resume.pt"),
+)
