@@ -5,6 +5,7 @@
 from snakemake.utils import min_version
 
 from advneurons import config as settings
+from advneurons.provenance import code_fingerprint
 
 min_version("9.0")
 
@@ -29,6 +30,11 @@ wildcard_constraints:
     attack=r"[a-z0-9_]+~[0-9a-f]{8}",
     form=r"tip|eccv",
     percent=r"[0-9]+(\.[0-9]+)?",
+
+
+def code_version(module):
+    """Fingerprint of the package code a rule runs: editing it re-runs the rule (see provenance.py)."""
+    return code_fingerprint(f"advneurons.{module}")
 
 
 def split_file(split):

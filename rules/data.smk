@@ -15,6 +15,7 @@ rule download_cifar10:
         mem_mb=1000,
         runtime=30,
     params:
+        code=code_version("data"),
         url=config["dataset"]["cifar10"]["url"],
         md5=config["dataset"]["cifar10"]["md5"],
     script:
@@ -40,6 +41,7 @@ rule prepare_dataset:
         mem_mb=4000,
         runtime=20,
     params:
+        code=code_version("data"),
         dataset=dataset_settings,
     script:
         "../workflow_scripts/prepare_dataset.py"

@@ -18,6 +18,7 @@ rule robustness_table:
         mem_mb=2000,
         runtime=10,
     params:
+        code=code_version("evaluation"),
         entries=robustness_entries,
         dataset=DATASET,
     script:

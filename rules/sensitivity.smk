@@ -19,6 +19,7 @@ rule neuron_sensitivity:
         mem_mb=4000,
         runtime=60,
     params:
+        code=code_version("sensitivity"),
         batch_size=config["sensitivity"]["batch_size"],
     script:
         "../workflow_scripts/neuron_sensitivity.py"
@@ -39,5 +40,7 @@ rule sensitive_channels:
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        code=code_version("sensitivity"),
     script:
         "../workflow_scripts/sensitive_channels.py"

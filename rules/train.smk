@@ -20,6 +20,7 @@ rule train_model:
         mem_mb=4000,
         runtime=240,
     params:
+        code=code_version("training"),
         model=model_settings,
         dataset=DATASET,
     script:

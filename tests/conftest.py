@@ -16,3 +16,22 @@ def tiny_vgg():
 
     torch.manual_seed(0)
     return build_model("vgg16", "digits", width=0.0625).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A working directory where the whole DAG has run on the tiny config (.test/config.yaml)."""
+    import shutil
+
+    from workflow_helpers import ROOT, snakemake
+
+    workdir = tmp_path_factory.mktemp("tiny")
+    shutil.copy(ROOT / ".test" / "config.yaml", workdir / "config.yaml")
+    proc = snakemake(workdir, "all")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return workdir
+
+
+# Session fixtures of the SNS analysis tests (a tiny VGG16 trained on a digits subset), registered here so that
+# every test module shares one trained model.
+from sns_fixtures import digits_files, trained_vgg, trained_vgg_path  # noqa: E402,F401

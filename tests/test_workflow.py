@@ -1,33 +1,13 @@
 """The whole DAG on the tiny config, through the real snakemake command line."""
 
 import json
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from advneurons.pairs import open_pairs
-
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = Path(sys.executable).with_name("snakemake")
-
-
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--cores", "2", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("tiny")
-    shutil.copy(ROOT / ".test" / "config.yaml", workdir / "config.yaml")
-    proc = snakemake(workdir, "all")
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return workdir
+from workflow_helpers import snakemake
 
 
 def test_every_stage_produced_its_outputs(tiny_run):

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .attacks import AttackSpec
-from .runtime import atomic_path, generator
+from .runtime import atomic_path, generator, model_device
 
 log = logging.getLogger(__name__)
 
@@ -120,18 +120,19 @@ def generate_pairs(
 ) -> PairSet:
     """Attack a seeded subset of the images (untargeted) and return the dual pair set."""
     model.eval()
+    dev = model_device(model)
     index = select_subset(len(labels), n_images, seed)
     gen = generator(seed + 7919)
     out = {name: [] for name in FIELDS}
     for start in tqdm(range(0, len(index), batch_size), desc=attack.describe(), mininterval=5.0):
         idx = torch.from_numpy(index[start : start + batch_size])
-        x, y = images[idx], labels[idx]
+        x, y = images[idx].to(dev), labels[idx].to(dev)
         x_adv = attack.run(model, x, y, generator=gen)
-        out["clean"].append(x.numpy())
-        out["perturbed"].append(x_adv.numpy())
-        out["label"].append(y.numpy())
-        out["clean_pred"].append(predict(model, x).numpy())
-        out["perturbed_pred"].append(predict(model, x_adv).numpy())
+        out["clean"].append(x.cpu().numpy())
+        out["perturbed"].append(x_adv.cpu().numpy())
+        out["label"].append(y.cpu().numpy())
+        out["clean_pred"].append(predict(model, x).cpu().numpy())
+        out["perturbed_pred"].append(predict(model, x_adv).cpu().numpy())
         out["index"].append(idx.numpy())
     arrays = {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in out.items()}
     return PairSet(
@@ -160,7 +161,10 @@ def attack_pair_set(
     from .runtime import metadata, write_json
 
     attack = AttackSpec.from_config(attack_cfg)  # rejects a bad attack before any expensive work
+    from .runtime import device
+
     model, ckpt = load_model(model_path)
+    model.to(device())
     images, labels = load_split(test_path)
     pairs = generate_pairs(model, images, labels, attack, n_images, seed, batch_size)
     save_pairs(pairs, out_path)

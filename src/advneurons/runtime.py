@@ -50,6 +50,26 @@ def generator(seed: int) -> torch.Generator:
     return g
 
 
+def device() -> torch.device:
+    """CUDA when the job sees a GPU (e.g. a SLURM job with --gpus), else the CPU.
+
+    ADVNEURONS_DEVICE=cpu forces the CPU, e.g. to compare with CPU results.
+    """
+    wanted = os.environ.get("ADVNEURONS_DEVICE")
+    if wanted:
+        return torch.device(wanted)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's tensors live (CPU for a model without any)."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
 def versions() -> dict:
     import importlib.metadata as md
 
@@ -59,7 +79,12 @@ def versions() -> dict:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             pass
-    out["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    out["device"] = str(device())
+    if out["device"].startswith("cuda"):
+        out["gpu"] = torch.cuda.get_device_name()
+    for var in ("SLURM_JOB_ID", "SLURM_CLUSTER_NAME"):
+        if var in os.environ:
+            out[var.lower()] = os.environ[var]
     out["threads"] = torch.get_num_threads()
     return out
 

@@ -20,6 +20,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .runtime import model_device
+
 
 def channel_distance(clean: torch.Tensor, perturbed: torch.Tensor, normalise: bool = True) -> torch.Tensor:
     """Per pair and channel ||F(x) - F(x')||_1 (divided by the map size if `normalise`): shape (N, C)."""
@@ -65,7 +67,7 @@ class SensitivityAccumulator:
     def result(self) -> "OrderedDict[str, np.ndarray]":
         if self.count == 0:
             raise ValueError("no pairs were seen; sensitivity is undefined")
-        return OrderedDict((name, (self.sums[name] / self.count).numpy()) for name in self.layers if name in self.sums)
+        return OrderedDict((name, (self.sums[name] / self.count).cpu().numpy()) for name in self.layers if name in self.sums)
 
 
 @torch.no_grad()
@@ -77,12 +79,13 @@ def neuron_sensitivity(
 ) -> "OrderedDict[str, np.ndarray]":
     """Sensitivity per channel of every layer (default: `model.layers()`), streaming over (clean, perturbed) batches."""
     model.eval()
+    dev = model_device(model)
     layers = layers if layers is not None else model.layers()
     with SensitivityAccumulator(layers, normalise) as acc:
         for clean, perturbed in batches:
             if clean.shape != perturbed.shape:
                 raise ValueError(f"clean batch {tuple(clean.shape)} and perturbed batch {tuple(perturbed.shape)} differ")
-            model(torch.cat([clean, perturbed]))
+            model(torch.cat([clean, perturbed]).to(dev))
             acc.count += len(clean)
     return acc.result()
 
@@ -121,7 +124,10 @@ def sensitivity_from_pairs(
     from .pairs import open_pairs
     from .runtime import atomic_path, metadata, write_json
 
+    from .runtime import device
+
     model, _ = load_model(model_path)
+    model.to(device())
     pairs = open_pairs(pairs_path)
     sens = neuron_sensitivity(model, pairs.batches(batch_size, desc="sensitivity"), normalise=normalise)
     table = sensitivity_table(sens)

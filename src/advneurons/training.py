@@ -24,7 +24,7 @@ from . import checkpoint as ckpt_io
 from .attacks import from_255, pgd_linf
 from .data import load_split
 from .models import build_model
-from .runtime import atomic_path, generator, metadata, write_json
+from .runtime import atomic_path, device, generator, metadata, model_device, write_json
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,10 @@ def augment(x: torch.Tensor, kind: str, gen: torch.Generator, pad: int = 4) -> t
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
     was_training = model.training
     model.eval()
+    dev = model_device(model)
     correct = sum(
-        (model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum().item() for i in range(0, len(x), batch_size)
+        (model(x[i : i + batch_size].to(dev)).argmax(1).cpu() == y[i : i + batch_size]).sum().item()
+        for i in range(0, len(x), batch_size)
     )
     model.train(was_training)
     return correct / max(1, len(x))
@@ -99,7 +101,9 @@ def _train_epoch(model, optimizer, scheduler, cfg: TrainConfig, x, y, gen) -> di
     totals = {"loss": 0.0, "correct": 0, "adv_correct": 0, "seen": 0}
     for start in range(0, len(x), cfg.batch_size):
         idx = order[start : start + cfg.batch_size]
-        xb, yb = augment(x[idx], cfg.augmentation, gen), y[idx]
+        # Augmentation draws from the CPU generator so runs are identical whatever the device.
+        dev = model_device(model)
+        xb, yb = augment(x[idx], cfg.augmentation, gen).to(dev), y[idx].to(dev)
         if cfg.method == "pat":
             x_adv = pgd_linf(model, xb, yb, eps, cfg.steps, step, cfg.random_start, generator=gen)
             # One forward over clean and adversarial halves: BatchNorm sees the 1:1 mixture.
@@ -154,7 +158,7 @@ def train_model(
     x_train, y_train = load_split(train_path)
     x_val, y_val = load_split(val_path) if val_path else (None, None)
     torch.manual_seed(seed)  # weight initialisation
-    model = build_model(arch, dataset, width, num_classes)
+    model = build_model(arch, dataset, width, num_classes).to(device())
     gen = generator(seed + 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
     steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
@@ -173,7 +177,7 @@ def train_model(
             state = None
         if state is not None and state.get("fingerprint") == fingerprint:
             model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
+            optimizer.load_state_dict(state["optimizer"])  # moves the momentum buffers to the model's device
             scheduler.load_state_dict(state["scheduler"])
             gen.set_state(state["generator"])
             history = list(state["history"])
@@ -208,7 +212,7 @@ def train_model(
 
     params = {"arch": arch, "dataset": dataset, "width": width, "num_classes": num_classes, "training": asdict(cfg)}
     meta = metadata("train", params, seed=seed, n_train=len(x_train), final=history[-1] if history else {})
-    ckpt_io.save_model(model, model_out, arch, dataset, width, num_classes, meta)
+    ckpt_io.save_model(model.cpu(), model_out, arch, dataset, width, num_classes, meta)
     with atomic_path(metrics_out) as tmp:
         pd.DataFrame(history).to_csv(tmp, index=False)
     write_json(meta, metadata_out)

@@ -1,0 +1,42 @@
+"""The paper preset dry-runs to the expected DAG, and its GPU profile declares GPUs where they matter."""
+
+import shutil
+
+import yaml
+
+from advneurons import config as settings
+from workflow_helpers import ROOT, planned_jobs
+
+
+def test_paper_preset_plans_the_full_cifar10_dag(tmp_path):
+    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    jobs = planned_jobs(tmp_path, "all", "--configfile", str(ROOT / "presets" / "cifar10_paper.yaml"))
+    assert jobs == {
+        "download_cifar10": 1,
+        "prepare_dataset": 1,
+        "train_model": 4,  # VGG16 and ResNet18, vanilla and PAT
+        "attack_pairs": 12,  # 4 models x (FGSM, PGD for the tables; PGD eps 2 for sensitivity)
+        "neuron_sensitivity": 4,
+        "sensitive_channels": 4,
+        "robustness_table": 1,
+        "all": 1,
+    }
+
+
+def test_paper_preset_uses_the_papers_settings():
+    merged = yaml.safe_load((ROOT / "config.yaml").read_text())
+    preset = yaml.safe_load((ROOT / "presets" / "cifar10_paper.yaml").read_text())
+    assert set(preset) == set(merged), "the preset must set every top-level key of config.yaml"
+    cfg = settings.validate_config(preset)
+    assert cfg["dataset"]["name"] == "cifar10"
+    assert {m["width"] for m in settings.model_entries(cfg).values()} == {1.0}
+    assert cfg["attacks"]["pgd"]["eps"] == 8 and cfg["attacks"]["fgsm"]["eps"] == 8
+    assert cfg["training"]["pat"]["eps"] == 8 and cfg["training"]["pat"]["steps"] == 10
+    assert cfg["attacks"][cfg["sensitivity"]["attack"]]["eps"] == 2
+
+
+def test_gpu_profile_declares_gpus_for_heavy_rules():
+    profile = yaml.safe_load((ROOT / "profiles" / "slurm-gpu" / "config.yaml").read_text())
+    assert profile["executor"] == "slurm"
+    for rule in ("train_model", "attack_pairs", "neuron_sensitivity"):
+        assert profile["set-resources"][rule]["gpu"] == 1, rule
