@@ -33,7 +33,7 @@ wildcard_constraints:
 
 
 def code_version(module):
-    """Fingerprint of the package code a rule runs: editing it re-runs the rule (see provenance.py)."""
+    """Fingerprint of the package code behind a step; editing that code re-runs the step (provenance.py)."""
     return code_fingerprint(f"advneurons.{module}")
 
 

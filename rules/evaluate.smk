@@ -5,7 +5,11 @@ rule robustness_table:
     input:
         pairs=evaluation_pairs(),
     output:
-        csv="results/tables/robustness.csv",
+        csv=report(
+            "results/tables/robustness.csv",
+            caption="../report/robustness.rst",
+            category="Robustness",
+        ),
         md="results/tables/robustness.md",
     log:
         "logs/robustness_table.log",

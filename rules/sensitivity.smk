@@ -6,7 +6,13 @@ rule neuron_sensitivity:
         model="results/{data}/models/{model}/model.pt",
         pairs="results/{data}/pairs/{model}/{attack}/pairs.npz",
     output:
-        table="results/{data}/sensitivity/{model}/{attack}/sensitivity_{form}.csv",
+        table=report(
+            "results/{data}/sensitivity/{model}/{attack}/sensitivity_{form}.csv",
+            caption="../report/sensitivity.rst",
+            category="Neuron sensitivity",
+            subcategory="{model}",
+            labels={"model": "{model}", "table": "all channels ({form})"},
+        ),
         meta="results/{data}/sensitivity/{model}/{attack}/sensitivity_{form}.json",
     log:
         "logs/{data}/neuron_sensitivity/{model}/{attack}_{form}.log",
@@ -29,7 +35,13 @@ rule sensitive_channels:
     input:
         "results/{data}/sensitivity/{model}/{attack}/sensitivity_{form}.csv",
     output:
-        "results/{data}/sensitivity/{model}/{attack}/top{percent}pct_{form}.csv",
+        report(
+            "results/{data}/sensitivity/{model}/{attack}/top{percent}pct_{form}.csv",
+            caption="../report/top_channels.rst",
+            category="Neuron sensitivity",
+            subcategory="{model}",
+            labels={"model": "{model}", "table": "top {percent}% ({form})"},
+        ),
     log:
         "logs/{data}/sensitive_channels/{model}/{attack}_top{percent}pct_{form}.log",
     benchmark:

@@ -70,3 +70,12 @@ def test_nothing_left_to_do_after_a_run(tiny_run):
     proc = snakemake(tiny_run, "-n", "all")
     assert proc.returncode == 0
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_html_report_holds_every_table_with_its_caption(tiny_run):
+    proc = snakemake(tiny_run, "--report", "report.html")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    html = (tiny_run / "report.html").read_text()
+    assert "robustness.csv" in html and "Accuracy (%) of every model on the digits test split" in html
+    assert html.count("sensitivity_tip.csv") >= 4 and "divided by the map size (TIP Eq 1)" in html
+    assert "top10pct_tip.csv" in html and "top50pct_tip.csv" in html
