@@ -18,6 +18,9 @@ DATA_ID = settings.make_id(DATASET, settings.dataset_params(config))
 MODELS = settings.model_entries(config)
 ATTACKS = settings.attack_entries(config)
 ATTACK_ID = {entry["name"]: attack_id for attack_id, entry in ATTACKS.items()}
+ROBUSTNESS = settings.robustness_entries(config)
+ROBUSTNESS_ID = {entry["name"]: eval_id for eval_id, entry in ROBUSTNESS.items()}
+SWEEP_ID = settings.sweep_id(config)
 SENSITIVITY_FORM = config["sensitivity"]["form"]
 CIFAR10_ARCHIVE = os.path.join(
     config["dataset"]["cifar10"]["data_dir"], "cifar-10-python.tar.gz"
@@ -28,6 +31,7 @@ wildcard_constraints:
     data=r"[a-z0-9]+~[0-9a-f]{8}",
     model=r"[a-z0-9]+-[a-z0-9_]+~[0-9a-f]{8}",
     attack=r"[a-z0-9_]+~[0-9a-f]{8}",
+    sweep=r"pgd_sweep~[0-9a-f]{8}",
     form=r"tip|eccv",
     percent=r"[0-9]+(\.[0-9]+)?",
 
@@ -68,26 +72,32 @@ def pairs_path(model_id, attack_id):
     return f"results/{DATA_ID}/pairs/{model_id}/{attack_id}/pairs.npz"
 
 
-def evaluation_pairs():
+def model_name(wildcards):
+    """Display name of a model in tables and figures, e.g. vgg16-pat."""
+    entry = MODELS[wildcards.model]
+    return f"{entry['arch']}-{entry['training_name']}"
+
+
+def robustness_settings(wildcards):
+    return ROBUSTNESS[wildcards.attack]
+
+
+def robustness_records(names):
+    """Records files of every model under each named attack."""
     return [
-        pairs_path(model_id, ATTACK_ID[name])
+        f"results/{DATA_ID}/robustness/{model_id}/{ROBUSTNESS_ID[name]}.csv"
         for model_id in MODELS
-        for name in config["evaluation"]["attacks"]
+        for name in names
     ]
 
 
-def robustness_entries(wildcards):
-    """What the table needs to label each pair set, in the order of evaluation_pairs()."""
+def sweep_settings(wildcards):
+    return config["sweeps"] | {"seed": config["seed"]}
+
+
+def sweep_files():
     return [
-        {
-            "model": f"{entry['arch']}-{entry['training_name']}",
-            "arch": entry["arch"],
-            "training": entry["training_name"],
-            "attack": name,
-            "attack_settings": config["attacks"][name],
-        }
-        for entry in MODELS.values()
-        for name in config["evaluation"]["attacks"]
+        f"results/{DATA_ID}/sweeps/{model_id}/{SWEEP_ID}.csv" for model_id in MODELS
     ]
 
 
@@ -102,9 +112,27 @@ def sensitivity_outputs():
     return expand(files, model=list(MODELS))
 
 
-def final_outputs():
+def robustness_outputs():
+    files = []
+    if config["robustness"]["table_iii"]:
+        files += ["results/tables/robustness.csv", "results/tables/robustness.md"]
+    if config["robustness"]["table_i"]:
+        files += [
+            "results/tables/robustness_table_i.csv",
+            "results/tables/robustness_table_i.md",
+        ]
+    if config["sweeps"]["enabled"]:
+        files += ["results/tables/pgd_sweep.csv", "results/figures/pgd_sweep_steps.png"]
+    return files
+
+
+def pair_set_outputs():
     return [
-        "results/tables/robustness.csv",
-        "results/tables/robustness.md",
-        *sensitivity_outputs(),
+        pairs_path(model_id, ATTACK_ID[name])
+        for model_id in MODELS
+        for name in config["evaluation"]["attacks"]
     ]
+
+
+def final_outputs():
+    return [*pair_set_outputs(), *robustness_outputs(), *sensitivity_outputs()]

@@ -1,9 +1,36 @@
-# Stage 5: robustness table over all models and evaluation attacks.
+# Stage 5: accuracy under the attack suite (one job per model and attack), the papers' tables, and the
+# L-inf PGD sweeps over steps and eps.
+
+
+rule evaluate_attack:
+    input:
+        model="results/{data}/models/{model}/model.pt",
+        test=split_file("test"),
+    output:
+        records="results/{data}/robustness/{model}/{attack}.csv",
+        meta="results/{data}/robustness/{model}/{attack}.json",
+    log:
+        "logs/{data}/evaluate_attack/{model}/{attack}.log",
+    benchmark:
+        "benchmarks/{data}/evaluate_attack/{model}/{attack}.tsv"
+    conda:
+        "../envs/advneurons.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=240,
+    params:
+        code=code_version("robustness"),
+        evaluation=robustness_settings,
+        model_name=model_name,
+        batch_size=config["robustness"]["batch_size"],
+    script:
+        "../workflow_scripts/evaluate_attack.py"
 
 
 rule robustness_table:
     input:
-        pairs=evaluation_pairs(),
+        records=robustness_records(config["robustness"]["table_iii"].values()),
     output:
         csv=report(
             "results/tables/robustness.csv",
@@ -11,6 +38,12 @@ rule robustness_table:
             category="Robustness",
         ),
         md="results/tables/robustness.md",
+        settings=report(
+            "results/tables/robustness_settings.csv",
+            caption="../report/robustness_settings.rst",
+            category="Robustness",
+        ),
+        settings_md="results/tables/robustness_settings.md",
     log:
         "logs/robustness_table.log",
     benchmark:
@@ -22,8 +55,96 @@ rule robustness_table:
         mem_mb=2000,
         runtime=10,
     params:
-        code=code_version("evaluation"),
-        entries=robustness_entries,
+        code=code_version("robustness"),
+        layout="table_iii",
+        columns=config["robustness"]["table_iii"],
         dataset=DATASET,
     script:
         "../workflow_scripts/robustness_table.py"
+
+
+rule robustness_table_i:
+    input:
+        records=robustness_records(config["robustness"]["table_i"]),
+    output:
+        csv=report(
+            "results/tables/robustness_table_i.csv",
+            caption="../report/robustness_table_i.rst",
+            category="Robustness",
+        ),
+        md="results/tables/robustness_table_i.md",
+        settings="results/tables/robustness_table_i_settings.csv",
+        settings_md="results/tables/robustness_table_i_settings.md",
+    log:
+        "logs/robustness_table_i.log",
+    benchmark:
+        "benchmarks/robustness_table_i.tsv"
+    conda:
+        "../envs/advneurons.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        code=code_version("robustness"),
+        layout="table_i",
+        columns=None,
+        dataset=DATASET,
+    script:
+        "../workflow_scripts/robustness_table.py"
+
+
+rule pgd_sweep:
+    input:
+        model="results/{data}/models/{model}/model.pt",
+        test=split_file("test"),
+    output:
+        csv="results/{data}/sweeps/{model}/{sweep}.csv",
+        meta="results/{data}/sweeps/{model}/{sweep}.json",
+    log:
+        "logs/{data}/pgd_sweep/{model}/{sweep}.log",
+    benchmark:
+        "benchmarks/{data}/pgd_sweep/{model}/{sweep}.tsv"
+    conda:
+        "../envs/advneurons.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=240,
+    params:
+        code=code_version("robustness"),
+        sweep=sweep_settings,
+        model_name=model_name,
+    script:
+        "../workflow_scripts/pgd_sweep.py"
+
+
+rule sweep_figures:
+    input:
+        sweeps=sweep_files(),
+    output:
+        csv="results/tables/pgd_sweep.csv",
+        steps_png=report(
+            "results/figures/pgd_sweep_steps.png",
+            caption="../report/pgd_sweep_steps.rst",
+            category="Robustness",
+        ),
+        eps_png=report(
+            "results/figures/pgd_sweep_eps.png",
+            caption="../report/pgd_sweep_eps.rst",
+            category="Robustness",
+        ),
+    log:
+        "logs/sweep_figures.log",
+    benchmark:
+        "benchmarks/sweep_figures.tsv"
+    conda:
+        "../envs/advneurons.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        code=code_version("robustness"),
+    script:
+        "../workflow_scripts/sweep_figures.py"

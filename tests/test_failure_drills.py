@@ -76,7 +76,7 @@ def test_killed_training_job_resumes_to_the_same_weights_and_tables(tmp_path):
     b = torch.load(new_model, weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # Same seed, same config: identical result tables.
-    for table in ("robustness.csv",):
+    for table in ("robustness.csv", "robustness_table_i.csv", "pgd_sweep.csv"):
         pd.testing.assert_frame_equal(
             pd.read_csv(reference / "results" / "tables" / table), pd.read_csv(tmp_path / "results" / "tables" / table)
         )

@@ -15,10 +15,14 @@ def test_paper_preset_plans_the_full_cifar10_dag(tmp_path):
         "download_cifar10": 1,
         "prepare_dataset": 1,
         "train_model": 4,  # VGG16 and ResNet18, vanilla and PAT
-        "attack_pairs": 12,  # 4 models x (FGSM, PGD for the tables; PGD eps 2 for sensitivity)
+        "attack_pairs": 12,  # 4 models x (FGSM, PGD pair sets; PGD eps 2 for sensitivity)
         "neuron_sensitivity": 4,
         "sensitive_channels": 4,
+        "evaluate_attack": 60,  # 4 models x 15 attacks of TIP Tables III and I (+ AutoAttack)
         "robustness_table": 1,
+        "robustness_table_i": 1,
+        "pgd_sweep": 4,
+        "sweep_figures": 1,
         "all": 1,
     }
 
@@ -38,5 +42,5 @@ def test_paper_preset_uses_the_papers_settings():
 def test_gpu_profile_declares_gpus_for_heavy_rules():
     profile = yaml.safe_load((ROOT / "profiles" / "slurm-gpu" / "config.yaml").read_text())
     assert profile["executor"] == "slurm"
-    for rule in ("train_model", "attack_pairs", "neuron_sensitivity"):
+    for rule in ("train_model", "attack_pairs", "neuron_sensitivity", "evaluate_attack", "pgd_sweep"):
         assert profile["set-resources"][rule]["gpu"] == 1, rule

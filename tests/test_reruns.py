@@ -1,7 +1,8 @@
 """Exact partial re-runs: changing one parameter schedules exactly the jobs downstream of it.
 
-Expected job counts are for the tiny config (.test/config.yaml): 2 architectures x 2 trainings = 4 models,
-attacks fgsm and pgd, sensitivity from pgd with top 10% and 50%.
+Expected job counts are for the tiny config (.test/config.yaml): 2 architectures x 2 trainings = 4 models;
+pair sets from fgsm and pgd; sensitivity from pgd with top 10% and 50%; 7 attacks in the robustness
+tables (pgd among them); one PGD sweep per model.
 """
 
 import pytest
@@ -11,18 +12,24 @@ from workflow_helpers import planned_jobs, snakemake
 
 EVERYTHING = {
     "prepare_dataset": 1, "train_model": 4, "attack_pairs": 8, "neuron_sensitivity": 4,
-    "sensitive_channels": 8, "robustness_table": 1, "all": 1,
+    "sensitive_channels": 8, "evaluate_attack": 28, "robustness_table": 1, "robustness_table_i": 1,
+    "pgd_sweep": 4, "sweep_figures": 1, "all": 1,
+}
+# Two of the four models are retrained: everything computed from them follows.
+TWO_MODELS = {
+    "train_model": 2, "attack_pairs": 4, "neuron_sensitivity": 2, "sensitive_channels": 4,
+    "evaluate_attack": 14, "robustness_table": 1, "robustness_table_i": 1, "pgd_sweep": 2, "sweep_figures": 1,
+    "all": 1,
 }
 
 CHANGES = {
     "pgd eps": (
         {"attacks": {"pgd": {"eps": 24}}},
-        {"attack_pairs": 4, "neuron_sensitivity": 4, "sensitive_channels": 8, "robustness_table": 1, "all": 1},
+        # pgd feeds the pair sets behind the sensitivity files and both tables
+        {"attack_pairs": 4, "neuron_sensitivity": 4, "sensitive_channels": 8, "evaluate_attack": 4,
+         "robustness_table": 1, "robustness_table_i": 1, "all": 1},
     ),
-    "PAT epochs": (
-        {"training": {"pat": {"epochs": 2}}},
-        {"train_model": 2, "attack_pairs": 4, "neuron_sensitivity": 2, "sensitive_channels": 4, "robustness_table": 1, "all": 1},
-    ),
+    "PAT epochs": ({"training": {"pat": {"epochs": 2}}}, TWO_MODELS),
     "top-k percentage": (
         {"sensitivity": {"top_percent": [10, 25]}},
         {"sensitive_channels": 4, "all": 1},
@@ -32,17 +39,19 @@ CHANGES = {
         {"sensitivity": {"form": "eccv"}},
         {"neuron_sensitivity": 4, "sensitive_channels": 8, "all": 1},
     ),
-    "ResNet width": (
-        {"architectures": {"resnet18": {"width": 0.125}}},
-        {"train_model": 2, "attack_pairs": 4, "neuron_sensitivity": 2, "sensitive_channels": 4, "robustness_table": 1, "all": 1},
-    ),
-    "attacked images": (
+    "ResNet width": ({"architectures": {"resnet18": {"width": 0.125}}}, TWO_MODELS),
+    "images per pair set": (
         {"evaluation": {"n_images": 16}},
-        {"attack_pairs": 8, "neuron_sensitivity": 4, "sensitive_channels": 8, "robustness_table": 1, "all": 1},
+        {"attack_pairs": 8, "neuron_sensitivity": 4, "sensitive_channels": 8, "all": 1},
     ),
-    "evaluated attacks": (
-        {"evaluation": {"attacks": ["pgd"]}},
-        {"robustness_table": 1, "all": 1},
+    "images per robustness attack": (
+        {"robustness": {"n_images": 16}},
+        # spsa keeps its own subset size (n_images_by_attack)
+        {"evaluate_attack": 24, "robustness_table": 1, "robustness_table_i": 1, "all": 1},
+    ),
+    "sweep eps values": (
+        {"sweeps": {"eps_values": [8, 16, 32]}},
+        {"pgd_sweep": 4, "sweep_figures": 1, "all": 1},
     ),
 }
 

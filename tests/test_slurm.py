@@ -21,8 +21,9 @@ TEST_FLAGS = [
     "--profile", str(ROOT / "profiles" / "slurm"),
     "--slurm-no-account", "--slurm-status-command", "squeue",
     "--slurm-init-seconds-before-status-checks", "1", "--jobs", "4",
-    "--set-threads", "train_model=1", "attack_pairs=1", "neuron_sensitivity=1",
+    "--set-threads", "train_model=1", "attack_pairs=1", "neuron_sensitivity=1", "evaluate_attack=1", "pgd_sweep=1",
     "--set-resources", "train_model:mem_mb=3000", "attack_pairs:mem_mb=3000", "neuron_sensitivity:mem_mb=3000",
+    "evaluate_attack:mem_mb=3000", "pgd_sweep:mem_mb=3000",
 ]
 
 
@@ -51,11 +52,13 @@ def slurm_run(tmp_path_factory):
 def test_every_job_ran_as_a_completed_slurm_job(slurm_run):
     _, jobs, _ = slurm_run
     # all jobs of the DAG except the local `all` rule
-    assert len(jobs) == 1 + 4 + 8 + 4 + 8 + 1
+    # prepare, 4 train, 8 pair sets, 4 sensitivity, 8 top-k, 28 evaluations, 2 tables, 4 sweeps, 1 figure
+    assert len(jobs) == 1 + 4 + 8 + 4 + 8 + 28 + 2 + 4 + 1
     assert {j["state"] for j in jobs} == {"COMPLETED"}
     rules = sorted({j["comment"].split("_wildcards")[0].removeprefix("rule_") for j in jobs})
-    assert rules == ["attack_pairs", "neuron_sensitivity", "prepare_dataset", "robustness_table",
-                     "sensitive_channels", "train_model"], rules
+    assert rules == ["attack_pairs", "evaluate_attack", "neuron_sensitivity", "pgd_sweep", "prepare_dataset",
+                     "robustness_table", "robustness_table_i", "sensitive_channels", "sweep_figures",
+                     "train_model"], rules
 
 
 def test_slurm_results_equal_the_local_run(slurm_run, tiny_run):

@@ -48,22 +48,39 @@ def test_sensitivity_outputs_cover_every_layer(tiny_run):
         assert top10[top10.layer == "fc"].sensitivity.iloc[0] == pytest.approx(first)
 
 
-def test_robustness_table_lists_models_and_attack_settings(tiny_run):
-    table = pd.read_csv(tiny_run / "results" / "tables" / "robustness.csv")
+def test_robustness_tables_have_the_papers_columns_and_trace_every_cell(tiny_run):
+    tables = tiny_run / "results" / "tables"
+    table = pd.read_csv(tables / "robustness.csv")
     assert sorted(table.model) == ["resnet18-pat", "resnet18-vanilla", "vgg16-pat", "vgg16-vanilla"]
-    cols = list(table.columns)
-    assert cols[:4] == ["model", "arch", "training", "clean, n=24"]
-    assert any(c.startswith("pgd: L-inf PGD eps=32/255, 3 steps") for c in cols)
-    assert any(c.startswith("fgsm: FGSM eps=32/255") for c in cols)
-    md = (tiny_run / "results" / "tables" / "robustness.md").read_text()
-    assert "vgg16-pat" in md and "|" in md
+    assert list(table.columns) == ["model", "Clean", "C&W", "L2 PGD", "L-inf PGD", "FGSM", "SPSA"]
+    assert ((table.drop(columns="model") >= 0) & (table.drop(columns="model") <= 100)).all().all()
+    settings = pd.read_csv(tables / "robustness_settings.csv")
+    assert len(settings) == 4 * 6  # every cell but the model names
+    spsa = settings[settings.column == "SPSA"]
+    assert set(spsa.n_images) == {8} and set(settings[settings.column == "FGSM"].n_images) == {24}
+    assert set(settings[settings.column == "L-inf PGD"].eps_255) == {32}
+    table_i = pd.read_csv(tables / "robustness_table_i.csv")
+    assert list(table_i.columns) == ["model", "Clean", "PGD eps=32/255", "Gaussian s=1", "Gaussian s=5"]
+    # One evaluation job per model and attack, reused by both tables (pgd appears in both).
+    (data_dir,) = [p for p in (tiny_run / "results").iterdir() if p.name.startswith("digits~")]
+    assert len(list((data_dir / "robustness").glob("*/*.csv"))) == 4 * 7
+    assert "vgg16-pat" in (tables / "robustness.md").read_text()
+
+
+def test_pgd_sweeps_cover_steps_and_eps(tiny_run):
+    sweep = pd.read_csv(tiny_run / "results" / "tables" / "pgd_sweep.csv")
+    assert set(sweep.model) == {"resnet18-pat", "resnet18-vanilla", "vgg16-pat", "vgg16-vanilla"}
+    assert sorted(sweep[sweep.sweep == "steps"].steps.unique()) == [1, 2]
+    assert sorted(sweep[sweep.sweep == "eps"].eps_255.unique()) == [16, 32]
+    for name in ("pgd_sweep_steps.png", "pgd_sweep_eps.png"):
+        assert (tiny_run / "results" / "figures" / name).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_every_job_left_a_log_and_a_benchmark(tiny_run):
     logs = list((tiny_run / "logs").rglob("*.log"))
     benchmarks = list((tiny_run / "benchmarks").rglob("*.tsv"))
-    # prepare + 4 train + 8 attacks + 4 sensitivity + 8 top-k + table
-    assert len(logs) == len(benchmarks) == 1 + 4 + 8 + 4 + 8 + 1
+    # prepare, 4 train, 8 pair sets, 4 sensitivity, 8 top-k, 28 evaluations, 2 tables, 4 sweeps, 1 figure
+    assert len(logs) == len(benchmarks) == 1 + 4 + 8 + 4 + 8 + 28 + 2 + 4 + 1
 
 
 def test_nothing_left_to_do_after_a_run(tiny_run):
@@ -77,5 +94,6 @@ def test_html_report_holds_every_table_with_its_caption(tiny_run):
     assert proc.returncode == 0, proc.stderr[-3000:]
     html = (tiny_run / "report.html").read_text()
     assert "robustness.csv" in html and "Accuracy (%) of every model on the digits test split" in html
+    assert "robustness_settings.csv" in html and "pgd_sweep_steps.png" in html and "pgd_sweep_eps.png" in html
     assert html.count("sensitivity_tip.csv") >= 4 and "divided by the map size (TIP Eq 1)" in html
     assert "top10pct_tip.csv" in html and "top50pct_tip.csv" in html

@@ -1,9 +1,17 @@
-"""Rule robustness_table: accuracy of every model under every evaluation attack (advneurons.evaluation)."""
+"""Rules robustness_table / robustness_table_i: the TIP Table III / I layouts (advneurons.robustness)."""
 
 from advneurons import runtime
-from advneurons.evaluation import TableEntry, robustness_table
+from advneurons.robustness import robustness_tables
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])
-entries = [TableEntry(pairs_path=path, **entry) for path, entry in zip(smk.input.pairs, smk.params.entries, strict=True)]
-robustness_table(entries, smk.output.csv, smk.output.md, smk.params.dataset)
+robustness_tables(
+    record_csvs=list(smk.input.records),
+    layout=smk.params.layout,
+    dataset=smk.params.dataset,
+    out_csv=smk.output.csv,
+    out_md=smk.output.md,
+    settings_csv=smk.output.settings,
+    settings_md=smk.output.settings_md,
+    columns=smk.params.columns,
+)

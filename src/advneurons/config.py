@@ -76,12 +76,25 @@ def check_references(config: dict) -> None:
     sens_attack = config["sensitivity"]["attack"]
     if sens_attack not in attacks:
         raise ConfigError(f"config key 'sensitivity.attack': attack {sens_attack!r} is not defined under 'attacks'")
+    robustness = config.get("robustness", {})
+    for label, name in robustness.get("table_iii", {}).items():
+        _check_attack(attacks, name, f"robustness.table_iii.{label}")
+    for i, name in enumerate(robustness.get("table_i", [])):
+        _check_attack(attacks, name, f"robustness.table_i[{i}]")
+    for name in robustness.get("n_images_by_attack", {}):
+        _check_attack(attacks, name, f"robustness.n_images_by_attack.{name}")
     for i, name in enumerate(config["models"]["training"]):
         if name not in config["training"]:
             raise ConfigError(f"config key 'models.training[{i}]': training {name!r} is not defined under 'training'")
     for i, name in enumerate(config["models"]["architectures"]):
         if name not in config["architectures"]:
             raise ConfigError(f"config key 'models.architectures[{i}]': {name!r} is not defined under 'architectures'")
+
+
+def _check_attack(attacks: dict, name: str, key: str) -> None:
+    if name not in attacks:
+        raise ConfigError(f"config key '{key}': attack {name!r} is not defined under 'attacks' "
+                          f"(defined: {', '.join(sorted(attacks))})")
 
 
 # ------------------------------------------------------------------------------------------------ ids
@@ -128,6 +141,28 @@ def attack_entries(config: dict) -> dict[str, dict]:
         params = {"attack": attack, "n_images": config["evaluation"]["n_images"], "seed": config["seed"]}
         out[make_id(name, params)] = {**params, "name": name}
     return out
+
+
+def robustness_attack_names(config: dict) -> list[str]:
+    """Attacks the robustness tables need, each once, in table order."""
+    rob = config["robustness"]
+    return list(dict.fromkeys([*rob["table_iii"].values(), *rob["table_i"]]))
+
+
+def robustness_entries(config: dict) -> dict[str, dict]:
+    """evaluation id -> {name, attack settings, n_images, seed} for every attack the tables need."""
+    rob = config["robustness"]
+    out = {}
+    for name in robustness_attack_names(config):
+        n_images = rob["n_images_by_attack"].get(name, rob["n_images"])
+        params = {"attack": config["attacks"][name], "n_images": n_images, "seed": config["seed"]}
+        out[make_id(name, params)] = {**params, "name": name}
+    return out
+
+
+def sweep_id(config: dict) -> str:
+    sweeps = {k: v for k, v in config["sweeps"].items() if k not in ("enabled", "batch_size")}
+    return make_id("pgd_sweep", {**sweeps, "seed": config["seed"]})
 
 
 def load_config(path: Path) -> dict:

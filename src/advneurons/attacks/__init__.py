@@ -1,0 +1,30 @@
+"""Attacks in pixel space [0, 1]: white-box, black-box (query-only), noise, and AutoAttack.
+
+Budgets inside the package are in [0, 1] units (the config speaks 1/255 units; `from_255` converts). Every
+attack puts the model in eval mode and restores its mode afterwards; all randomness comes from an explicit
+torch.Generator so that results are reproducible. `AttackSpec` reaches every attack by type name.
+"""
+
+from .black_box import nattack, spsa, spsa_gradient
+from .core import (
+    QueryOracle,
+    eval_mode,
+    from_255,
+    l2_norms,
+    linf_norms,
+    loss_gradient,
+    margin,
+    project_l2,
+    project_linf,
+)
+from .ensemble import autoattack
+from .noise import CIFAR10C_GAUSSIAN_SIGMAS, gaussian_noise, severity_sigma, uniform_noise
+from .spec import ATTACK_TYPES, PARAMETERS, THREAT_MODELS, AttackSpec
+from .white_box import TARGET_RULES, choose_targets, cw_l2, cw_loss, fgsm, mifgsm, pgd_l2, pgd_linf, step_ll
+
+__all__ = [
+    "ATTACK_TYPES", "AttackSpec", "CIFAR10C_GAUSSIAN_SIGMAS", "PARAMETERS", "QueryOracle", "TARGET_RULES",
+    "THREAT_MODELS", "autoattack", "choose_targets", "cw_l2", "cw_loss", "eval_mode", "fgsm", "from_255",
+    "gaussian_noise", "l2_norms", "linf_norms", "loss_gradient", "margin", "mifgsm", "nattack", "pgd_l2",
+    "pgd_linf", "project_l2", "project_linf", "severity_sigma", "spsa", "spsa_gradient", "step_ll", "uniform_noise",
+]

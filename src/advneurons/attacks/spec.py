@@ -1,0 +1,313 @@
+"""AttackSpec: one configured attack of any supported type, with its threat model and a description.
+
+Config entries give pixel amounts (eps, step_size, sigma) in 1/255 units; AttackSpec holds them in [0, 1]
+units. Optimiser settings (lr, delta, search_sigma, initial_const, confidence, decay) are plain numbers as
+the papers state them. Parameters left out take the papers' settings (SPEC section 2), listed in
+`PARAMETERS`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+from .black_box import nattack, spsa
+from .core import eval_mode, from_255
+from .ensemble import NORMS, STANDARD_ATTACKS, autoattack
+from .noise import gaussian_noise, severity_sigma, uniform_noise
+from .white_box import TARGET_RULES, choose_targets, cw_l2, fgsm, mifgsm, pgd_l2, pgd_linf, step_ll
+
+# type -> {parameter: default}; a default of None is derived (step size) or must be given (gaussian).
+PARAMETERS: dict[str, dict] = {
+    "fgsm": {},
+    "step_ll": {},
+    "mifgsm": {"steps": 10, "step_size": None, "decay": 1.0},
+    "pgd": {"steps": 10, "step_size": None, "random_start": False},
+    "pgd_targeted": {"steps": 10, "step_size": None, "random_start": False, "target": "next"},
+    "pgd_l2": {"steps": 10, "step_size": None, "random_start": False},
+    "cw_l2": {"steps": 300, "search_steps": 3, "initial_const": 0.01, "confidence": 0.0, "lr": 0.01},
+    "gaussian": {"severity": None, "sigma": None},
+    "uniform": {},
+    "spsa": {"steps": 100, "samples": 512, "lr": 0.01, "delta": 0.01, "random_start": True},
+    "nattack": {"steps": 100, "samples": 300, "lr": 0.008, "search_sigma": 0.1},
+    "autoattack": {"norm": "linf", "version": "standard"},
+}
+ATTACK_TYPES = tuple(PARAMETERS)
+# Whether eps is required, optional (C&W: a cap on the L2 norm; none = unbounded) or meaningless.
+EPS_RULE = {t: "required" for t in ATTACK_TYPES} | {"cw_l2": "optional", "gaussian": "none"}
+THREAT_MODELS = ("linf", "l2", "none")
+_THREAT = {t: "linf" for t in ATTACK_TYPES} | {"pgd_l2": "l2", "cw_l2": "l2", "gaussian": "none"}
+PIXEL_PARAMETERS = ("eps", "step_size", "sigma")  # 1/255 units in the config
+BLACK_BOX = ("spsa", "nattack")
+AUTOATTACK_VERSIONS = ("standard",)
+
+
+def _fmt255(value: float) -> str:
+    return f"{value * 255:.3g}/255"
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One configured attack; eps, step_size and sigma in [0, 1] units.
+
+    Build it with `from_config` (1/255 units) or directly, e.g. AttackSpec("pgd", eps=8 / 255). Unset
+    parameters take the papers' settings for the type; parameters that do not apply to the type are errors.
+    """
+
+    type: str
+    eps: float | None = None
+    steps: int | None = None
+    step_size: float | None = None
+    random_start: bool | None = None
+    decay: float | None = None
+    target: str | int | None = None
+    search_steps: int | None = None
+    initial_const: float | None = None
+    confidence: float | None = None
+    lr: float | None = None
+    samples: int | None = None
+    delta: float | None = None
+    search_sigma: float | None = None
+    severity: int | None = None
+    sigma: float | None = None
+    norm: str | None = None
+    version: str | None = None
+
+    def __post_init__(self):
+        if self.type not in PARAMETERS:
+            raise ValueError(f"unknown attack type {self.type!r}; choose one of {', '.join(ATTACK_TYPES)}")
+        allowed = PARAMETERS[self.type]
+        for f in fields(self):
+            if f.name in ("type", "eps"):
+                continue
+            value = getattr(self, f.name)
+            if f.name not in allowed:
+                if value is not None:
+                    raise ValueError(f"attack setting {f.name!r} does not apply to {self.type}; "
+                                     f"its settings: {', '.join(['eps', *allowed]) or 'eps'}")
+            elif value is None:
+                object.__setattr__(self, f.name, allowed[f.name])
+        self._check_eps()
+        self._check_values()
+
+    def _check_eps(self):
+        rule = EPS_RULE[self.type]
+        if self.eps is None:
+            if rule == "required":
+                raise ValueError(f"attack type {self.type} needs eps")
+            return
+        if rule == "none":
+            raise ValueError(f"eps does not apply to {self.type}; give severity (1..5) or sigma")
+        if not self.eps >= 0:
+            raise ValueError(f"attack eps must be non-negative, got {self.eps}")
+
+    def _check_values(self):
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"{self.type} needs at least one step, got steps={self.steps}")
+        if self.search_steps is not None and self.search_steps < 1:
+            raise ValueError(f"C&W needs at least one binary-search step, got {self.search_steps}")
+        if self.samples is not None and self.samples < 2:
+            raise ValueError(f"{self.type} needs at least 2 samples per iteration, got {self.samples}")
+        for name in ("step_size", "lr", "delta", "search_sigma", "initial_const"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"attack setting {name} must be positive, got {value}")
+        for name in ("decay", "confidence"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"attack setting {name} must be non-negative, got {value}")
+        if self.type == "pgd_targeted" and not (isinstance(self.target, int) and not isinstance(self.target, bool)
+                                                 and self.target >= 0) and self.target not in TARGET_RULES:
+            raise ValueError(f"target must be one of {', '.join(TARGET_RULES)} or a class index, got {self.target!r}")
+        if self.type == "gaussian":
+            if self.severity is None and self.sigma is None:
+                raise ValueError("Gaussian noise needs exactly one of severity (1..5, CIFAR-10-C) or sigma")
+            if self.severity is not None:
+                level_sigma = severity_sigma(self.severity)
+                # A sigma next to a severity is only accepted when it is the severity's own (a copy of a spec).
+                if self.sigma is not None and abs(self.sigma - level_sigma) > 1e-12:
+                    raise ValueError("Gaussian noise needs exactly one of severity (1..5, CIFAR-10-C) or sigma")
+                object.__setattr__(self, "sigma", level_sigma)
+            elif not self.sigma > 0:
+                raise ValueError(f"Gaussian noise sigma must be positive, got {self.sigma}")
+        if self.type == "autoattack":
+            if self.norm not in NORMS:
+                raise ValueError(f"AutoAttack norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+            if self.version not in AUTOATTACK_VERSIONS:
+                raise ValueError(f"AutoAttack version must be one of {', '.join(AUTOATTACK_VERSIONS)}, got {self.version!r}")
+
+    # ----------------------------------------------------------------------------------- construction
+    @classmethod
+    def from_config(cls, cfg: dict) -> "AttackSpec":
+        """From a config entry whose eps/step_size/sigma are in 1/255 units."""
+        if "type" not in cfg:
+            raise ValueError("attack entry has no 'type'")
+        kind = cfg["type"]
+        if kind not in PARAMETERS:
+            raise ValueError(f"unknown attack type {kind!r}; choose one of {', '.join(ATTACK_TYPES)}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise ValueError(f"unknown attack setting(s) {', '.join(unknown)} for {kind}")
+        values = {}
+        for key, value in cfg.items():
+            if key == "type" or value is None:
+                continue
+            if key in PIXEL_PARAMETERS:
+                if key == "eps" and value < 0:
+                    raise ValueError(f"attack eps must be non-negative, got {value}")
+                value = from_255(value)
+            values[key] = value
+        return cls(type=kind, **values)
+
+    def to_config(self) -> dict:
+        """Inverse of from_config: settings in config units (1/255 for eps, step_size, sigma)."""
+        out = {"type": self.type}
+        for key, value in asdict(self).items():
+            if key == "type" or value is None or (key not in PARAMETERS[self.type] and key != "eps"):
+                continue
+            if self.type == "gaussian" and key == "sigma" and self.severity is not None:
+                continue  # derived from the severity
+            out[key] = round(value * 255, 6) if key in PIXEL_PARAMETERS else value
+        return out
+
+    # ------------------------------------------------------------------------------------- bookkeeping
+    @property
+    def threat(self) -> str:
+        """The ball the perturbation is confined to: 'linf', 'l2' or 'none' (unbounded noise)."""
+        if self.type == "autoattack":
+            return self.norm
+        if self.type == "cw_l2" and self.eps is None:
+            return "l2"  # minimum-norm attack without a cap: ball_eps is None
+        return _THREAT[self.type]
+
+    @property
+    def ball_eps(self) -> float | None:
+        """Radius of the threat ball in [0, 1] units (None: unbounded)."""
+        return None if self.threat == "none" else self.eps
+
+    @property
+    def black_box(self) -> bool:
+        return self.type in BLACK_BOX
+
+    @property
+    def resolved_step_size(self) -> float | None:
+        if self.type not in ("mifgsm", "pgd", "pgd_targeted", "pgd_l2"):
+            return None
+        if self.step_size is not None:
+            return self.step_size
+        return self.eps / self.steps if self.type == "mifgsm" else self.eps / math.sqrt(self.steps)
+
+    def settings(self) -> dict:
+        """Flat record of what the attack does, for settings tables (pixel amounts in 1/255 units)."""
+        step = self.resolved_step_size
+        return {
+            "attack_type": self.type,
+            "threat": self.threat,
+            "eps_255": None if self.ball_eps is None else round(self.ball_eps * 255, 6),
+            "steps": self.steps,
+            "step_size_255": None if step is None else round(step * 255, 6),
+            "description": self.describe(),
+        }
+
+    def describe(self) -> str:
+        t = self.type
+        eps = None if self.eps is None else f"eps={_fmt255(self.eps)}"
+        step = self.resolved_step_size
+        rs = ", random start" if self.random_start else ""
+        if t == "fgsm":
+            return f"FGSM {eps}"
+        if t == "step_ll":
+            return f"Step-LL {eps}"
+        if t == "mifgsm":
+            return f"MI-FGSM {eps}, {self.steps} steps of {_fmt255(step)}, decay {self.decay:g}"
+        if t == "pgd":
+            return f"L-inf PGD {eps}, {self.steps} steps of {_fmt255(step)}{rs}"
+        if t == "pgd_targeted":
+            target = f"class {self.target}" if isinstance(self.target, int) else self.target.replace("_", "-") + " class"
+            return f"targeted L-inf PGD (target: {target}) {eps}, {self.steps} steps of {_fmt255(step)}{rs}"
+        if t == "pgd_l2":
+            return f"L2 PGD {eps}, {self.steps} steps of {_fmt255(step)}{rs}"
+        if t == "cw_l2":
+            cap = "unbounded" if self.eps is None else f"L2 <= {_fmt255(self.eps)}"
+            return (f"C&W-L2 ({cap}), c0={self.initial_const:g}, {self.search_steps} binary-search steps x "
+                    f"{self.steps} Adam iterations (lr {self.lr:g}), confidence {self.confidence:g}")
+        if t == "gaussian":
+            level = f"severity {self.severity}, " if self.severity is not None else ""
+            return f"Gaussian noise ({level}sigma={self.sigma:.3g} = {_fmt255(self.sigma)})"
+        if t == "uniform":
+            return f"uniform noise U(-{_fmt255(self.eps)}, {_fmt255(self.eps)})"
+        if t == "spsa":
+            return (f"SPSA {eps}, {self.steps} iterations, {self.samples} samples, Adam lr {self.lr:g}, "
+                    f"delta {self.delta:g}{rs}")
+        if t == "nattack":
+            return (f"NAttack {eps}, {self.steps} iterations, {self.samples} samples, sigma {self.search_sigma:g}, "
+                    f"lr {self.lr:g}, mu0=0")
+        norm = {"linf": "L-inf", "l2": "L2"}[self.norm]
+        return f"AutoAttack {self.version} ({', '.join(a.upper() for a in STANDARD_ATTACKS)}) {norm} {eps}"
+
+    # ------------------------------------------------------------------------------------------- run
+    def targets(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None):
+        """Target classes a pgd_targeted attack would aim at for these images."""
+        if self.type != "pgd_targeted":
+            raise ValueError(f"{self.type} is not a targeted attack")
+        if self.target == "least_likely":
+            logits = _eval_logits(model, x)
+        else:
+            logits = torch.empty(len(y), _num_classes(model, x), device=y.device)
+        return choose_targets(self.target, y, logits, generator)
+
+    def run(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        generator: torch.Generator | None = None,
+        targets: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Perturbed copies of x (labels y) in [0, 1]; `targets` overrides a targeted attack's target rule."""
+        t = self.type
+        if t == "fgsm":
+            return fgsm(model, x, y, self.eps)
+        if t == "step_ll":
+            return step_ll(model, x, self.eps)
+        if t == "mifgsm":
+            return mifgsm(model, x, y, self.eps, self.steps, self.step_size, self.decay)
+        if t == "pgd":
+            return pgd_linf(model, x, y, self.eps, self.steps, self.step_size, self.random_start, generator=generator)
+        if t == "pgd_targeted":
+            if targets is None:
+                targets = self.targets(model, x, y, generator)
+            return pgd_linf(model, x, targets, self.eps, self.steps, self.step_size, self.random_start,
+                            targeted=True, generator=generator)
+        if t == "pgd_l2":
+            return pgd_l2(model, x, y, self.eps, self.steps, self.step_size, self.random_start, generator=generator)
+        if t == "cw_l2":
+            return cw_l2(model, x, y, self.steps, self.search_steps, self.initial_const, self.confidence, self.lr,
+                         max_norm=self.eps)
+        if t == "gaussian":
+            return gaussian_noise(x, self.sigma, generator)
+        if t == "uniform":
+            return uniform_noise(x, self.eps, generator)
+        if t == "spsa":
+            return spsa(model, x, y, self.eps, self.steps, self.samples, self.lr, self.delta, self.random_start,
+                        generator=generator)
+        if t == "nattack":
+            return nattack(model, x, y, self.eps, self.steps, self.samples, self.lr, self.search_sigma,
+                           generator=generator)
+        return autoattack(model, x, y, self.eps, self.norm, self.version, generator=generator)
+
+
+def _eval_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with eval_mode(model), torch.no_grad():
+        return model(x)
+
+
+def _num_classes(model: nn.Module, x: torch.Tensor) -> int:
+    fc = getattr(model, "fc", None)
+    if isinstance(fc, nn.Linear):
+        return fc.out_features
+    return _eval_logits(model, x[:1]).shape[1]

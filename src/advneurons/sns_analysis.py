@@ -1,0 +1,405 @@
+"""The neuron-sensitivity analyses of the SNS papers (ECCV 2020 / TIP): step functions and paper claims.
+
+Workflow steps (each takes file paths and plain parameters and writes CSV/Markdown tables, PNG figures and a
+metadata JSON):
+
+1. `targeted_pair_set`            targeted L-inf PGD sets towards every class            (sns_importance)
+2. `targeted_neuron_tables`       per-target sensitivity of every layer + importance votes (sns_importance)
+3. `importance_sensitivity_report` Spearman / Levenshtein / Jaccard per class, TIP Fig 3    (sns_similarity)
+4. `layer_similarity_report`      total / pair Jaccard and pair Levenshtein per layer     (sns_similarity)
+5. `suppression_study`            sensitive vs random channels scaled by beta, TIP Fig 9   (sns_suppression)
+6. `sensitivity_ratio_table`      per-channel sensitivity ratios of one model (Eq 11)      (sns_ratios)
+7. `ratio_report`                 TIP Table II, Fig 13, Fig 14 from several models         (sns_ratios)
+8. `sensitivity_curves_figure`    sorted sensitivity vanilla vs PAT, TIP Fig 10            (sns_ratios)
+9. `sns_findings`                 the papers' claims and whether this run supports them    (here)
+
+The claim builders (`claims_*`) turn those tables into `findings.Claim`s; other analyses add sections of
+their own through `findings.write_findings(..., extra_sections=...)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .findings import Claim, Section, write_findings
+from .sns_importance import targeted_neuron_tables, targeted_pair_set
+from .sns_ratios import ratio_report, sensitivity_curves_figure, sensitivity_ratio_table
+from .sns_similarity import fc_top_unit_is_target, importance_sensitivity_report, layer_similarity_report
+from .sns_suppression import CLEAN, suppression_study
+
+__all__ = [
+    "targeted_pair_set",
+    "targeted_neuron_tables",
+    "importance_sensitivity_report",
+    "layer_similarity_report",
+    "suppression_study",
+    "sensitivity_ratio_table",
+    "ratio_report",
+    "sensitivity_curves_figure",
+    "sns_findings",
+    "claims_importance",
+    "claims_layer_similarity",
+    "claims_fc_target",
+    "claims_suppression",
+    "claims_ratios",
+    "claims_pat_sensitivity",
+]
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
+
+
+def _all(flags: Sequence[bool]) -> bool | None:
+    return None if len(flags) == 0 else bool(all(flags))
+
+
+# ---------------------------------------------------------------------------------- importance (TIP IV-B)
+def claims_importance(per_class: pd.DataFrame, summary: pd.DataFrame | None = None) -> list[Claim]:
+    """Claims on sensitive vs important penultimate neurons from `importance_vs_sensitivity` (and its summary)."""
+    rho = per_class["spearman"].dropna()
+    lev = per_class["levenshtein_similarity"].dropna()
+    jac = per_class["jaccard"].dropna()
+    chance = {} if summary is None else dict(zip(summary["metric"], summary["chance"]))
+    claims = [
+        Claim(
+            "Spearman correlation between neuron sensitivity and importance is positive for every target class",
+            _all((rho > 0).tolist()),
+            f"{int((rho > 0).sum())} of {len(rho)} classes positive; mean {_fmt(rho.mean())} "
+            f"(range {_fmt(rho.min())}..{_fmt(rho.max())}) vs paper mean 0.428 (0.36..0.53, CIFAR-10 VGG16)",
+            "TIP Sec. IV-B, Fig 3",
+        ),
+        Claim(
+            "Sensitive and important neurons overlap more than two random selections would "
+            "(Levenshtein similarity and Jaccard above chance)",
+            (
+                None
+                if len(lev) == 0 or "levenshtein_similarity" not in chance
+                else bool(lev.mean() > chance["levenshtein_similarity"] and jac.mean() > chance["jaccard"])
+            ),
+            f"mean Levenshtein similarity {_fmt(lev.mean())} (range {_fmt(lev.min())}..{_fmt(lev.max())}; chance "
+            f"{_fmt(chance.get('levenshtein_similarity', np.nan))}; paper mean 0.554, 0.46..0.72); mean Jaccard "
+            f"{_fmt(jac.mean())} (chance {_fmt(chance.get('jaccard', np.nan))})",
+            "TIP Sec. IV-B, ECCV Fig 2a",
+        ),
+        Claim(
+            "Spearman scores are lower than Levenshtein similarities",
+            None if len(rho) == 0 or len(lev) == 0 else bool(rho.mean() < lev.mean()),
+            f"mean Spearman {_fmt(rho.mean())} vs mean Levenshtein similarity {_fmt(lev.mean())}",
+            "TIP Sec. IV-B",
+        ),
+    ]
+    return claims
+
+
+# ------------------------------------------------------------------------------- layer similarity (IV-D)
+def _bottom_top(table: pd.DataFrame, column: str) -> tuple[float, float, int]:
+    """Mean of `column` over the first and the last third of the layers (by depth), and the third's size."""
+    ordered = table.sort_values("depth")[column].dropna().to_numpy()
+    third = max(1, len(ordered) // 3)
+    return float(ordered[:third].mean()), float(ordered[-third:].mean()), third
+
+
+def claims_layer_similarity(table: pd.DataFrame) -> list[Claim]:
+    """Claims on the per-layer similarity of per-target sensitive neurons (`layer_similarity`)."""
+    claims = []
+    for column, label, source in (
+        ("total_jaccard", "total Jaccard index", "TIP Fig 8, Eq 10"),
+        ("avg_pair_levenshtein", "average pair Levenshtein similarity", "TIP Fig 8, Eq 9"),
+        ("avg_pair_jaccard", "average pair Jaccard index", "ECCV Fig 2b, Eq 7"),
+    ):
+        if table.empty or table[column].dropna().empty:
+            claims.append(
+                Claim(
+                    f"The {label} of sensitive neurons across target classes is higher in bottom "
+                    "layers than in top layers",
+                    None,
+                    "no data",
+                    source,
+                )
+            )
+            continue
+        bottom, top, third = _bottom_top(table, column)
+        rho, _ = stats.spearmanr(table["depth"], table[column]) if len(table) > 2 else (np.nan, None)
+        claims.append(
+            Claim(
+                f"The {label} of sensitive neurons across target classes is higher in bottom layers than in top layers",
+                bool(bottom > top),
+                f"mean over the first {third} layers {_fmt(bottom)} vs the last {third} {_fmt(top)}; "
+                f"Spearman(depth, value) {_fmt(float(rho))} over {len(table)} layers",
+                source,
+            )
+        )
+    return claims
+
+
+def claims_fc_target(fc_check: pd.DataFrame) -> list[Claim]:
+    """ECCV Sec. 3.3: the most sensitive unit of the linear layer is the target class of the targeted set."""
+    n = len(fc_check)
+    hits = int(fc_check["matches"].sum()) if n else 0
+    return [
+        Claim(
+            "The most sensitive unit of the final linear layer of each targeted set is its target class",
+            None if n == 0 else hits == n,
+            f"{hits} of {n} target classes",
+            "ECCV Sec. 3.3",
+        )
+    ]
+
+
+# ------------------------------------------------------------------------------------- suppression (IV-E)
+def claims_suppression(summary: pd.DataFrame, collapse_beta: float = 0.7, robust_beta: float = 0.95) -> list[Claim]:
+    """Claims of TIP Fig 9 from the summary table of `suppression_study` (accuracy_pct per selection/beta).
+
+    "Collapse" is read as clean accuracy at `collapse_beta` below half of the unsuppressed clean accuracy.
+    """
+
+    def acc(perturbation, selection, beta):
+        row = summary[
+            (summary["perturbation"] == perturbation)
+            & (summary["selection"] == selection)
+            & np.isclose(summary["beta"], beta)
+        ]
+        return float(row["accuracy_pct"].iloc[0]) if len(row) else np.nan
+
+    claims = []
+    clean = summary[summary["perturbation"] == CLEAN]
+    betas = sorted(b for b in clean["beta"].unique() if b < 1.0)
+    base = acc(CLEAN, "sensitive", 1.0)
+    s, r = acc(CLEAN, "sensitive", collapse_beta), acc(CLEAN, "random", collapse_beta)
+    lower = [acc(CLEAN, "sensitive", b) < acc(CLEAN, "random", b) for b in betas]
+    claims.append(
+        Claim(
+            "Suppressing sensitive channels lowers clean accuracy faster than suppressing as many random channels",
+            None if not np.isfinite(s) or not np.isfinite(r) else bool(s < r),
+            f"clean accuracy at beta={collapse_beta:g}: sensitive {_fmt(s, 1)}% vs random {_fmt(r, 1)}% "
+            f"(unsuppressed {_fmt(base, 1)}%); sensitive below random at {sum(lower)} of {len(lower)} betas < 1",
+            "TIP Fig 9, ECCV Fig 3a",
+        )
+    )
+    claims.append(
+        Claim(
+            f"Clean accuracy collapses when sensitive channels are scaled by beta≈{collapse_beta:g} "
+            "(read as: below half the unsuppressed accuracy)",
+            None if not np.isfinite(s) or not np.isfinite(base) else bool(s < 0.5 * base),
+            f"sensitive {_fmt(s, 1)}% vs unsuppressed {_fmt(base, 1)}%; random channels keep {_fmt(r, 1)}%",
+            "TIP Sec. IV-E",
+        )
+    )
+    attacks = [p for p in summary["perturbation"].unique() if p != CLEAN]
+    cs, cr = acc(CLEAN, "sensitive", robust_beta), acc(CLEAN, "random", robust_beta)
+    for name in attacks:
+        a_s, a_r = acc(name, "sensitive", robust_beta), acc(name, "random", robust_beta)
+        claims.append(
+            Claim(
+                f"At beta={robust_beta:g}, suppressing sensitive channels gives more robustness to {name} than "
+                "suppressing random ones",
+                None if not np.isfinite(a_s) or not np.isfinite(a_r) else bool(a_s > a_r),
+                f"{name} accuracy: sensitive {_fmt(a_s, 1)}% vs random {_fmt(a_r, 1)}% "
+                f"(clean: {_fmt(cs, 1)}% vs {_fmt(cr, 1)}%)",
+                "TIP Fig 9",
+            )
+        )
+    return claims
+
+
+# ------------------------------------------------------------------------------------------ ratios (V-B)
+def _find_label(labels: Sequence[str], word: str) -> str | None:
+    hits = [label for label in labels if word in str(label).lower()]
+    return hits[0] if len(hits) == 1 else None
+
+
+def claims_ratios(
+    table: pd.DataFrame,
+    layer_means: pd.DataFrame | None = None,
+    family: str | None = None,
+    vanilla: str | None = None,
+    pat: str | None = None,
+) -> list[Claim]:
+    """Claims of TIP Table II / Fig 13-14 from `ratio_table` output (and `ratio_report`'s layer means).
+
+    `vanilla`/`pat` name the model labels; by default the one label containing "vanilla" / "pat".
+    """
+    strengths = [c for c in table.columns if c not in ("model", "layer", "kind")]
+    relu_up, conv_down = [], []
+    for _, rows in table.groupby("model", sort=False):
+        kinds = rows["kind"].tolist()
+        values = rows[strengths].to_numpy(dtype=float)
+        for i in range(1, len(kinds)):
+            if kinds[i] == "relu" and kinds[i - 1] == "conv":
+                relu_up.extend((values[i] > values[i - 1]).tolist())
+            elif kinds[i] == "conv" and kinds[i - 1] == "relu":
+                conv_down.extend((values[i] < values[i - 1]).tolist())
+    claims = [
+        Claim(
+            "ReLU layers amplify: the ratio after each ReLU exceeds that of the conv layer before it",
+            _all(relu_up),
+            f"{sum(relu_up)} of {len(relu_up)} (model, layer, strength) cells of the table",
+            "TIP Table II",
+        ),
+        Claim(
+            "Conv layers damp: the ratio of each conv layer is below that of the ReLU before it",
+            _all(conv_down),
+            f"{sum(conv_down)} of {len(conv_down)} cells",
+            "TIP Table II",
+        ),
+    ]
+    labels = table["model"].unique().tolist()
+    vanilla = vanilla or _find_label(labels, "vanilla")
+    pat = pat or _find_label(labels, "pat")
+    if vanilla in labels and pat in labels:
+        v = table[table["model"] == vanilla].set_index("layer")[strengths]
+        p = table[table["model"] == pat].set_index("layer")[strengths].reindex(v.index)
+        lower = (p.to_numpy(float) < v.to_numpy(float)).ravel().tolist()
+        claims.append(
+            Claim(
+                f"{pat} has lower sensitivity ratios than {vanilla} in every listed layer and strength",
+                _all(lower),
+                f"{sum(lower)} of {len(lower)} cells",
+                "TIP Table II, Fig 13",
+            )
+        )
+    growing = []
+    for (_, _), rows in table.groupby(["model", "layer"], sort=False):
+        values = rows[strengths].to_numpy(float).ravel()
+        if len(values) > 2:
+            growing.append(bool(stats.spearmanr(np.arange(len(values)), values).statistic > 0))
+    claims.append(
+        Claim(
+            "The ratio grows with the perturbation strength in every layer (positive correlation)",
+            _all(growing),
+            f"Spearman(strength, ratio) > 0 for {sum(growing)} of {len(growing)} (model, layer) rows",
+            "TIP Table II, Fig 14",
+        )
+    )
+    if layer_means is not None and not layer_means.empty:
+        fam = family or layer_means["family"].iloc[0]
+        conv = layer_means[(layer_means["kind"] == "conv") & (layer_means["family"] == fam)]
+        column = "ratio_sensitive" if conv["ratio_sensitive"].notna().any() else "ratio_all"
+        evidence, flags = [], []
+        for model_label, rows in conv.groupby("model", sort=False):
+            top = rows[rows["level"] == rows["level"].max()].sort_values("position")
+            values = top[column].to_numpy(float)
+            if len(values) > 2:
+                rho = float(stats.spearmanr(np.arange(len(values)), values).statistic)
+                flags.append(rho > 0)
+                evidence.append(
+                    f"{model_label}: Spearman(depth, ratio) {_fmt(rho)}, first conv {_fmt(values[0])}, "
+                    f"last {_fmt(values[-1])}"
+                )
+        claims.append(
+            Claim(
+                f"Error amplification: under {fam} at the largest strength the ratio of the "
+                f"{'sensitive' if column == 'ratio_sensitive' else ''} neurons grows with depth",
+                _all(flags),
+                "; ".join(evidence) or "no data",
+                "TIP Fig 13",
+            )
+        )
+    return claims
+
+
+# -------------------------------------------------------------------------------- PAT sensitivity (V-B)
+def claims_pat_sensitivity(summary: pd.DataFrame, vanilla: str | None = None, pat: str | None = None) -> list[Claim]:
+    """TIP Fig 10: PAT is less sensitive than vanilla in every layer (from `sensitivity_layer_summary`)."""
+    labels = summary["model"].unique().tolist()
+    vanilla = vanilla or _find_label(labels, "vanilla")
+    pat = pat or _find_label(labels, "pat")
+    if vanilla not in labels or pat not in labels:
+        return [
+            Claim(
+                "PAT has lower mean neuron sensitivity than vanilla in every layer",
+                None,
+                f"need one vanilla and one PAT model, got {labels}",
+                "TIP Fig 10",
+            )
+        ]
+    wide = summary.pivot_table(index="layer", columns="model", values="mean_sensitivity")
+    lower = (wide[pat] < wide[vanilla]).tolist()
+    ratio = (wide[pat] / wide[vanilla]).replace([np.inf, -np.inf], np.nan)
+    top_col = [c for c in summary.columns if c.startswith("mean_top")]
+    claims = [
+        Claim(
+            f"{pat} has lower mean neuron sensitivity than {vanilla} in every layer",
+            _all(lower),
+            f"{sum(lower)} of {len(lower)} layers; {pat}/{vanilla} mean ratio {_fmt(ratio.mean())} "
+            f"(range {_fmt(ratio.min())}..{_fmt(ratio.max())})",
+            "TIP Fig 10",
+        )
+    ]
+    if top_col:
+        gap = (summary[top_col[0]] / summary["mean_sensitivity"].replace(0, np.nan)).dropna()
+        claims.append(
+            Claim(
+                "The top-10% sensitive neurons stand out: their mean sensitivity clearly exceeds the layer "
+                "mean (read as: more than 1.5x in every layer and model)",
+                _all((gap > 1.5).tolist()),
+                f"top/mean ratio {_fmt(gap.min())}..{_fmt(gap.max())} over {len(gap)} (model, layer) rows",
+                "TIP Sec. V-B",
+            )
+        )
+    return claims
+
+
+# ------------------------------------------------------------------------------------------ the step
+def sns_findings(
+    out_md: Path,
+    out_json: Path | None = None,
+    importance: dict[str, Path] | None = None,
+    importance_summaries: dict[str, Path] | None = None,
+    layer_similarity: dict[str, Path] | None = None,
+    targeted_sensitivity: dict[str, Path] | None = None,
+    suppression: dict[str, Path] | None = None,
+    ratio_tables: dict[str, Path] | None = None,
+    ratio_layer_means: dict[str, Path] | None = None,
+    sensitivity_summaries: dict[str, Path] | None = None,
+    ratio_family: str | None = None,
+    extra_sections: Sequence[Path] = (),
+    title: str = "Findings",
+    preamble: str = "",
+) -> str:
+    """Workflow step: write findings.md (and optionally the sections as JSON) from the analyses' tables.
+
+    Every argument maps a label (e.g. "vgg16-vanilla", or "vgg16" for the cross-model ratio tables) to a file:
+    importance -> per-class CSV and importance_summaries -> summary CSV of `importance_sensitivity_report`;
+    layer_similarity -> CSV of `layer_similarity_report`; targeted_sensitivity -> sensitivity CSV of
+    `targeted_neuron_tables` (final-layer check); suppression -> summary CSV of `suppression_study`;
+    ratio_tables / ratio_layer_means -> Table II CSV / layer means CSV of `ratio_report`;
+    sensitivity_summaries -> summary CSV of `sensitivity_curves_figure`. Missing arguments skip their sections.
+    `ratio_family`: the perturbation family of the error-amplification claim (default: the family whose name
+    contains "linf", else "pgd").
+    `extra_sections`: JSON files of other analyses' sections (`findings.write_sections_json`), appended.
+    """
+    sections: list[Section] = []
+    for label, path in (sensitivity_summaries or {}).items():
+        sections.append(
+            Section(f"Neuron sensitivity, vanilla vs PAT — {label}", claims_pat_sensitivity(pd.read_csv(path)))
+        )
+    for label, path in (importance or {}).items():
+        summary_path = (importance_summaries or {}).get(label)
+        summary = pd.read_csv(summary_path) if summary_path else None
+        sections.append(
+            Section(f"Sensitive vs important neurons — {label}", claims_importance(pd.read_csv(path), summary))
+        )
+    for label, path in (layer_similarity or {}).items():
+        claims = claims_layer_similarity(pd.read_csv(path))
+        if targeted_sensitivity and label in targeted_sensitivity:
+            claims += claims_fc_target(fc_top_unit_is_target(pd.read_csv(targeted_sensitivity[label])))
+        sections.append(Section(f"Sensitive neurons across target classes — {label}", claims))
+    for label, path in (suppression or {}).items():
+        sections.append(Section(f"Suppressing sensitive neurons — {label}", claims_suppression(pd.read_csv(path))))
+    for label, path in (ratio_tables or {}).items():
+        means_path = (ratio_layer_means or {}).get(label)
+        means = pd.read_csv(means_path) if means_path else None
+        family = ratio_family
+        if family is None and means is not None:
+            families = [str(f) for f in means["family"].unique()]
+            family = next((f for f in families if "linf" in f.lower()), None)
+            family = family or next((f for f in families if "pgd" in f.lower()), None)
+        sections.append(Section(f"Sensitivity ratios — {label}", claims_ratios(pd.read_csv(path), means, family)))
+    return write_findings(sections, out_md, out_json, extra_sections, title, preamble)

@@ -1,0 +1,20 @@
+"""Rule evaluate_attack: accuracy of one model under one attack (advneurons.robustness.evaluate_robustness)."""
+
+from advneurons import runtime
+from advneurons.robustness import evaluate_robustness
+
+smk = snakemake  # noqa: F821 -- injected by Snakemake
+runtime.configure_logging(smk.log[0])
+e = smk.params.evaluation
+runtime.setup(smk.threads, e["seed"])
+evaluate_robustness(
+    model_path=smk.input.model,
+    test_path=smk.input.test,
+    attacks={e["name"]: e["attack"]},
+    model_name=smk.params.model_name,
+    n_images=e["n_images"],
+    seed=e["seed"],
+    batch_size=smk.params.batch_size,
+    out_csv=smk.output.records,
+    meta_path=smk.output.meta,
+)

@@ -1,0 +1,23 @@
+"""Rule pgd_sweep: L-inf PGD accuracy of one model over steps and eps (advneurons.robustness.robustness_sweep)."""
+
+from advneurons import runtime
+from advneurons.robustness import robustness_sweep
+
+smk = snakemake  # noqa: F821 -- injected by Snakemake
+runtime.configure_logging(smk.log[0])
+s = smk.params.sweep
+runtime.setup(smk.threads, s["seed"])
+robustness_sweep(
+    model_path=smk.input.model,
+    test_path=smk.input.test,
+    model_name=smk.params.model_name,
+    eps=s["eps"],
+    steps_values=s["steps_values"],
+    eps_values=s["eps_values"],
+    steps=s["steps"],
+    n_images=s["n_images"],
+    seed=s["seed"],
+    batch_size=s["batch_size"],
+    out_csv=smk.output.csv,
+    meta_path=smk.output.meta,
+)

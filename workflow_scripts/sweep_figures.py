@@ -1,0 +1,8 @@
+"""Rule sweep_figures: accuracy vs steps and vs eps for all models (advneurons.robustness.sweep_figures)."""
+
+from advneurons import runtime
+from advneurons.robustness import sweep_figures
+
+smk = snakemake  # noqa: F821 -- injected by Snakemake
+runtime.configure_logging(smk.log[0])
+sweep_figures(list(smk.input.sweeps), smk.output.csv, smk.output.steps_png, smk.output.eps_png)
