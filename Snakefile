@@ -14,6 +14,7 @@ include: "rules/train.smk"
 include: "rules/attack.smk"
 include: "rules/sensitivity.smk"
 include: "rules/evaluate.smk"
+include: "rules/sns.smk"
 
 
 rule all:

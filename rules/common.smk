@@ -21,6 +21,9 @@ ATTACK_ID = {entry["name"]: attack_id for attack_id, entry in ATTACKS.items()}
 ROBUSTNESS = settings.robustness_entries(config)
 ROBUSTNESS_ID = {entry["name"]: eval_id for eval_id, entry in ROBUSTNESS.items()}
 SWEEP_ID = settings.sweep_id(config)
+SNS = config["sns"]
+SNS_ID = settings.sns_ids(config)
+ARCHS = config["models"]["architectures"]
 SENSITIVITY_FORM = config["sensitivity"]["form"]
 CIFAR10_ARCHIVE = os.path.join(
     config["dataset"]["cifar10"]["data_dir"], "cifar-10-python.tar.gz"
@@ -32,6 +35,11 @@ wildcard_constraints:
     model=r"[a-z0-9]+-[a-z0-9_]+~[0-9a-f]{8}",
     attack=r"[a-z0-9_]+~[0-9a-f]{8}",
     sweep=r"pgd_sweep~[0-9a-f]{8}",
+    targeted=r"targeted~[0-9a-f]{8}",
+    suppression=r"suppression~[0-9a-f]{8}",
+    ratios=r"ratios~[0-9a-f]{8}",
+    arch="|".join(ARCHS),
+    k=r"[0-9]+",
     form=r"tip|eccv",
     percent=r"[0-9]+(\.[0-9]+)?",
 
@@ -72,10 +80,13 @@ def pairs_path(model_id, attack_id):
     return f"results/{DATA_ID}/pairs/{model_id}/{attack_id}/pairs.npz"
 
 
-def model_name(wildcards):
+def model_label(model_id):
     """Display name of a model in tables and figures, e.g. vgg16-pat."""
-    entry = MODELS[wildcards.model]
-    return f"{entry['arch']}-{entry['training_name']}"
+    return f"{MODELS[model_id]['arch']}-{MODELS[model_id]['training_name']}"
+
+
+def model_name(wildcards):
+    return model_label(wildcards.model)
 
 
 def robustness_settings(wildcards):
@@ -99,6 +110,129 @@ def sweep_files():
     return [
         f"results/{DATA_ID}/sweeps/{model_id}/{SWEEP_ID}.csv" for model_id in MODELS
     ]
+
+
+def models_of(training_names):
+    return [m for m, e in MODELS.items() if e["training_name"] in training_names]
+
+
+def sensitivity_file(model_id):
+    attack_id = ATTACK_ID[config["sensitivity"]["attack"]]
+    return f"results/{DATA_ID}/sensitivity/{model_id}/{attack_id}/sensitivity_{SENSITIVITY_FORM}.csv"
+
+
+def top_file(model_id, percent):
+    attack_id = ATTACK_ID[config["sensitivity"]["attack"]]
+    return f"results/{DATA_ID}/sensitivity/{model_id}/{attack_id}/top{percent:g}pct_{SENSITIVITY_FORM}.csv"
+
+
+def targeted_settings(wildcards):
+    return {
+        "attack": config["attacks"][SNS["targeted"]["attack"]],
+        "n_per_class": SNS["targeted"]["n_per_class"],
+        "seed": config["seed"],
+    }
+
+
+def suppression_settings(wildcards):
+    sup = SNS["suppression"]
+    return {
+        **sup,
+        "perturbations": {
+            name: config["attacks"][name] for name in sup["perturbations"]
+        },
+        "seed": config["seed"],
+    }
+
+
+def ratio_settings(wildcards):
+    return {**SNS["ratios"], "seed": config["seed"]}
+
+
+def arch_sensitivity_files(wildcards):
+    """training name -> sensitivity file of each model of one architecture."""
+    return {
+        MODELS[m]["training_name"]: sensitivity_file(m)
+        for m in MODELS
+        if MODELS[m]["arch"] == wildcards.arch
+    }
+
+
+def arch_ratio_files(wildcards):
+    return {
+        MODELS[m]["training_name"]: f"results/{DATA_ID}/sns/{m}/{wildcards.ratios}.csv"
+        for m in MODELS
+        if MODELS[m]["arch"] == wildcards.arch
+    }
+
+
+def arch_top_files(wildcards):
+    return {
+        MODELS[m]["training_name"]: top_file(m, SNS["layer_top_percent"])
+        for m in MODELS
+        if MODELS[m]["arch"] == wildcards.arch
+    }
+
+
+def model_sensitivity_file(wildcards):
+    return sensitivity_file(wildcards.model)
+
+
+def arch_top_list(wildcards):
+    return list(arch_top_files(wildcards).values())
+
+
+def arch_ratio_labels(wildcards):
+    return list(arch_ratio_files(wildcards))
+
+
+def sns_model_file(kind, model_id):
+    base = f"results/{DATA_ID}/sns/{model_id}"
+    k, p = SNS["targeted"]["k"], SNS["layer_top_percent"]
+    return {
+        "importance": f"{base}/{SNS_ID['targeted']}/importance_k{k}.csv",
+        "importance_summary": f"{base}/{SNS_ID['targeted']}/importance_k{k}_summary.csv",
+        "layer_similarity": f"{base}/{SNS_ID['targeted']}/layer_similarity_top{p:g}pct.csv",
+        "targeted_sensitivity": f"{base}/{SNS_ID['targeted']}/sensitivity_by_target_k{k}.csv",
+        "suppression": f"{base}/{SNS_ID['suppression']}_summary.csv",
+    }[kind]
+
+
+def sns_arch_file(kind, arch):
+    base = f"results/{DATA_ID}/sns/{arch}"
+    return {
+        "ratio_table": f"{base}/{SNS_ID['ratios']}_table_ii.csv",
+        "ratio_means": f"{base}/{SNS_ID['ratios']}_layer_means.csv",
+        "curves_summary": f"{base}/sensitivity_curves_{SENSITIVITY_FORM}_summary.csv",
+    }[kind]
+
+
+def findings_inputs(wildcards):
+    """Labelled inputs of the findings: what exists depends on the configured analyses."""
+    label = model_label
+    suppressed = models_of(SNS["suppression"]["training"])
+    out = {
+        "importance": {label(m): sns_model_file("importance", m) for m in MODELS},
+        "importance_summaries": {
+            label(m): sns_model_file("importance_summary", m) for m in MODELS
+        },
+        "layer_similarity": {
+            label(m): sns_model_file("layer_similarity", m) for m in MODELS
+        },
+        "targeted_sensitivity": {
+            label(m): sns_model_file("targeted_sensitivity", m) for m in MODELS
+        },
+        "suppression": {label(m): sns_model_file("suppression", m) for m in suppressed},
+        "sensitivity_summaries": {a: sns_arch_file("curves_summary", a) for a in ARCHS},
+    }
+    if SNS["ratios"]["perturbations"]:
+        out["ratio_tables"] = {a: sns_arch_file("ratio_table", a) for a in ARCHS}
+        out["ratio_layer_means"] = {a: sns_arch_file("ratio_means", a) for a in ARCHS}
+    return out
+
+
+def findings_files(wildcards):
+    return [f for group in findings_inputs(wildcards).values() for f in group.values()]
 
 
 def sensitivity_outputs():
@@ -134,5 +268,25 @@ def pair_set_outputs():
     ]
 
 
+def sns_outputs():
+    if not SNS["enabled"]:
+        return []
+    files = ["results/findings.md"]
+    files += [
+        f"results/{DATA_ID}/sns/{a}/sensitivity_curves_{SENSITIVITY_FORM}.png"
+        for a in ARCHS
+    ]
+    files += [
+        f"results/{DATA_ID}/sns/{m}/{SNS_ID['targeted']}/importance_k{SNS['targeted']['k']}.png"
+        for m in MODELS
+    ]
+    return files
+
+
 def final_outputs():
-    return [*pair_set_outputs(), *robustness_outputs(), *sensitivity_outputs()]
+    return [
+        *pair_set_outputs(),
+        *robustness_outputs(),
+        *sensitivity_outputs(),
+        *sns_outputs(),
+    ]

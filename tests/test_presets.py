@@ -23,6 +23,15 @@ def test_paper_preset_plans_the_full_cifar10_dag(tmp_path):
         "robustness_table_i": 1,
         "pgd_sweep": 4,
         "sweep_figures": 1,
+        "targeted_pairs": 4,
+        "targeted_neurons": 4,
+        "importance_report": 4,
+        "layer_similarity": 4,
+        "suppression_study": 2,  # vanilla models, as in the paper
+        "sensitivity_ratios": 4,
+        "ratio_report": 2,
+        "sensitivity_curves": 2,
+        "findings": 1,
         "all": 1,
     }
 

@@ -2,7 +2,7 @@
 
 Expected job counts are for the tiny config (.test/config.yaml): 2 architectures x 2 trainings = 4 models;
 pair sets from fgsm and pgd; sensitivity from pgd with top 10% and 50%; 7 attacks in the robustness
-tables (pgd among them); one PGD sweep per model.
+tables (pgd among them); one PGD sweep per model; the SNS analyses with suppression on the two vanilla models.
 """
 
 import pytest
@@ -10,24 +10,27 @@ import yaml
 
 from workflow_helpers import planned_jobs, snakemake
 
-EVERYTHING = {
-    "prepare_dataset": 1, "train_model": 4, "attack_pairs": 8, "neuron_sensitivity": 4,
-    "sensitive_channels": 8, "evaluate_attack": 28, "robustness_table": 1, "robustness_table_i": 1,
-    "pgd_sweep": 4, "sweep_figures": 1, "all": 1,
+PER_MODEL = {  # jobs that exist once per model
+    "train_model": 1, "attack_pairs": 2, "neuron_sensitivity": 1, "sensitive_channels": 2, "evaluate_attack": 7,
+    "pgd_sweep": 1, "sensitivity_ratios": 1, "targeted_pairs": 1, "targeted_neurons": 1, "importance_report": 1,
+    "layer_similarity": 1,
 }
-# Two of the four models are retrained: everything computed from them follows.
-TWO_MODELS = {
-    "train_model": 2, "attack_pairs": 4, "neuron_sensitivity": 2, "sensitive_channels": 4,
-    "evaluate_attack": 14, "robustness_table": 1, "robustness_table_i": 1, "pgd_sweep": 2, "sweep_figures": 1,
-    "all": 1,
+SUMMARIES = {  # jobs that gather over models: re-run when any of their models changes
+    "robustness_table": 1, "robustness_table_i": 1, "sweep_figures": 1, "sensitivity_curves": 2,
+    "ratio_report": 2, "findings": 1, "all": 1,
 }
+EVERYTHING = {"prepare_dataset": 1, **{k: 4 * v for k, v in PER_MODEL.items()}, **SUMMARIES, "suppression_study": 2}
+# Two of the four models (both PAT or both ResNet) are retrained: everything computed from them follows.
+TWO_MODELS = {**{k: 2 * v for k, v in PER_MODEL.items()}, **SUMMARIES}
 
 CHANGES = {
     "pgd eps": (
         {"attacks": {"pgd": {"eps": 24}}},
-        # pgd feeds the pair sets behind the sensitivity files and both tables
+        # pgd makes the pair sets behind the sensitivity files, the targeted sets, and cells of both tables
         {"attack_pairs": 4, "neuron_sensitivity": 4, "sensitive_channels": 8, "evaluate_attack": 4,
-         "robustness_table": 1, "robustness_table_i": 1, "all": 1},
+         "targeted_pairs": 4, "targeted_neurons": 4, "importance_report": 4, "layer_similarity": 4,
+         "robustness_table": 1, "robustness_table_i": 1, "sensitivity_curves": 2, "suppression_study": 2,
+         "ratio_report": 2, "findings": 1, "all": 1},
     ),
     "PAT epochs": ({"training": {"pat": {"epochs": 2}}}, TWO_MODELS),
     "top-k percentage": (
@@ -37,12 +40,17 @@ CHANGES = {
     "dataset split seed": ({"dataset": {"split_seed": 1}}, EVERYTHING),
     "sensitivity form": (
         {"sensitivity": {"form": "eccv"}},
-        {"neuron_sensitivity": 4, "sensitive_channels": 8, "all": 1},
+        {"neuron_sensitivity": 4, "sensitive_channels": 8, "sensitivity_curves": 2, "suppression_study": 2,
+         "ratio_report": 2, "findings": 1, "all": 1},
     ),
-    "ResNet width": ({"architectures": {"resnet18": {"width": 0.125}}}, TWO_MODELS),
+    "ResNet width": (
+        {"architectures": {"resnet18": {"width": 0.125}}},
+        {**TWO_MODELS, "suppression_study": 1, "sensitivity_curves": 1, "ratio_report": 1},
+    ),
     "images per pair set": (
         {"evaluation": {"n_images": 16}},
-        {"attack_pairs": 8, "neuron_sensitivity": 4, "sensitive_channels": 8, "all": 1},
+        {"attack_pairs": 8, "neuron_sensitivity": 4, "sensitive_channels": 8, "sensitivity_curves": 2,
+         "suppression_study": 2, "ratio_report": 2, "findings": 1, "all": 1},
     ),
     "images per robustness attack": (
         {"robustness": {"n_images": 16}},
@@ -52,6 +60,19 @@ CHANGES = {
     "sweep eps values": (
         {"sweeps": {"eps_values": [8, 16, 32]}},
         {"pgd_sweep": 4, "sweep_figures": 1, "all": 1},
+    ),
+    "suppression beta list": (
+        {"sns": {"suppression": {"betas": [1.0, 0.7]}}},
+        {"suppression_study": 2, "findings": 1, "all": 1},
+    ),
+    "images per target class": (
+        {"sns": {"targeted": {"n_per_class": 4}}},
+        {"targeted_pairs": 4, "targeted_neurons": 4, "importance_report": 4, "layer_similarity": 4,
+         "findings": 1, "all": 1},
+    ),
+    "ratio images": (
+        {"sns": {"ratios": {"n_images": 6}}},
+        {"sensitivity_ratios": 4, "ratio_report": 2, "findings": 1, "all": 1},
     ),
 }
 

@@ -52,13 +52,14 @@ def slurm_run(tmp_path_factory):
 def test_every_job_ran_as_a_completed_slurm_job(slurm_run):
     _, jobs, _ = slurm_run
     # all jobs of the DAG except the local `all` rule
-    # prepare, 4 train, 8 pair sets, 4 sensitivity, 8 top-k, 28 evaluations, 2 tables, 4 sweeps, 1 figure
-    assert len(jobs) == 1 + 4 + 8 + 4 + 8 + 28 + 2 + 4 + 1
+    from test_reruns import EVERYTHING
+
+    assert len(jobs) == sum(EVERYTHING.values()) - 1  # all jobs but the local `all`
     assert {j["state"] for j in jobs} == {"COMPLETED"}
     rules = sorted({j["comment"].split("_wildcards")[0].removeprefix("rule_") for j in jobs})
-    assert rules == ["attack_pairs", "evaluate_attack", "neuron_sensitivity", "pgd_sweep", "prepare_dataset",
-                     "robustness_table", "robustness_table_i", "sensitive_channels", "sweep_figures",
-                     "train_model"], rules
+    from test_reruns import EVERYTHING
+
+    assert rules == sorted(set(EVERYTHING) - {"all"}), rules
 
 
 def test_slurm_results_equal_the_local_run(slurm_run, tiny_run):

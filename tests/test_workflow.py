@@ -76,11 +76,33 @@ def test_pgd_sweeps_cover_steps_and_eps(tiny_run):
         assert (tiny_run / "results" / "figures" / name).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_sns_analyses_and_findings(tiny_run):
+    (data_dir,) = [p for p in (tiny_run / "results").iterdir() if p.name.startswith("digits~")]
+    sns = data_dir / "sns"
+    importance = sorted(sns.glob("*/targeted~*/importance_k5.csv"))
+    assert len(importance) == 4
+    for path in importance:
+        table = pd.read_csv(path)
+        assert {"spearman", "levenshtein_similarity", "jaccard"} <= set(table.columns)
+        assert table.spearman.between(-1, 1).all() and table.levenshtein_similarity.between(0, 1).all()
+    assert len(list(sns.glob("*/targeted~*/layer_similarity_top10pct.csv"))) == 4
+    # suppression on the vanilla models only; ratio reports and Fig 10 curves per architecture
+    assert sorted(p.parent.name.split("~")[0] for p in sns.glob("*/suppression~*_summary.csv")) == [
+        "resnet18-vanilla", "vgg16-vanilla"]
+    for arch in ("vgg16", "resnet18"):
+        assert len(list((sns / arch).glob("ratios~*_table_ii.csv"))) == 1
+        assert (sns / arch / "sensitivity_curves_tip.png").exists()
+    findings = (tiny_run / "results" / "findings.md").read_text()
+    assert "Claims supported by this run" in findings and "vgg16" in findings and "resnet18" in findings
+
+
 def test_every_job_left_a_log_and_a_benchmark(tiny_run):
     logs = list((tiny_run / "logs").rglob("*.log"))
     benchmarks = list((tiny_run / "benchmarks").rglob("*.tsv"))
-    # prepare, 4 train, 8 pair sets, 4 sensitivity, 8 top-k, 28 evaluations, 2 tables, 4 sweeps, 1 figure
-    assert len(logs) == len(benchmarks) == 1 + 4 + 8 + 4 + 8 + 28 + 2 + 4 + 1
+    # every job of the tiny DAG except `all` (see test_reruns.EVERYTHING)
+    from test_reruns import EVERYTHING
+
+    assert len(logs) == len(benchmarks) == sum(EVERYTHING.values()) - 1
 
 
 def test_nothing_left_to_do_after_a_run(tiny_run):
@@ -95,5 +117,6 @@ def test_html_report_holds_every_table_with_its_caption(tiny_run):
     html = (tiny_run / "report.html").read_text()
     assert "robustness.csv" in html and "Accuracy (%) of every model on the digits test split" in html
     assert "robustness_settings.csv" in html and "pgd_sweep_steps.png" in html and "pgd_sweep_eps.png" in html
+    assert "findings.md" in html and "sensitivity_curves_tip.png" in html
     assert html.count("sensitivity_tip.csv") >= 4 and "divided by the map size (TIP Eq 1)" in html
     assert "top10pct_tip.csv" in html and "top50pct_tip.csv" in html

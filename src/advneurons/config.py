@@ -83,6 +83,21 @@ def check_references(config: dict) -> None:
         _check_attack(attacks, name, f"robustness.table_i[{i}]")
     for name in robustness.get("n_images_by_attack", {}):
         _check_attack(attacks, name, f"robustness.n_images_by_attack.{name}")
+    sns = config.get("sns", {})
+    if sns.get("enabled", False):
+        _check_attack(attacks, sns["targeted"]["attack"], "sns.targeted.attack")
+        if attacks[sns["targeted"]["attack"]]["type"] not in ("pgd", "pgd_targeted"):
+            raise ConfigError("config key 'sns.targeted.attack': targeted sets need an L-inf PGD attack "
+                              f"(type pgd or pgd_targeted), not {attacks[sns['targeted']['attack']]['type']!r}")
+        for i, name in enumerate(sns["suppression"]["perturbations"]):
+            _check_attack(attacks, name, f"sns.suppression.perturbations[{i}]")
+        for i, name in enumerate(sns["suppression"]["training"]):
+            if name not in config["models"]["training"]:
+                raise ConfigError(f"config key 'sns.suppression.training[{i}]': {name!r} is not in models.training")
+        families = sns["ratios"]["perturbations"]
+        if families and sns["ratios"]["table_family"] not in families:
+            raise ConfigError(f"config key 'sns.ratios.table_family': {sns['ratios']['table_family']!r} is not a "
+                              f"family under sns.ratios.perturbations ({', '.join(families)})")
     for i, name in enumerate(config["models"]["training"]):
         if name not in config["training"]:
             raise ConfigError(f"config key 'models.training[{i}]': training {name!r} is not defined under 'training'")
@@ -163,6 +178,22 @@ def robustness_entries(config: dict) -> dict[str, dict]:
 def sweep_id(config: dict) -> str:
     sweeps = {k: v for k, v in config["sweeps"].items() if k not in ("enabled", "batch_size")}
     return make_id("pgd_sweep", {**sweeps, "seed": config["seed"]})
+
+
+def sns_ids(config: dict) -> dict[str, str]:
+    """Ids of the SNS analysis outputs: each hashes exactly the settings it depends on."""
+    sns, seed = config["sns"], config["seed"]
+    targeted = sns["targeted"]
+    sup = sns["suppression"]
+    return {
+        "targeted": make_id("targeted", {"attack": config["attacks"][targeted["attack"]],
+                                         "n_per_class": targeted["n_per_class"], "seed": seed}),
+        "suppression": make_id("suppression", {
+            "perturbations": {name: config["attacks"][name] for name in sup["perturbations"]},
+            **{k: sup[k] for k in ("betas", "top_percent", "n_random", "n_images")}, "seed": seed}),
+        "ratios": make_id("ratios", {"perturbations": sns["ratios"]["perturbations"],
+                                     "n_images": sns["ratios"]["n_images"], "seed": seed}),
+    }
 
 
 def load_config(path: Path) -> dict:

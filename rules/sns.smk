@@ -1,0 +1,282 @@
+# Stage 6: the neuron-sensitivity analyses of the SNS papers: targeted sets, important vs sensitive
+# neurons, cross-class similarity per layer, suppression, sensitivity ratios, and findings.md.
+
+
+rule targeted_pairs:
+    input:
+        model="results/{data}/models/{model}/model.pt",
+        test=split_file("test"),
+    output:
+        pairs="results/{data}/sns/{model}/{targeted}/pairs.npz",
+        meta="results/{data}/sns/{model}/{targeted}/pairs.json",
+    log:
+        "logs/{data}/targeted_pairs/{model}/{targeted}.log",
+    benchmark:
+        "benchmarks/{data}/targeted_pairs/{model}/{targeted}.tsv"
+    conda:
+        "../envs/advneurons.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    params:
+        code=code_version("sns_analysis"),
+        targeted=targeted_settings,
+        batch_size=SNS["batch_size"],
+    script:
+        "../workflow_scripts/targeted_pairs.py"
+
+
+rule targeted_neurons:
+    input:
+        model="results/{data}/models/{model}/model.pt",
+        pairs="results/{data}/sns/{model}/{targeted}/pairs.npz",
+    output:
+        sensitivity="results/{data}/sns/{model}/{targeted}/sensitivity_by_target_k{k}.csv",
+        importance="results/{data}/sns/{model}/{targeted}/importance_by_target_k{k}.csv",
+        meta="results/{data}/sns/{model}/{targeted}/neurons_k{k}.json",
+    log:
+        "logs/{data}/targeted_neurons/{model}/{targeted}_k{k}.log",
+    benchmark:
+        "benchmarks/{data}/targeted_neurons/{model}/{targeted}_k{k}.tsv"
+    conda:
+        "../envs/advneurons.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        code=code_version("sns_analysis"),
+        batch_size=SNS["batch_size"],
+    script:
+        "../workflow_scripts/targeted_neurons.py"
+
+
+rule importance_report:
+    input:
+        sensitivity="results/{data}/sns/{model}/{targeted}/sensitivity_by_target_k{k}.csv",
+        importance="results/{data}/sns/{model}/{targeted}/importance_by_target_k{k}.csv",
+    output:
+        csv="results/{data}/sns/{model}/{targeted}/importance_k{k}.csv",
+        md="results/{data}/sns/{model}/{targeted}/importance_k{k}.md",
+        summary="results/{data}/sns/{model}/{targeted}/importance_k{k}_summary.csv",
+        png=report(
+            "results/{data}/sns/{model}/{targeted}/importance_k{k}.png",
+            caption="../report/importance.rst",
+            category="Sensitive neurons",
+            subcategory="Importance vs sensitivity",
+            labels={"model": "{model}"},
+        ),
+        meta="results/{data}/sns/{model}/{targeted}/importance_k{k}.json",
+    log:
+        "logs/{data}/importance_report/{model}/{targeted}_k{k}.log",
+    benchmark:
+        "benchmarks/{data}/importance_report/{model}/{targeted}_k{k}.tsv"
+    conda:
+        "../envs/advneurons.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        code=code_version("sns_analysis"),
+        title=model_name,
+    script:
+        "../workflow_scripts/importance_report.py"
+
+
+rule layer_similarity:
+    input:
+        sensitivity=expand(
+            "results/{{data}}/sns/{{model}}/{{targeted}}/sensitivity_by_target_k{k}.csv",
+            k=SNS["targeted"]["k"],
+        ),
+    output:
+        csv="results/{data}/sns/{model}/{targeted}/layer_similarity_top{percent}pct.csv",
+        md="results/{data}/sns/{model}/{targeted}/layer_similarity_top{percent}pct.md",
+        png=report(
+            "results/{data}/sns/{model}/{targeted}/layer_similarity_top{percent}pct.png",
+            caption="../report/layer_similarity.rst",
+            category="Sensitive neurons",
+            subcategory="Similarity across target classes",
+            labels={"model": "{model}"},
+        ),
+        meta="results/{data}/sns/{model}/{targeted}/layer_similarity_top{percent}pct.json",
+    log:
+        "logs/{data}/layer_similarity/{model}/{targeted}_top{percent}pct.log",
+    benchmark:
+        "benchmarks/{data}/layer_similarity/{model}/{targeted}_top{percent}pct.tsv"
+    conda:
+        "../envs/advneurons.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        code=code_version("sns_analysis"),
+        title=model_name,
+    script:
+        "../workflow_scripts/layer_similarity.py"
+
+
+rule suppression_study:
+    input:
+        model="results/{data}/models/{model}/model.pt",
+        test=split_file("test"),
+        sensitivity=model_sensitivity_file,
+    output:
+        csv="results/{data}/sns/{model}/{suppression}.csv",
+        summary="results/{data}/sns/{model}/{suppression}_summary.csv",
+        md="results/{data}/sns/{model}/{suppression}.md",
+        png=report(
+            "results/{data}/sns/{model}/{suppression}.png",
+            caption="../report/suppression.rst",
+            category="Sensitive neurons",
+            subcategory="Suppression",
+            labels={"model": "{model}"},
+        ),
+        meta="results/{data}/sns/{model}/{suppression}.json",
+    log:
+        "logs/{data}/suppression_study/{model}/{suppression}.log",
+    benchmark:
+        "benchmarks/{data}/suppression_study/{model}/{suppression}.tsv"
+    conda:
+        "../envs/advneurons.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=240,
+    params:
+        code=code_version("sns_analysis"),
+        suppression=suppression_settings,
+        batch_size=SNS["batch_size"],
+        title=model_name,
+    script:
+        "../workflow_scripts/suppression_study.py"
+
+
+rule sensitivity_ratios:
+    input:
+        model="results/{data}/models/{model}/model.pt",
+        test=split_file("test"),
+    output:
+        csv="results/{data}/sns/{model}/{ratios}.csv",
+        meta="results/{data}/sns/{model}/{ratios}.json",
+    log:
+        "logs/{data}/sensitivity_ratios/{model}/{ratios}.log",
+    benchmark:
+        "benchmarks/{data}/sensitivity_ratios/{model}/{ratios}.tsv"
+    conda:
+        "../envs/advneurons.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=240,
+    params:
+        code=code_version("sns_analysis"),
+        ratios=ratio_settings,
+        batch_size=SNS["batch_size"],
+    script:
+        "../workflow_scripts/sensitivity_ratios.py"
+
+
+rule ratio_report:
+    input:
+        unpack(arch_ratio_files),
+        tops=arch_top_list,
+    output:
+        table="results/{data}/sns/{arch}/{ratios}_table_ii.csv",
+        md="results/{data}/sns/{arch}/{ratios}_table_ii.md",
+        means="results/{data}/sns/{arch}/{ratios}_layer_means.csv",
+        fig13=report(
+            "results/{data}/sns/{arch}/{ratios}_fig13.png",
+            caption="../report/ratio_fig13.rst",
+            category="Sensitive neurons",
+            subcategory="Sensitivity ratios",
+            labels={"architecture": "{arch}", "figure": "per layer (Fig 13)"},
+        ),
+        fig14=report(
+            "results/{data}/sns/{arch}/{ratios}_fig14.png",
+            caption="../report/ratio_fig14.rst",
+            category="Sensitive neurons",
+            subcategory="Sensitivity ratios",
+            labels={"architecture": "{arch}", "figure": "vs strength (Fig 14)"},
+        ),
+        meta="results/{data}/sns/{arch}/{ratios}_report.json",
+    log:
+        "logs/{data}/ratio_report/{arch}/{ratios}.log",
+    benchmark:
+        "benchmarks/{data}/ratio_report/{arch}/{ratios}.tsv"
+    conda:
+        "../envs/advneurons.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        code=code_version("sns_analysis"),
+        labels=arch_ratio_labels,
+        table_family=SNS["ratios"]["table_family"],
+        title="{arch}",
+    script:
+        "../workflow_scripts/ratio_report.py"
+
+
+rule sensitivity_curves:
+    input:
+        unpack(arch_sensitivity_files),
+    output:
+        png=report(
+            "results/{data}/sns/{arch}/sensitivity_curves_{form}.png",
+            caption="../report/sensitivity_curves.rst",
+            category="Sensitive neurons",
+            subcategory="Sensitivity per channel",
+            labels={"architecture": "{arch}"},
+        ),
+        summary="results/{data}/sns/{arch}/sensitivity_curves_{form}_summary.csv",
+        md="results/{data}/sns/{arch}/sensitivity_curves_{form}_summary.md",
+        meta="results/{data}/sns/{arch}/sensitivity_curves_{form}.json",
+    log:
+        "logs/{data}/sensitivity_curves/{arch}_{form}.log",
+    benchmark:
+        "benchmarks/{data}/sensitivity_curves/{arch}_{form}.tsv"
+    conda:
+        "../envs/advneurons.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        code=code_version("sns_analysis"),
+        top_percent=SNS["layer_top_percent"],
+        title="{arch}",
+    script:
+        "../workflow_scripts/sensitivity_curves.py"
+
+
+rule findings:
+    input:
+        findings_files,
+    output:
+        md=report(
+            "results/findings.md",
+            caption="../report/findings.rst",
+            category="Findings",
+        ),
+        json="results/findings.json",
+    log:
+        "logs/findings.log",
+    benchmark:
+        "benchmarks/findings.tsv"
+    conda:
+        "../envs/advneurons.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        code=code_version("sns_analysis"),
+        inputs=findings_inputs,
+        dataset=DATASET,
+    script:
+        "../workflow_scripts/findings.py"

@@ -1,0 +1,13 @@
+"""Rule findings: results/findings.md, each paper claim and whether this run supports it (advneurons.sns_analysis)."""
+
+from advneurons import runtime
+from advneurons.sns_analysis import sns_findings
+
+smk = snakemake  # noqa: F821 -- injected by Snakemake
+runtime.configure_logging(smk.log[0])
+sns_findings(
+    out_md=smk.output.md,
+    out_json=smk.output.json,
+    title=f"Findings on {smk.params.dataset}",
+    **smk.params.inputs,
+)

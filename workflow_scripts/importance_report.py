@@ -1,0 +1,18 @@
+"""Rule importance_report: Spearman / Levenshtein / Jaccard per target class (advneurons.sns_analysis)."""
+
+from advneurons import runtime
+from advneurons.sns_analysis import importance_sensitivity_report
+
+smk = snakemake  # noqa: F821 -- injected by Snakemake
+runtime.configure_logging(smk.log[0])
+importance_sensitivity_report(
+    sensitivity_csv=smk.input.sensitivity,
+    importance_csv=smk.input.importance,
+    k=int(smk.wildcards.k),
+    out_csv=smk.output.csv,
+    out_md=smk.output.md,
+    summary_csv=smk.output.summary,
+    figure_png=smk.output.png,
+    meta_path=smk.output.meta,
+    title=smk.params.title,
+)

@@ -1,0 +1,16 @@
+"""Rule layer_similarity: similarity of per-target sensitive neurons per layer (advneurons.sns_analysis)."""
+
+from advneurons import runtime
+from advneurons.sns_analysis import layer_similarity_report
+
+smk = snakemake  # noqa: F821 -- injected by Snakemake
+runtime.configure_logging(smk.log[0])
+layer_similarity_report(
+    sensitivity_csv=smk.input.sensitivity[0],
+    top_percent=float(smk.wildcards.percent),
+    out_csv=smk.output.csv,
+    out_md=smk.output.md,
+    figure_png=smk.output.png,
+    meta_path=smk.output.meta,
+    title=smk.params.title,
+)

@@ -1,0 +1,16 @@
+"""Rule sensitivity_curves: sorted per-channel sensitivity per training, TIP Fig 10 (advneurons.sns_analysis)."""
+
+from advneurons import runtime
+from advneurons.sns_analysis import sensitivity_curves_figure
+
+smk = snakemake  # noqa: F821 -- injected by Snakemake
+runtime.configure_logging(smk.log[0])
+sensitivity_curves_figure(
+    sensitivity_csvs=dict(smk.input.items()),
+    out_png=smk.output.png,
+    summary_csv=smk.output.summary,
+    summary_md=smk.output.md,
+    meta_path=smk.output.meta,
+    top_percent=smk.params.top_percent,
+    title=smk.params.title,
+)

@@ -1,0 +1,19 @@
+"""Rule sensitivity_ratios: per-channel sensitivity ratios of conv and ReLU outputs (advneurons.sns_analysis)."""
+
+from advneurons import runtime
+from advneurons.sns_analysis import sensitivity_ratio_table
+
+smk = snakemake  # noqa: F821 -- injected by Snakemake
+runtime.configure_logging(smk.log[0])
+r = smk.params.ratios
+runtime.setup(smk.threads, r["seed"])
+sensitivity_ratio_table(
+    model_path=smk.input.model,
+    test_path=smk.input.test,
+    perturbations=r["perturbations"],
+    out_csv=smk.output.csv,
+    meta_path=smk.output.meta,
+    n_images=r["n_images"],
+    seed=r["seed"],
+    batch_size=smk.params.batch_size,
+)

@@ -1,0 +1,27 @@
+"""Rule suppression_study: sensitive vs random channels scaled by beta (advneurons.sns_analysis)."""
+
+from advneurons import runtime
+from advneurons.sns_analysis import suppression_study
+
+smk = snakemake  # noqa: F821 -- injected by Snakemake
+runtime.configure_logging(smk.log[0])
+s = smk.params.suppression
+runtime.setup(smk.threads, s["seed"])
+suppression_study(
+    model_path=smk.input.model,
+    test_path=smk.input.test,
+    sensitivity_csv=smk.input.sensitivity,
+    perturbations=s["perturbations"],
+    out_csv=smk.output.csv,
+    summary_csv=smk.output.summary,
+    out_md=smk.output.md,
+    figure_png=smk.output.png,
+    meta_path=smk.output.meta,
+    betas=s["betas"],
+    top_percent=s["top_percent"],
+    n_random=s["n_random"],
+    n_images=s["n_images"],
+    seed=s["seed"],
+    batch_size=smk.params.batch_size,
+    title=smk.params.title,
+)

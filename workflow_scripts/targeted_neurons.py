@@ -1,0 +1,17 @@
+"""Rule targeted_neurons: per-target sensitivity and importance votes (advneurons.sns_analysis)."""
+
+from advneurons import runtime
+from advneurons.sns_analysis import targeted_neuron_tables
+
+smk = snakemake  # noqa: F821 -- injected by Snakemake
+runtime.configure_logging(smk.log[0])
+runtime.setup(smk.threads)
+targeted_neuron_tables(
+    model_path=smk.input.model,
+    targeted_pairs_path=smk.input.pairs,
+    k=int(smk.wildcards.k),
+    batch_size=smk.params.batch_size,
+    sensitivity_csv=smk.output.sensitivity,
+    importance_csv=smk.output.importance,
+    meta_path=smk.output.meta,
+)

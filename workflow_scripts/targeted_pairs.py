@@ -1,0 +1,19 @@
+"""Rule targeted_pairs: targeted L-inf PGD towards every class (advneurons.sns_analysis.targeted_pair_set)."""
+
+from advneurons import runtime
+from advneurons.sns_analysis import targeted_pair_set
+
+smk = snakemake  # noqa: F821 -- injected by Snakemake
+runtime.configure_logging(smk.log[0])
+t = smk.params.targeted
+runtime.setup(smk.threads, t["seed"])
+targeted_pair_set(
+    model_path=smk.input.model,
+    test_path=smk.input.test,
+    attack_cfg=t["attack"],
+    n_per_class=t["n_per_class"],
+    seed=t["seed"],
+    batch_size=smk.params.batch_size,
+    out_path=smk.output.pairs,
+    meta_path=smk.output.meta,
+)
