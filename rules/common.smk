@@ -25,6 +25,9 @@ SNS = config["sns"]
 SNS_ID = settings.sns_ids(config)
 ARCHS = config["models"]["architectures"]
 SENSITIVITY_FORM = config["sensitivity"]["form"]
+SENSITIVITY_ATTACK = ATTACK_ID[
+    config["sensitivity"]["attack"]
+]  # pair sets behind the sensitivity files
 CIFAR10_ARCHIVE = os.path.join(
     config["dataset"]["cifar10"]["data_dir"], "cifar-10-python.tar.gz"
 )
@@ -194,15 +197,15 @@ def sns_model_file(kind, model_id):
         "importance_summary": f"{base}/{SNS_ID['targeted']}/importance_k{k}_summary.csv",
         "layer_similarity": f"{base}/{SNS_ID['targeted']}/layer_similarity_top{p:g}pct.csv",
         "targeted_sensitivity": f"{base}/{SNS_ID['targeted']}/sensitivity_by_target_k{k}.csv",
-        "suppression": f"{base}/{SNS_ID['suppression']}_summary.csv",
+        "suppression": f"{base}/{SENSITIVITY_ATTACK}-{SENSITIVITY_FORM}/{SNS_ID['suppression']}_summary.csv",
     }[kind]
 
 
 def sns_arch_file(kind, arch):
-    base = f"results/{DATA_ID}/sns/{arch}"
+    base = f"results/{DATA_ID}/sns/{arch}/{SENSITIVITY_ATTACK}"
     return {
-        "ratio_table": f"{base}/{SNS_ID['ratios']}_table_ii.csv",
-        "ratio_means": f"{base}/{SNS_ID['ratios']}_layer_means.csv",
+        "ratio_table": f"{base}-{SENSITIVITY_FORM}/{SNS_ID['ratios']}_table_ii.csv",
+        "ratio_means": f"{base}-{SENSITIVITY_FORM}/{SNS_ID['ratios']}_layer_means.csv",
         "curves_summary": f"{base}/sensitivity_curves_{SENSITIVITY_FORM}_summary.csv",
     }[kind]
 
@@ -273,7 +276,7 @@ def sns_outputs():
         return []
     files = ["results/findings.md"]
     files += [
-        f"results/{DATA_ID}/sns/{a}/sensitivity_curves_{SENSITIVITY_FORM}.png"
+        f"results/{DATA_ID}/sns/{a}/{SENSITIVITY_ATTACK}/sensitivity_curves_{SENSITIVITY_FORM}.png"
         for a in ARCHS
     ]
     files += [

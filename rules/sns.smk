@@ -125,21 +125,21 @@ rule suppression_study:
         test=split_file("test"),
         sensitivity=model_sensitivity_file,
     output:
-        csv="results/{data}/sns/{model}/{suppression}.csv",
-        summary="results/{data}/sns/{model}/{suppression}_summary.csv",
-        md="results/{data}/sns/{model}/{suppression}.md",
+        csv="results/{data}/sns/{model}/{attack}-{form}/{suppression}.csv",
+        summary="results/{data}/sns/{model}/{attack}-{form}/{suppression}_summary.csv",
+        md="results/{data}/sns/{model}/{attack}-{form}/{suppression}.md",
         png=report(
-            "results/{data}/sns/{model}/{suppression}.png",
+            "results/{data}/sns/{model}/{attack}-{form}/{suppression}.png",
             caption="../report/suppression.rst",
             category="Sensitive neurons",
             subcategory="Suppression",
             labels={"model": "{model}"},
         ),
-        meta="results/{data}/sns/{model}/{suppression}.json",
+        meta="results/{data}/sns/{model}/{attack}-{form}/{suppression}.json",
     log:
-        "logs/{data}/suppression_study/{model}/{suppression}.log",
+        "logs/{data}/suppression_study/{model}/{attack}-{form}/{suppression}.log",
     benchmark:
-        "benchmarks/{data}/suppression_study/{model}/{suppression}.tsv"
+        "benchmarks/{data}/suppression_study/{model}/{attack}-{form}/{suppression}.tsv"
     conda:
         "../envs/advneurons.yaml"
     threads: 1
@@ -185,28 +185,28 @@ rule ratio_report:
         unpack(arch_ratio_files),
         tops=arch_top_list,
     output:
-        table="results/{data}/sns/{arch}/{ratios}_table_ii.csv",
-        md="results/{data}/sns/{arch}/{ratios}_table_ii.md",
-        means="results/{data}/sns/{arch}/{ratios}_layer_means.csv",
+        table="results/{data}/sns/{arch}/{attack}-{form}/{ratios}_table_ii.csv",
+        md="results/{data}/sns/{arch}/{attack}-{form}/{ratios}_table_ii.md",
+        means="results/{data}/sns/{arch}/{attack}-{form}/{ratios}_layer_means.csv",
         fig13=report(
-            "results/{data}/sns/{arch}/{ratios}_fig13.png",
+            "results/{data}/sns/{arch}/{attack}-{form}/{ratios}_fig13.png",
             caption="../report/ratio_fig13.rst",
             category="Sensitive neurons",
             subcategory="Sensitivity ratios",
             labels={"architecture": "{arch}", "figure": "per layer (Fig 13)"},
         ),
         fig14=report(
-            "results/{data}/sns/{arch}/{ratios}_fig14.png",
+            "results/{data}/sns/{arch}/{attack}-{form}/{ratios}_fig14.png",
             caption="../report/ratio_fig14.rst",
             category="Sensitive neurons",
             subcategory="Sensitivity ratios",
             labels={"architecture": "{arch}", "figure": "vs strength (Fig 14)"},
         ),
-        meta="results/{data}/sns/{arch}/{ratios}_report.json",
+        meta="results/{data}/sns/{arch}/{attack}-{form}/{ratios}_report.json",
     log:
-        "logs/{data}/ratio_report/{arch}/{ratios}.log",
+        "logs/{data}/ratio_report/{arch}/{attack}-{form}/{ratios}.log",
     benchmark:
-        "benchmarks/{data}/ratio_report/{arch}/{ratios}.tsv"
+        "benchmarks/{data}/ratio_report/{arch}/{attack}-{form}/{ratios}.tsv"
     conda:
         "../envs/advneurons.yaml"
     threads: 1
@@ -227,19 +227,19 @@ rule sensitivity_curves:
         unpack(arch_sensitivity_files),
     output:
         png=report(
-            "results/{data}/sns/{arch}/sensitivity_curves_{form}.png",
+            "results/{data}/sns/{arch}/{attack}/sensitivity_curves_{form}.png",
             caption="../report/sensitivity_curves.rst",
             category="Sensitive neurons",
             subcategory="Sensitivity per channel",
             labels={"architecture": "{arch}"},
         ),
-        summary="results/{data}/sns/{arch}/sensitivity_curves_{form}_summary.csv",
-        md="results/{data}/sns/{arch}/sensitivity_curves_{form}_summary.md",
-        meta="results/{data}/sns/{arch}/sensitivity_curves_{form}.json",
+        summary="results/{data}/sns/{arch}/{attack}/sensitivity_curves_{form}_summary.csv",
+        md="results/{data}/sns/{arch}/{attack}/sensitivity_curves_{form}_summary.md",
+        meta="results/{data}/sns/{arch}/{attack}/sensitivity_curves_{form}.json",
     log:
-        "logs/{data}/sensitivity_curves/{arch}_{form}.log",
+        "logs/{data}/sensitivity_curves/{arch}/{attack}_{form}.log",
     benchmark:
-        "benchmarks/{data}/sensitivity_curves/{arch}_{form}.tsv"
+        "benchmarks/{data}/sensitivity_curves/{arch}/{attack}_{form}.tsv"
     conda:
         "../envs/advneurons.yaml"
     threads: 1

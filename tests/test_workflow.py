@@ -87,11 +87,11 @@ def test_sns_analyses_and_findings(tiny_run):
         assert table.spearman.between(-1, 1).all() and table.levenshtein_similarity.between(0, 1).all()
     assert len(list(sns.glob("*/targeted~*/layer_similarity_top10pct.csv"))) == 4
     # suppression on the vanilla models only; ratio reports and Fig 10 curves per architecture
-    assert sorted(p.parent.name.split("~")[0] for p in sns.glob("*/suppression~*_summary.csv")) == [
+    assert sorted(p.parent.parent.name.split("~")[0] for p in sns.glob("*/pgd~*-tip/suppression~*_summary.csv")) == [
         "resnet18-vanilla", "vgg16-vanilla"]
     for arch in ("vgg16", "resnet18"):
-        assert len(list((sns / arch).glob("ratios~*_table_ii.csv"))) == 1
-        assert (sns / arch / "sensitivity_curves_tip.png").exists()
+        assert len(list((sns / arch).glob("pgd~*-tip/ratios~*_table_ii.csv"))) == 1
+        assert len(list((sns / arch).glob("pgd~*/sensitivity_curves_tip.png"))) == 1
     findings = (tiny_run / "results" / "findings.md").read_text()
     assert "Claims supported by this run" in findings and "vgg16" in findings and "resnet18" in findings
 
