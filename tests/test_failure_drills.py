@@ -39,15 +39,19 @@ def test_bad_config_is_refused_before_any_job(tmp_path, name):
 
 def test_killed_training_job_resumes_to_the_same_weights_and_tables(tmp_path):
     """Kill the workflow while the 3-epoch PAT training is past its first epoch, then run again."""
-    shutil.copy(ROOT / ".test" / "config.yaml", tmp_path / "config.yaml")
-    three_epochs = {"training": {"pat": {"epochs": 3}}, "models": {"architectures": ["vgg16"], "training": ["pat"]}}
-    (tmp_path / "three.yaml").write_text(yaml.safe_dump(three_epochs))
-    args = ["-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--cores", "1", "--configfile", str(tmp_path / "three.yaml")]
-    assert args[-2] == "--configfile"  # it takes several values: the target must come before it
+    cfg = yaml.safe_load((ROOT / ".test" / "config.yaml").read_text())
+    cfg["training"]["pat"]["epochs"] = 3
+    cfg["models"] = {"architectures": ["vgg16"], "training": ["pat"]}
+    cfg["robustness"]["table_iii"] = {"FGSM": "fgsm", "L-inf PGD": "pgd"}
+    cfg["robustness"]["table_i"] = ["pgd"]
+    cfg["sweeps"].update(steps_values=[1], eps_values=[32])
+    cfg["sns"] = {"enabled": False}
     reference = tmp_path / "reference"
     reference.mkdir()
-    shutil.copy(tmp_path / "config.yaml", reference / "config.yaml")
-    ref = snakemake(reference, "all", "--configfile", str(tmp_path / "three.yaml"))
+    for workdir in (tmp_path, reference):
+        (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    args = ["-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--cores", "1"]
+    ref = snakemake(reference, "all")
     assert ref.returncode == 0, ref.stderr[-3000:]
 
     proc = subprocess.Popen([str(SNAKEMAKE), "all", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -65,7 +69,7 @@ def test_killed_training_job_resumes_to_the_same_weights_and_tables(tmp_path):
 
     # A killed Snakemake leaves its lock behind; --unlock is what a user runs next.
     assert snakemake(tmp_path, "--unlock").returncode == 0
-    again = snakemake(tmp_path, "all", "--configfile", str(tmp_path / "three.yaml"))
+    again = snakemake(tmp_path, "all")
     assert again.returncode == 0, again.stderr[-3000:]
     log = next((tmp_path / "logs").rglob("train_model/vgg16-pat~*.log")).read_text()
     assert "resuming from epoch" in log
