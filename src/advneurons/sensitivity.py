@@ -33,21 +33,20 @@ def channel_distance(clean: torch.Tensor, perturbed: torch.Tensor, normalise: bo
     return diff
 
 
-class SensitivityAccumulator:
-    """Forward hooks that sum per-channel distances between the clean and perturbed halves of each batch.
+class PairHooks:
+    """Forward hooks on named modules, registered for the duration of a ``with`` block.
 
-    The model is fed ``torch.cat([clean, perturbed])``; every hooked layer splits its output in two halves.
+    The model is fed ``torch.cat([clean, perturbed])``, so every hooked module sees the clean half and the
+    perturbed half of its output in one call; subclasses say in `_hook` what to accumulate from them.
     """
 
-    def __init__(self, layers: "OrderedDict[str, nn.Module]", normalise: bool = True):
-        self.layers = layers
-        self.normalise = normalise
-        self.sums: dict[str, torch.Tensor] = {}
+    def __init__(self, modules: "OrderedDict[str, nn.Module]"):
+        self.modules = modules
         self.count = 0
         self._handles = []
 
     def __enter__(self):
-        for name, module in self.layers.items():
+        for name, module in self.modules.items():
             self._handles.append(module.register_forward_hook(self._hook(name)))
         return self
 
@@ -55,6 +54,19 @@ class SensitivityAccumulator:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+
+    def _hook(self, name):
+        raise NotImplementedError
+
+
+class SensitivityAccumulator(PairHooks):
+    """Sums per-channel distances between the clean and perturbed halves of each batch."""
+
+    def __init__(self, layers: "OrderedDict[str, nn.Module]", normalise: bool = True):
+        super().__init__(layers)
+        self.layers = layers
+        self.normalise = normalise
+        self.sums: dict[str, torch.Tensor] = {}
 
     def _hook(self, name):
         def hook(_module, _inputs, output):

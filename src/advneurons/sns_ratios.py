@@ -24,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .runtime import atomic_path, generator, metadata, write_json
+from .sensitivity import PairHooks
 from .sns_common import (
     activation_names,
     named_modules_for,
@@ -57,28 +58,16 @@ def default_ratio_layers(model: nn.Module) -> list[str]:
     return out
 
 
-class RatioAccumulator:
+class RatioAccumulator(PairHooks):
     """Forward hooks summing per-channel ratios ||F(x) - F(x')||_1 / ||F(x)||_1 over pairs with ||F(x)||_1 > 0.
 
     The model is fed ``torch.cat([clean, perturbed])``; each hooked module splits its output in two halves.
     """
 
     def __init__(self, modules: "OrderedDict[str, nn.Module]"):
-        self.modules = modules
+        super().__init__(modules)
         self.sums: dict[str, torch.Tensor] = {}
         self.valid: dict[str, torch.Tensor] = {}
-        self.count = 0
-        self._handles = []
-
-    def __enter__(self):
-        for name, module in self.modules.items():
-            self._handles.append(module.register_forward_hook(self._hook(name)))
-        return self
-
-    def __exit__(self, *exc):
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
 
     def _hook(self, name):
         def hook(_module, _inputs, output):
