@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from bn_helpers import with_bn_stats
 from torch import nn
 
 from advneurons.lirpa_compat import (
@@ -53,16 +54,7 @@ class SmallVGG(nn.Module):
 
 def _with_bn_stats(model, shape, seed=0):
     """Give every BatchNorm non-trivial running stats and affine parameters, then eval mode."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5, generator=gen)
-                m.bias.uniform_(-0.2, 0.2, generator=gen)
-        model.train()
-        for _ in range(3):
-            model(torch.rand(8, *shape, generator=gen) * 0.8 + 0.1)
-    return model.eval()
+    return with_bn_stats(model, lambda gen: torch.rand(8, *shape, generator=gen) * 0.8 + 0.1, seed)
 
 
 def _ball_points(x, eps, n, seed=0):

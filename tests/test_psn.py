@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from bn_helpers import with_bn_stats
 from torch import nn
 
 from advneurons.models import BasicBlock, build_model
@@ -83,16 +84,12 @@ class TinyResNet(nn.Module):
 
 
 def _with_bn_stats(model, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5, generator=gen)
-                m.bias.uniform_(-0.2, 0.2, generator=gen)
-        model.train()
-        for _ in range(3):
-            model(torch.rand(8, 3, 8, 8, generator=gen).repeat_interleave(2, 2).repeat_interleave(2, 3))
-    return model.eval()
+    # 8x8 noise upscaled to 32x32, so the statistics come from smooth images
+    return with_bn_stats(
+        model,
+        lambda gen: torch.rand(8, 3, 8, 8, generator=gen).repeat_interleave(2, 2).repeat_interleave(2, 3),
+        seed,
+    )
 
 
 def _net(kind):
