@@ -1,5 +1,5 @@
 # Neuron-level adversarial vulnerability: data -> models -> adversarial pairs -> neuron sensitivity
-# -> robustness tables. All logic lives in the `advneurons` package (src/); rules are wiring.
+# -> robustness tables, SNS analyses, propagation-sensitive neurons (PSN). All logic lives in the `advneurons` package (src/); rules are wiring.
 
 
 configfile: "config.yaml"
@@ -15,6 +15,7 @@ include: "rules/attack.smk"
 include: "rules/sensitivity.smk"
 include: "rules/evaluate.smk"
 include: "rules/sns.smk"
+include: "rules/psn.smk"
 
 
 rule all:

@@ -25,6 +25,8 @@ SNS = config["sns"]
 SNS_ID = settings.sns_ids(config)
 ARCHS = config["models"]["architectures"]
 SENSITIVITY_FORM = config["sensitivity"]["form"]
+PSN = config["psn"]
+PSN_BATCH_SIZE = PSN["batch_size"]
 SENSITIVITY_ATTACK = ATTACK_ID[
     config["sensitivity"]["attack"]
 ]  # pair sets behind the sensitivity files
@@ -45,6 +47,12 @@ wildcard_constraints:
     k=r"[0-9]+",
     form=r"tip|eccv",
     percent=r"[0-9]+(\.[0-9]+)?",
+    percents=r"[0-9.]+(-[0-9.]+)*",
+    psn=r"psn~[0-9a-f]{8}",
+    deviation=r"deviation~[0-9a-f]{8}",
+    noise=r"noise~[0-9a-f]{8}",
+    heatmaps=r"heatmaps~[0-9a-f]{8}",
+    layer=r"[a-z0-9]+",
 
 
 def code_version(module):
@@ -238,6 +246,48 @@ def findings_files(wildcards):
     return [f for group in findings_inputs(wildcards).values() for f in group.values()]
 
 
+def psn_score_settings(wildcards):
+    arch = MODELS[wildcards.model]["arch"]
+    keys = ("bound_method", "variant", "eps", "mem_budget_mb")
+    return {k: PSN[k] for k in keys} | {
+        "n_images": PSN["n_images"][arch],
+        "seed": config["seed"],
+    }
+
+
+def psn_deviation_settings(wildcards):
+    return PSN["deviation"] | {"seed": config["seed"]}
+
+
+def psn_attack_settings(wildcards):
+    return PSN["attack"] | {"seed": config["seed"]}
+
+
+def psn_heatmap_settings(wildcards):
+    return settings.heatmap_settings(config) | {"seed": config["seed"]}
+
+
+def psn_outputs():
+    """Every PSN product of each scored model: top units, deviation, attack, heatmaps, agreement."""
+    if not PSN["enabled"]:
+        return []
+    percents = "-".join(f"{p:g}" for p in PSN["top_percent"])
+    agreement = f"agreement_{SENSITIVITY_ATTACK}-{SENSITIVITY_FORM}_top{PSN['agreement']['k_percent']:g}pct"
+    files = []
+    for model_id in models_of(PSN["training"]):
+        ids = settings.psn_ids(config, MODELS[model_id])
+        base = f"results/{DATA_ID}/psn/{model_id}/{ids['scores']}"
+        files += [
+            f"{base}/top{percents}pct.csv.gz",
+            f"{base}/{ids['deviation']}.png",
+            f"{base}/{ids['attack']}.png",
+            f"{base}/{agreement}.png",
+        ]
+        layers = PSN["heatmaps"]["layers"].get(MODELS[model_id]["arch"], [])
+        files += [f"{base}/{ids['heatmaps']}/{layer}.png" for layer in layers]
+    return files
+
+
 def sensitivity_outputs():
     attack_id = ATTACK_ID[config["sensitivity"]["attack"]]
     base = f"results/{DATA_ID}/sensitivity/{{model}}/{attack_id}"
@@ -292,4 +342,5 @@ def final_outputs():
         *robustness_outputs(),
         *sensitivity_outputs(),
         *sns_outputs(),
+        *psn_outputs(),
     ]

@@ -34,6 +34,11 @@ def test_default_config_is_valid_and_gets_defaults(cfg):
         (lambda c: c["models"].__setitem__("architectures", ["vgg61"]), "models.architectures.0"),
         (lambda c: c["models"].__setitem__("training", []), "models.training"),
         (lambda c: c["dataset"].__setitem__("name", "mnist"), "dataset.name"),
+        (lambda c: c["psn"].__setitem__("bound_method", "alpha-CROWN"), "psn.bound_method"),
+        (lambda c: c["psn"].__setitem__("eps", 0), "psn.eps"),
+        (lambda c: c["psn"]["n_images"].__setitem__("vgg16", 0), "psn.n_images.vgg16"),
+        (lambda c: c["psn"].__setitem__("top_percent", [0]), "psn.top_percent.0"),
+        (lambda c: c["psn"]["attack"].__setitem__("sigma", -1), "psn.attack.sigma"),
     ],
 )
 def test_bad_values_are_rejected_naming_the_key(cfg, mutate, key):
@@ -49,6 +54,10 @@ def test_bad_values_are_rejected_naming_the_key(cfg, mutate, key):
         (lambda c: c["evaluation"].__setitem__("attacks", ["fgsm", "pgd_linf2"]), "evaluation.attacks[1]"),
         (lambda c: c["sensitivity"].__setitem__("attack", "carlini"), "sensitivity.attack"),
         (lambda c: c["models"].__setitem__("training", ["vanilla", "alp"]), "models.training[1]"),
+        (lambda c: c["psn"].__setitem__("training", ["vanilla", "sns"]), "psn.training[1]"),
+        (lambda c: c["psn"].__setitem__("n_images", {"vgg16": 2}), "psn.n_images"),
+        (lambda c: c["psn"]["heatmaps"]["layers"].__setitem__("vgg16", ["conv14"]), "psn.heatmaps.layers.vgg16[0]"),
+        (lambda c: c["psn"]["heatmaps"]["layers"].__setitem__("resnet18", ["l4b2c2"]), "psn.heatmaps.layers.resnet18[0]"),
     ],
 )
 def test_dangling_names_are_rejected(cfg, mutate, key):
@@ -78,3 +87,27 @@ def test_ids_encode_exactly_their_own_settings(cfg):
 def test_param_hash_ignores_key_order():
     assert settings.param_hash({"a": 1, "b": [1, 2]}) == settings.param_hash({"b": [1, 2], "a": 1})
     assert settings.param_hash({"a": 1}) != settings.param_hash({"a": 2})
+
+
+def test_psn_layer_names_are_the_models_scored_layers():
+    from advneurons.models import build_model
+    from advneurons.psn import scored_layers
+
+    for arch, names in settings.PSN_LAYERS.items():
+        assert list(scored_layers(build_model(arch, "digits", width=0.0625))) == names, arch
+
+
+def test_psn_ids_separate_scores_from_their_analyses(cfg):
+    settings.validate_config(cfg)
+    vgg, resnet = (next(m for m in settings.model_entries(cfg).values() if m["arch"] == a) for a in ("vgg16", "resnet18"))
+    ids = settings.psn_ids(cfg, vgg)
+    assert settings.psn_ids(cfg, resnet)["scores"] != ids["scores"]  # different numbers of images
+    changed = copy.deepcopy(cfg)
+    changed["psn"]["mem_budget_mb"] = 64  # chunking only: same results, same paths
+    assert settings.psn_ids(changed, vgg) == ids
+    changed["psn"]["deviation"]["pgd_steps"] = 7
+    new = settings.psn_ids(changed, vgg)
+    assert new["scores"] == ids["scores"] and new["attack"] == ids["attack"]
+    assert new["deviation"] != ids["deviation"] and new["heatmaps"] != ids["heatmaps"]  # heatmaps show PGD too
+    changed["psn"]["bound_method"] = "CROWN-IBP"
+    assert settings.psn_ids(changed, vgg)["scores"] != ids["scores"]

@@ -32,6 +32,12 @@ def test_paper_preset_plans_the_full_cifar10_dag(tmp_path):
         "ratio_report": 2,
         "sensitivity_curves": 2,
         "findings": 1,
+        "psn_scores": 2,  # the vanilla models, as in the PSN reference
+        "psn_top_units": 2,
+        "psn_deviation": 2,
+        "psn_attack": 2,
+        "psn_heatmaps": 4,  # two layers per architecture
+        "psn_agreement": 2,
         "all": 1,
     }
 
@@ -46,6 +52,8 @@ def test_paper_preset_uses_the_papers_settings():
     assert cfg["attacks"]["pgd"]["eps"] == 8 and cfg["attacks"]["fgsm"]["eps"] == 8
     assert cfg["training"]["pat"]["eps"] == 8 and cfg["training"]["pat"]["steps"] == 10
     assert cfg["attacks"][cfg["sensitivity"]["attack"]]["eps"] == 2
+    assert cfg["psn"]["eps"] == 8 and cfg["psn"]["bound_method"] == "CROWN"
+    assert cfg["psn"]["deviation"]["pgd_eps"] == 8 and cfg["psn"]["deviation"]["pgd_steps"] == 40
 
 
 def test_gpu_profile_declares_gpus_for_heavy_rules():
@@ -53,3 +61,6 @@ def test_gpu_profile_declares_gpus_for_heavy_rules():
     assert profile["executor"] == "slurm"
     for rule in ("train_model", "attack_pairs", "neuron_sensitivity", "evaluate_attack", "pgd_sweep"):
         assert profile["set-resources"][rule]["gpu"] == 1, rule
+    # PSN code runs on the CPU: no GPU requested for it, but room for the paper preset's bounds
+    assert "gpu" not in profile["set-resources"]["psn_scores"]
+    assert profile["set-resources"]["psn_scores"]["mem_mb"] >= 16000 + 4000

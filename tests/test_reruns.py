@@ -2,8 +2,11 @@
 
 Expected job counts are for the tiny config (.test/config.yaml): 2 architectures x 2 trainings = 4 models;
 pair sets from fgsm and pgd; sensitivity from pgd with top 10% and 50%; 7 attacks in the robustness
-tables (pgd among them); one PGD sweep per model; the SNS analyses with suppression on the two vanilla models.
+tables (pgd among them); one PGD sweep per model; the SNS analyses with suppression on the two vanilla models;
+PSN scores and their analyses (one heatmap layer each) on the two vanilla models.
 """
+
+import shutil
 
 import pytest
 import yaml
@@ -19,7 +22,11 @@ SUMMARIES = {  # jobs that gather over models: re-run when any of their models c
     "robustness_table": 1, "robustness_table_i": 1, "sweep_figures": 1, "sensitivity_curves": 2,
     "ratio_report": 2, "findings": 1, "all": 1,
 }
-EVERYTHING = {"prepare_dataset": 1, **{k: 4 * v for k, v in PER_MODEL.items()}, **SUMMARIES, "suppression_study": 2}
+PER_PSN_MODEL = {  # jobs that exist once per PSN-scored model (psn.training: the two vanilla models)
+    "psn_scores": 1, "psn_top_units": 1, "psn_deviation": 1, "psn_attack": 1, "psn_heatmaps": 1, "psn_agreement": 1,
+}
+EVERYTHING = {"prepare_dataset": 1, **{k: 4 * v for k, v in PER_MODEL.items()}, **SUMMARIES, "suppression_study": 2,
+              **{k: 2 * v for k, v in PER_PSN_MODEL.items()}}
 # Two of the four models (both PAT or both ResNet) are retrained: everything computed from them follows.
 TWO_MODELS = {**{k: 2 * v for k, v in PER_MODEL.items()}, **SUMMARIES}
 
@@ -30,7 +37,7 @@ CHANGES = {
         {"attack_pairs": 4, "neuron_sensitivity": 4, "sensitive_channels": 8, "evaluate_attack": 4,
          "targeted_pairs": 4, "targeted_neurons": 4, "importance_report": 4, "layer_similarity": 4,
          "robustness_table": 1, "robustness_table_i": 1, "sensitivity_curves": 2, "suppression_study": 2,
-         "ratio_report": 2, "findings": 1, "all": 1},
+         "ratio_report": 2, "findings": 1, "all": 1, "psn_agreement": 2},
     ),
     "PAT epochs": ({"training": {"pat": {"epochs": 2}}}, TWO_MODELS),
     "top-k percentage": (
@@ -41,16 +48,16 @@ CHANGES = {
     "sensitivity form": (
         {"sensitivity": {"form": "eccv"}},
         {"neuron_sensitivity": 4, "sensitive_channels": 8, "sensitivity_curves": 2, "suppression_study": 2,
-         "ratio_report": 2, "findings": 1, "all": 1},
+         "ratio_report": 2, "findings": 1, "all": 1, "psn_agreement": 2},
     ),
     "ResNet width": (
         {"architectures": {"resnet18": {"width": 0.125}}},
-        {**TWO_MODELS, "suppression_study": 1, "sensitivity_curves": 1, "ratio_report": 1},
+        {**TWO_MODELS, "suppression_study": 1, "sensitivity_curves": 1, "ratio_report": 1, **PER_PSN_MODEL},
     ),
     "images per pair set": (
         {"evaluation": {"n_images": 16}},
         {"attack_pairs": 8, "neuron_sensitivity": 4, "sensitive_channels": 8, "sensitivity_curves": 2,
-         "suppression_study": 2, "ratio_report": 2, "findings": 1, "all": 1},
+         "suppression_study": 2, "ratio_report": 2, "findings": 1, "all": 1, "psn_agreement": 2},
     ),
     "images per robustness attack": (
         {"robustness": {"n_images": 16}},
@@ -69,6 +76,17 @@ CHANGES = {
         {"sns": {"targeted": {"n_per_class": 4}}},
         {"targeted_pairs": 4, "targeted_neurons": 4, "importance_report": 4, "layer_similarity": 4,
          "findings": 1, "all": 1},
+    ),
+    "PSN bound method": (
+        {"psn": {"bound_method": "CROWN-IBP"}},
+        # new scores: everything computed from them, for both scored models
+        {**{k: 2 * v for k, v in PER_PSN_MODEL.items()}, "all": 1},
+    ),
+    "PSN deviation PGD steps": ({"psn": {"deviation": {"pgd_steps": 3}}}, {"psn_deviation": 2, "all": 1}),
+    "PSN top percentages": ({"psn": {"top_percent": [1]}}, {"psn_top_units": 2, "all": 1}),
+    "PSN images per architecture": (
+        {"psn": {"n_images": {"vgg16": 2, "resnet18": 1}}},
+        {**PER_PSN_MODEL, "all": 1},
     ),
     "ratio images": (
         {"sns": {"ratios": {"n_images": 6}}},
@@ -94,10 +112,15 @@ def test_one_change_plans_exactly_its_downstream_jobs(tiny_run, tmp_path, name):
 
 
 def test_undoing_a_change_reuses_earlier_results(tiny_run, tmp_path):
+    # Work on a copy: the shared tiny run must stay exactly the result of the tiny config for the other tests.
+    # copytree keeps modification times, so Snakemake sees the copy as up to date.
+    workdir = tmp_path / "run"
+    shutil.copytree(tiny_run, workdir, symlinks=True)
+    assert planned_jobs(workdir) == {}
     override = _override(tmp_path, {"sensitivity": {"top_percent": [10, 25]}, "attacks": {"pgd": {"eps": 24}}})
-    proc = snakemake(tiny_run, "all", "--configfile", override)
+    proc = snakemake(workdir, "all", "--configfile", override)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert planned_jobs(tiny_run, "--configfile", override) == {}
+    assert planned_jobs(workdir, "--configfile", override) == {}
     # Back to the original config: both the old and the new results are on disk. Only the summaries kept
     # at fixed paths (results/tables, results/findings.md) are rebuilt, from the reused results.
-    assert set(planned_jobs(tiny_run)) <= {"robustness_table", "robustness_table_i", "findings", "all"}
+    assert set(planned_jobs(workdir)) <= {"robustness_table", "robustness_table_i", "findings", "all"}

@@ -96,6 +96,39 @@ def test_sns_analyses_and_findings(tiny_run):
     assert "Claims supported by this run" in findings and "vgg16" in findings and "resnet18" in findings
 
 
+def test_psn_scores_and_analyses_on_the_vanilla_models(tiny_run):
+    from advneurons.config import PSN_LAYERS
+
+    (data_dir,) = [p for p in (tiny_run / "results").iterdir() if p.name.startswith("digits~")]
+    score_dirs = sorted((data_dir / "psn").glob("*/psn~*"))
+    assert [d.parent.name.split("~")[0] for d in score_dirs] == ["resnet18-vanilla", "vgg16-vanilla"]
+    for d in score_dirs:
+        arch = d.parent.name.split("-")[0]
+        scores = pd.read_csv(d / "scores.csv.gz")
+        assert list(dict.fromkeys(scores.layer)) == PSN_LAYERS[arch]
+        assert scores.score.gt(0).all() and scores.before.gt(0).all() and scores.after.ge(0).all()
+        meta = json.loads((d / "scores.json").read_text())
+        assert meta["params"]["bound_method"] == "CROWN" and len(meta["image_indices"]) == 1
+        top = pd.read_csv(d / "top1-10pct.csv.gz")
+        assert sorted(top.percent.unique()) == [1, 10]
+        per_layer = top[top.percent == 10].groupby("layer").size()
+        units = scores.groupby("layer").size()
+        assert (per_layer == -(-units[per_layer.index] // 10)).all()  # ceil(10% of the layer's units)
+        (deviation,) = d.glob("deviation~*_layers.csv")
+        dev = pd.read_csv(deviation)
+        assert set(dev.group) == {"psn", "random"} and set(dev.perturbation) == {"noise", "pgd"}
+        assert set(dev.layer) == set(PSN_LAYERS[arch])
+        (attack,) = d.glob("noise~*.csv")
+        att = pd.read_csv(attack)
+        assert sorted(att.ratio_percent.unique()) == [5, 30] and set(att.group) == {"psn", "random"}
+        (heatmap,) = d.glob("heatmaps~*/*.png")
+        assert heatmap.stem == {"vgg16": "conv13", "resnet18": "l4b2add"}[arch]
+        assert heatmap.read_bytes()[:4] == b"\x89PNG"
+        (agreement,) = d.glob("agreement_pgd~*-tip_top10pct.csv")
+        agree = pd.read_csv(agreement)
+        assert agree.jaccard.between(0, 1).all() and len(agree) == len(PSN_LAYERS[arch])
+
+
 def test_every_job_left_a_log_and_a_benchmark(tiny_run):
     logs = list((tiny_run / "logs").rglob("*.log"))
     benchmarks = list((tiny_run / "benchmarks").rglob("*.tsv"))
@@ -120,3 +153,5 @@ def test_html_report_holds_every_table_with_its_caption(tiny_run):
     assert "findings.md" in html and "sensitivity_curves_tip.png" in html
     assert html.count("sensitivity_tip.csv") >= 4 and "divided by the map size (TIP Eq 1)" in html
     assert "top10pct_tip.csv" in html and "top50pct_tip.csv" in html
+    assert "top1-10pct.csv.gz" in html and "propagation-sensitive units" in html
+    assert "Attacking PSNs" in html and "Focus regions" in html and "PSN vs neuron sensitivity" in html

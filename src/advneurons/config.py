@@ -98,12 +98,40 @@ def check_references(config: dict) -> None:
         if families and sns["ratios"]["table_family"] not in families:
             raise ConfigError(f"config key 'sns.ratios.table_family': {sns['ratios']['table_family']!r} is not a "
                               f"family under sns.ratios.perturbations ({', '.join(families)})")
+    psn = config.get("psn", {})
+    if psn.get("enabled", False):
+        _check_psn(psn, config)
     for i, name in enumerate(config["models"]["training"]):
         if name not in config["training"]:
             raise ConfigError(f"config key 'models.training[{i}]': training {name!r} is not defined under 'training'")
     for i, name in enumerate(config["models"]["architectures"]):
         if name not in config["architectures"]:
             raise ConfigError(f"config key 'models.architectures[{i}]': {name!r} is not defined under 'architectures'")
+
+
+# Names of the PSN scored layers (the ReLU inputs, advneurons.psn.scored_layers), known without building a
+# model so that the config can be checked before anything runs; a test keeps them equal to the models'.
+PSN_LAYERS = {
+    "vgg16": [f"conv{i}" for i in range(1, 14)],
+    "resnet18": ["conv1"] + [f"l{s}b{b}{part}" for s in range(1, 5) for b in (1, 2) for part in ("c1", "add")],
+}
+
+
+def _check_psn(psn: dict, config: dict) -> None:
+    for i, name in enumerate(psn["training"]):
+        if name not in config["models"]["training"]:
+            raise ConfigError(f"config key 'psn.training[{i}]': {name!r} is not in models.training")
+    for arch in config["models"]["architectures"]:
+        if arch not in psn["n_images"]:
+            raise ConfigError(f"config key 'psn.n_images': no number of images for architecture {arch!r}")
+    for arch, layers in psn["heatmaps"]["layers"].items():
+        if arch not in PSN_LAYERS:
+            raise ConfigError(f"config key 'psn.heatmaps.layers.{arch}': unknown architecture "
+                              f"(known: {', '.join(PSN_LAYERS)})")
+        for i, layer in enumerate(layers):
+            if layer not in PSN_LAYERS[arch]:
+                raise ConfigError(f"config key 'psn.heatmaps.layers.{arch}[{i}]': {layer!r} is not a scored layer "
+                                  f"of {arch} ({', '.join(PSN_LAYERS[arch])})")
 
 
 def _check_attack(attacks: dict, name: str, key: str) -> None:
@@ -193,6 +221,26 @@ def sns_ids(config: dict) -> dict[str, str]:
             **{k: sup[k] for k in ("betas", "top_percent", "n_random", "n_images")}, "seed": seed}),
         "ratios": make_id("ratios", {"perturbations": sns["ratios"]["perturbations"],
                                      "n_images": sns["ratios"]["n_images"], "seed": seed}),
+    }
+
+
+def heatmap_settings(config: dict) -> dict:
+    """Focus heatmaps: their own settings and the PGD of the activation-deviation study (the PGD row)."""
+    psn = config["psn"]
+    pgd = {k: psn["deviation"][k] for k in ("pgd_eps", "pgd_step", "pgd_steps")}
+    return {k: v for k, v in psn["heatmaps"].items() if k != "layers"} | pgd
+
+
+def psn_ids(config: dict, model: dict) -> dict[str, str]:
+    """Ids of the PSN outputs of one model (an entry of :func:`model_entries`): the scores hash the
+    bound settings and the images scored; each analysis hashes its own settings."""
+    psn, seed = config["psn"], config["seed"]
+    scores = {k: psn[k] for k in ("bound_method", "variant", "eps")}
+    return {
+        "scores": make_id("psn", {**scores, "n_images": psn["n_images"][model["arch"]], "seed": seed}),
+        "deviation": make_id("deviation", {**psn["deviation"], "seed": seed}),
+        "attack": make_id("noise", {**psn["attack"], "seed": seed}),
+        "heatmaps": make_id("heatmaps", {**heatmap_settings(config), "seed": seed}),
     }
 
 

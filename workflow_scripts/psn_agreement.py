@@ -1,0 +1,15 @@
+"""Rule psn_agreement: PSN ranking vs neuron-sensitivity ranking per layer (advneurons.psn_analysis)."""
+
+from advneurons import runtime
+from advneurons.psn_analysis import method_agreement
+
+smk = snakemake  # noqa: F821 -- injected by Snakemake
+runtime.configure_logging(smk.log[0])
+method_agreement(
+    scores_path=smk.input.scores,
+    sensitivity_csv=smk.input.sensitivity,
+    k_percent=float(smk.wildcards.percent),
+    out_csv=smk.output.csv,
+    out_md=smk.output.md,
+    out_png=smk.output.png,
+)

@@ -1,0 +1,23 @@
+"""Rule psn_attack: Gaussian noise on PSN vs random units' activations (advneurons.psn_analysis)."""
+
+from advneurons import runtime
+from advneurons.psn_analysis import attack_psns
+
+smk = snakemake  # noqa: F821 -- injected by Snakemake
+runtime.configure_logging(smk.log[0])
+a = smk.params.attack
+runtime.setup(smk.threads, a["seed"])
+attack_psns(
+    model_path=smk.input.model,
+    test_path=smk.input.test,
+    scores_path=smk.input.scores,
+    n_images=a["n_images"],
+    seed=a["seed"],
+    out_csv=smk.output.csv,
+    out_md=smk.output.md,
+    out_png=smk.output.png,
+    meta_path=smk.output.meta,
+    ratios=a["ratios"],
+    sigma=a["sigma"],
+    batch_size=smk.params.batch_size,
+)

@@ -1,0 +1,26 @@
+"""Rule psn_deviation: activation deviation of PSN vs random units (advneurons.psn_analysis)."""
+
+from advneurons import runtime
+from advneurons.psn_analysis import activation_deviation
+
+smk = snakemake  # noqa: F821 -- injected by Snakemake
+runtime.configure_logging(smk.log[0])
+d = smk.params.deviation
+runtime.setup(smk.threads, d["seed"])
+activation_deviation(
+    model_path=smk.input.model,
+    test_path=smk.input.test,
+    units_path=smk.input.scores,
+    percent=d["percent"],
+    n_images=d["n_images"],
+    seed=d["seed"],
+    out_layer_csv=smk.output.layers,
+    out_block_csv=smk.output.blocks,
+    out_png=smk.output.png,
+    meta_path=smk.output.meta,
+    noise_eps=d["noise_eps"],
+    pgd_eps=d["pgd_eps"],
+    pgd_step=d["pgd_step"],
+    pgd_steps=d["pgd_steps"],
+    batch_size=smk.params.batch_size,
+)

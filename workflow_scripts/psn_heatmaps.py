@@ -1,0 +1,24 @@
+"""Rule psn_heatmaps: single-unit Grad-CAM of a layer's extreme PSN units (advneurons.psn_analysis)."""
+
+from advneurons import runtime
+from advneurons.psn_analysis import focus_heatmaps
+
+smk = snakemake  # noqa: F821 -- injected by Snakemake
+runtime.configure_logging(smk.log[0])
+h = smk.params.heatmaps
+runtime.setup(smk.threads, h["seed"])
+focus_heatmaps(
+    model_path=smk.input.model,
+    test_path=smk.input.test,
+    scores_path=smk.input.scores,
+    layers=[smk.wildcards.layer],
+    out_pngs=[smk.output.png],
+    meta_path=smk.output.meta,
+    n_units=h["n_units"],
+    n_top=h["n_top"],
+    n_images=h["n_images"],
+    seed=h["seed"],
+    pgd_eps=h["pgd_eps"],
+    pgd_step=h["pgd_step"],
+    pgd_steps=h["pgd_steps"],
+)

@@ -1,0 +1,8 @@
+"""Rule psn_top_units: the top-p% PSN units of each layer, for every p (advneurons.psn)."""
+
+from advneurons import runtime
+from advneurons.psn import top_units
+
+smk = snakemake  # noqa: F821 -- injected by Snakemake
+runtime.configure_logging(smk.log[0])
+top_units(scores_path=smk.input[0], percents=smk.params.percents, out_path=smk.output[0])
