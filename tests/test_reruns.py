@@ -82,7 +82,11 @@ CHANGES = {
         # new scores: everything computed from them, for both scored models
         {**{k: 2 * v for k, v in PER_PSN_MODEL.items()}, "all": 1},
     ),
-    "PSN deviation PGD steps": ({"psn": {"deviation": {"pgd_steps": 3}}}, {"psn_deviation": 2, "all": 1}),
+    # the heatmaps' PGD row uses the deviation study's PGD
+    "PSN deviation PGD steps": (
+        {"psn": {"deviation": {"pgd_steps": 3}}},
+        {"psn_deviation": 2, "psn_heatmaps": 2, "all": 1},
+    ),
     "PSN top percentages": ({"psn": {"top_percent": [1]}}, {"psn_top_units": 2, "all": 1}),
     "PSN images per architecture": (
         {"psn": {"n_images": {"vgg16": 2, "resnet18": 1}}},
