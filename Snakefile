@@ -16,6 +16,7 @@ include: "rules/sensitivity.smk"
 include: "rules/evaluate.smk"
 include: "rules/sns.smk"
 include: "rules/psn.smk"
+include: "rules/defenses.smk"
 
 
 rule all:

@@ -15,7 +15,11 @@ settings.validate_config(config)
 
 DATASET = config["dataset"]["name"]
 DATA_ID = settings.make_id(DATASET, settings.dataset_params(config))
-MODELS = settings.model_entries(config)
+MODELS = settings.model_entries(config)  # analysed models: every stage runs on them
+DEFENSE_MODELS = settings.defense_entries(
+    config
+)  # defenses: trained, evaluated, measured
+ALL_MODELS = {**MODELS, **DEFENSE_MODELS}
 ATTACKS = settings.attack_entries(config)
 ATTACK_ID = {entry["name"]: attack_id for attack_id, entry in ATTACKS.items()}
 ROBUSTNESS = settings.robustness_entries(config)
@@ -76,7 +80,19 @@ def dataset_settings(wildcards):
 
 
 def model_settings(wildcards):
-    return MODELS[wildcards.model]
+    return ALL_MODELS[wildcards.model]
+
+
+def training_inputs(wildcards):
+    """The splits, and the base checkpoint of a fine-tuned model (SNS)."""
+    files = {
+        "train": f"results/{wildcards.data}/data/train.npz",
+        "val": f"results/{wildcards.data}/data/val.npz",
+    }
+    base = settings.base_model_id(config, ALL_MODELS[wildcards.model])
+    if base is not None:
+        files["base"] = f"results/{wildcards.data}/models/{base}/model.pt"
+    return files
 
 
 def attack_settings(wildcards):
@@ -93,7 +109,7 @@ def pairs_path(model_id, attack_id):
 
 def model_label(model_id):
     """Display name of a model in tables and figures, e.g. vgg16-pat."""
-    return f"{MODELS[model_id]['arch']}-{MODELS[model_id]['training_name']}"
+    return f"{ALL_MODELS[model_id]['arch']}-{ALL_MODELS[model_id]['training_name']}"
 
 
 def model_name(wildcards):
@@ -104,13 +120,39 @@ def robustness_settings(wildcards):
     return ROBUSTNESS[wildcards.attack]
 
 
-def robustness_records(names):
-    """Records files of every model under each named attack."""
+def robustness_records(names, models=None):
+    """Records files of every model (default: the analysed ones) under each named attack."""
     return [
         f"results/{DATA_ID}/robustness/{model_id}/{ROBUSTNESS_ID[name]}.csv"
-        for model_id in MODELS
+        for model_id in (MODELS if models is None else models)
         for name in names
     ]
+
+
+def final_table_models(wildcards):
+    """Model label -> {arch, training, method, group} in table order: architectures, then trainings."""
+    from advneurons.defense_tables import group_of
+
+    out = {}
+    for arch in ARCHS:
+        for model_id, entry in ALL_MODELS.items():
+            if entry["arch"] == arch:
+                out[model_label(model_id)] = {
+                    "arch": arch,
+                    "training": entry["training_name"],
+                    "method": entry["training"]["method"],
+                    "group": f"{arch}-{group_of(entry['training_name'], entry['training'])}",
+                }
+    return out
+
+
+def arch_all_sensitivity_files(wildcards):
+    """training name -> sensitivity file of every model (analysed and defenses) of one architecture."""
+    return {
+        entry["training_name"]: sensitivity_file(m)
+        for m, entry in ALL_MODELS.items()
+        if entry["arch"] == wildcards.arch
+    }
 
 
 def sweep_settings(wildcards):
@@ -118,8 +160,10 @@ def sweep_settings(wildcards):
 
 
 def sweep_files():
+    """Sweeps of the analysed models, and of the defenses where defenses.sweeps is on."""
+    models = ALL_MODELS if config["defenses"]["sweeps"] else MODELS
     return [
-        f"results/{DATA_ID}/sweeps/{model_id}/{SWEEP_ID}.csv" for model_id in MODELS
+        f"results/{DATA_ID}/sweeps/{model_id}/{SWEEP_ID}.csv" for model_id in models
     ]
 
 
@@ -336,6 +380,14 @@ def sns_outputs():
     return files
 
 
+def defense_outputs():
+    if not config["defenses"]["final_table"]:
+        return []
+    files = [f"results/tables/final_robustness.{ext}" for ext in ("csv", "md", "tex")]
+    files += [f"results/figures/sensitivity_by_training_{arch}.png" for arch in ARCHS]
+    return files
+
+
 def final_outputs():
     return [
         *pair_set_outputs(),
@@ -343,4 +395,5 @@ def final_outputs():
         *sensitivity_outputs(),
         *sns_outputs(),
         *psn_outputs(),
+        *defense_outputs(),
     ]

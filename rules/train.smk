@@ -1,10 +1,9 @@
-# Stage 2: model training (vanilla, PAT). Resumes from the last finished epoch if a job was killed.
+# Stage 2: model training (vanilla, PAT, ALP, NAT; SNS fine-tunes a trained base model). Resumes from the last finished epoch if a job was killed.
 
 
 rule train_model:
     input:
-        train=split_file("train"),
-        val=split_file("val"),
+        unpack(training_inputs),
     output:
         model="results/{data}/models/{model}/model.pt",
         metrics="results/{data}/models/{model}/metrics.csv",

@@ -53,8 +53,16 @@ def test_bad_values_are_rejected_naming_the_key(cfg, mutate, key):
     [
         (lambda c: c["evaluation"].__setitem__("attacks", ["fgsm", "pgd_linf2"]), "evaluation.attacks[1]"),
         (lambda c: c["sensitivity"].__setitem__("attack", "carlini"), "sensitivity.attack"),
-        (lambda c: c["models"].__setitem__("training", ["vanilla", "alp"]), "models.training[1]"),
+        (lambda c: c["models"].__setitem__("training", ["vanilla", "trades"]), "models.training[1]"),
         (lambda c: c["psn"].__setitem__("training", ["vanilla", "sns"]), "psn.training[1]"),
+        (lambda c: c["defenses"].__setitem__("training", ["sns_all"]), "defenses.training[0]"),
+        (lambda c: c["training"]["sns_sen"].__setitem__("base", "pretrained"), "training.sns_sen.base"),
+        (lambda c: c["training"]["sns_sen"].pop("base"), "training.sns_sen.base"),
+        (lambda c: c["training"]["pat"].__setitem__("variant", "sen"), "training.pat.variant"),
+        (lambda c: c["training"]["pat"].__setitem__("alp_weight", 1.0), "training.pat.alp_weight"),
+        (lambda c: c["training"]["sns_sen"].__setitem__("sns_layers", {"vgg16": ["conv8", "fc"]}),
+         "training.sns_sen.sns_layers.vgg16[1]"),
+        (lambda c: c["training"]["sns_sen"].__setitem__("sns_lambda", {"vgg16": 5}), "training.sns_sen.sns_lambda"),
         (lambda c: c["psn"].__setitem__("n_images", {"vgg16": 2}), "psn.n_images"),
         (lambda c: c["psn"]["heatmaps"]["layers"].__setitem__("vgg16", ["conv14"]), "psn.heatmaps.layers.vgg16[0]"),
         (lambda c: c["psn"]["heatmaps"]["layers"].__setitem__("resnet18", ["l4b2c2"]), "psn.heatmaps.layers.resnet18[0]"),
@@ -111,3 +119,18 @@ def test_psn_ids_separate_scores_from_their_analyses(cfg):
     assert new["deviation"] != ids["deviation"] and new["heatmaps"] != ids["heatmaps"]  # heatmaps show PGD too
     changed["psn"]["bound_method"] = "CROWN-IBP"
     assert settings.psn_ids(changed, vgg)["scores"] != ids["scores"]
+
+
+def test_fine_tuned_models_hash_their_base(cfg):
+    settings.validate_config(cfg)
+    defenses = settings.defense_entries(cfg)
+    assert sorted(m.split("~")[0] for m in defenses) == sorted(
+        f"{a}-{t}" for a in ("vgg16", "resnet18") for t in ("alp", "nat", "sns_sen"))
+    sns = {m: e for m, e in defenses.items() if e["training_name"] == "sns_sen"}
+    vanilla = {e["arch"]: m for m, e in settings.model_entries(cfg).items() if e["training_name"] == "vanilla"}
+    for entry in sns.values():
+        assert settings.base_model_id(cfg, entry) == vanilla[entry["arch"]]
+    changed = copy.deepcopy(cfg)
+    changed["training"]["vanilla"]["epochs"] = 3  # a new base model: new SNS models, same ALP / NAT
+    new = settings.defense_entries(changed)
+    assert set(new) & set(defenses) == {m for m in defenses if "-sns_sen" not in m}

@@ -14,14 +14,19 @@ def test_paper_preset_plans_the_full_cifar10_dag(tmp_path):
     assert jobs == {
         "download_cifar10": 1,
         "prepare_dataset": 1,
-        "train_model": 4,  # VGG16 and ResNet18, vanilla and PAT
-        "attack_pairs": 12,  # 4 models x (FGSM, PGD pair sets; PGD eps 2 for sensitivity)
-        "neuron_sensitivity": 4,
+        # VGG16 and ResNet18: vanilla and PAT (analysed), and 9 defenses (ALP, NAT, 7 SNS variants)
+        "train_model": 4 + 18,
+        # 4 models x (FGSM, PGD pair sets; PGD eps 2 for sensitivity); the defenses' sensitivity pairs
+        "attack_pairs": 12 + 18,
+        "neuron_sensitivity": 4 + 18,
         "sensitive_channels": 4,
-        "evaluate_attack": 60,  # 4 models x 15 attacks of TIP Tables III and I (+ AutoAttack)
+        # 4 models x 15 attacks of TIP Tables III and I (+ AutoAttack); defenses x the 7 of Table III
+        "evaluate_attack": 60 + 18 * 7,
         "robustness_table": 1,
         "robustness_table_i": 1,
-        "pgd_sweep": 4,
+        "final_robustness_table": 1,
+        "sensitivity_by_training": 2,
+        "pgd_sweep": 4 + 18,
         "sweep_figures": 1,
         "targeted_pairs": 4,
         "targeted_neurons": 4,

@@ -3,7 +3,8 @@
 Expected job counts are for the tiny config (.test/config.yaml): 2 architectures x 2 trainings = 4 models;
 pair sets from fgsm and pgd; sensitivity from pgd with top 10% and 50%; 7 attacks in the robustness
 tables (pgd among them); one PGD sweep per model; the SNS analyses with suppression on the two vanilla models;
-PSN scores and their analyses (one heatmap layer each) on the two vanilla models.
+PSN scores and their analyses (one heatmap layer each) on the two vanilla models; three defenses (alp, nat,
+sns_sen) per architecture, evaluated under the 5 table_iii attacks.
 """
 
 import shutil
@@ -25,10 +26,25 @@ SUMMARIES = {  # jobs that gather over models: re-run when any of their models c
 PER_PSN_MODEL = {  # jobs that exist once per PSN-scored model (psn.training: the two vanilla models)
     "psn_scores": 1, "psn_top_units": 1, "psn_deviation": 1, "psn_attack": 1, "psn_heatmaps": 1, "psn_agreement": 1,
 }
-EVERYTHING = {"prepare_dataset": 1, **{k: 4 * v for k, v in PER_MODEL.items()}, **SUMMARIES, "suppression_study": 2,
-              **{k: 2 * v for k, v in PER_PSN_MODEL.items()}}
+PER_DEFENSE_MODEL = {  # defenses (alp, nat, sns_sen x 2 architectures): trained, pair set for sensitivity, suite
+    "train_model": 1, "attack_pairs": 1, "neuron_sensitivity": 1, "evaluate_attack": 5,
+}
+DEFENSE_SUMMARIES = {"final_robustness_table": 1, "sensitivity_by_training": 2}
+
+
+def _sum(*dicts):
+    out = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+EVERYTHING = _sum({"prepare_dataset": 1}, {k: 4 * v for k, v in PER_MODEL.items()}, SUMMARIES,
+                  {"suppression_study": 2}, {k: 2 * v for k, v in PER_PSN_MODEL.items()},
+                  {k: 6 * v for k, v in PER_DEFENSE_MODEL.items()}, DEFENSE_SUMMARIES)
 # Two of the four models (both PAT or both ResNet) are retrained: everything computed from them follows.
-TWO_MODELS = {**{k: 2 * v for k, v in PER_MODEL.items()}, **SUMMARIES}
+TWO_MODELS = {**{k: 2 * v for k, v in PER_MODEL.items()}, **SUMMARIES, **DEFENSE_SUMMARIES}
 
 CHANGES = {
     "pgd eps": (
@@ -37,7 +53,11 @@ CHANGES = {
         {"attack_pairs": 4, "neuron_sensitivity": 4, "sensitive_channels": 8, "evaluate_attack": 4,
          "targeted_pairs": 4, "targeted_neurons": 4, "importance_report": 4, "layer_similarity": 4,
          "robustness_table": 1, "robustness_table_i": 1, "sensitivity_curves": 2, "suppression_study": 2,
-         "ratio_report": 2, "findings": 1, "all": 1, "psn_agreement": 2},
+         "ratio_report": 2, "findings": 1, "all": 1, "psn_agreement": 2,
+         # the six defense models: their sensitivity pair sets and their pgd cell
+         "final_robustness_table": 1, "sensitivity_by_training": 2} | _sum(
+            {"attack_pairs": 4, "neuron_sensitivity": 4, "evaluate_attack": 4},
+            {"attack_pairs": 6, "neuron_sensitivity": 6, "evaluate_attack": 6}),
     ),
     "PAT epochs": ({"training": {"pat": {"epochs": 2}}}, TWO_MODELS),
     "top-k percentage": (
@@ -47,22 +67,26 @@ CHANGES = {
     "dataset split seed": ({"dataset": {"split_seed": 1}}, EVERYTHING),
     "sensitivity form": (
         {"sensitivity": {"form": "eccv"}},
-        {"neuron_sensitivity": 4, "sensitive_channels": 8, "sensitivity_curves": 2, "suppression_study": 2,
-         "ratio_report": 2, "findings": 1, "all": 1, "psn_agreement": 2},
+        {"neuron_sensitivity": 4 + 6, "sensitive_channels": 8, "sensitivity_curves": 2, "suppression_study": 2,
+         "ratio_report": 2, "findings": 1, "all": 1, "psn_agreement": 2, "sensitivity_by_training": 2},
     ),
     "ResNet width": (
         {"architectures": {"resnet18": {"width": 0.125}}},
-        {**TWO_MODELS, "suppression_study": 1, "sensitivity_curves": 1, "ratio_report": 1, **PER_PSN_MODEL},
+        _sum(TWO_MODELS, {"suppression_study": 1, "sensitivity_curves": 1, "ratio_report": 1,
+                          "sensitivity_by_training": -1}, PER_PSN_MODEL,
+             {k: 3 * v for k, v in PER_DEFENSE_MODEL.items()}),
     ),
     "images per pair set": (
         {"evaluation": {"n_images": 16}},
-        {"attack_pairs": 8, "neuron_sensitivity": 4, "sensitive_channels": 8, "sensitivity_curves": 2,
-         "suppression_study": 2, "ratio_report": 2, "findings": 1, "all": 1, "psn_agreement": 2},
+        {"attack_pairs": 8 + 6, "neuron_sensitivity": 4 + 6, "sensitive_channels": 8, "sensitivity_curves": 2,
+         "suppression_study": 2, "ratio_report": 2, "findings": 1, "all": 1, "psn_agreement": 2,
+         "sensitivity_by_training": 2},
     ),
     "images per robustness attack": (
         {"robustness": {"n_images": 16}},
-        # spsa keeps its own subset size (n_images_by_attack)
-        {"evaluate_attack": 24, "robustness_table": 1, "robustness_table_i": 1, "all": 1},
+        # spsa keeps its own subset size (n_images_by_attack); defense models run the table_iii attacks
+        {"evaluate_attack": 24 + 6 * 4, "robustness_table": 1, "robustness_table_i": 1, "final_robustness_table": 1,
+         "all": 1},
     ),
     "sweep eps values": (
         {"sweeps": {"eps_values": [8, 16, 32]}},
@@ -76,6 +100,10 @@ CHANGES = {
         {"sns": {"targeted": {"n_per_class": 4}}},
         {"targeted_pairs": 4, "targeted_neurons": 4, "importance_report": 4, "layer_similarity": 4,
          "findings": 1, "all": 1},
+    ),
+    "SNS lambda": (
+        {"training": {"sns_sen": {"sns_lambda": 1.0}}},
+        _sum({k: 2 * v for k, v in PER_DEFENSE_MODEL.items()}, DEFENSE_SUMMARIES, {"all": 1}),
     ),
     "PSN bound method": (
         {"psn": {"bound_method": "CROWN-IBP"}},

@@ -35,6 +35,8 @@ def one_model_config() -> dict:
     cfg["robustness"]["table_i"] = ["pgd"]
     cfg["sweeps"]["enabled"] = False
     cfg["sns"] = {"enabled": False}
+    cfg["psn"] = {"enabled": False}
+    cfg["defenses"] = {"training": [], "final_table": False}
     return cfg
 
 EXPECTED_JOBS = {"prepare_dataset": 1, "train_model": 1, "attack_pairs": 2, "neuron_sensitivity": 1,

@@ -14,7 +14,7 @@ def test_every_stage_produced_its_outputs(tiny_run):
     results = tiny_run / "results"
     (data_dir,) = [p for p in results.iterdir() if p.name.startswith("digits~")]
     models = sorted(p.name.split("~")[0] for p in (data_dir / "models").iterdir())
-    assert models == ["resnet18-pat", "resnet18-vanilla", "vgg16-pat", "vgg16-vanilla"]
+    assert models == [f"{a}-{t}" for a in ("resnet18", "vgg16") for t in ("alp", "nat", "pat", "sns_sen", "vanilla")]
     for model_dir in (data_dir / "models").iterdir():
         metrics = pd.read_csv(model_dir / "metrics.csv")
         assert metrics.epoch.tolist() == [1]
@@ -22,7 +22,7 @@ def test_every_stage_produced_its_outputs(tiny_run):
         assert meta["seed"] == 0 and "torch" in meta["versions"]
         assert not (model_dir / "resume.pt").exists()
     pair_files = sorted((data_dir / "pairs").glob("*/*/pairs.npz"))
-    assert len(pair_files) == 8
+    assert len(pair_files) == 4 * 2 + 6  # fgsm and pgd for the analysed models, pgd (sensitivity) for defenses
     for path in pair_files:
         pairs = open_pairs(path)
         assert len(pairs) == 24 and pairs.perturbed.min() >= 0 and pairs.perturbed.max() <= 1
@@ -32,6 +32,8 @@ def test_every_stage_produced_its_outputs(tiny_run):
 def test_sensitivity_outputs_cover_every_layer(tiny_run):
     (data_dir,) = [p for p in (tiny_run / "results").iterdir() if p.name.startswith("digits~")]
     tables = sorted((data_dir / "sensitivity").glob("*/pgd~*/sensitivity_tip.csv"))
+    assert len(tables) == 4 + 6  # the defense models' feed the sensitivity-by-training figure
+    tables = [t for t in tables if t.with_name("top10pct_tip.csv").exists()]
     assert len(tables) == 4
     for table_path in tables:
         table = pd.read_csv(table_path)
@@ -63,7 +65,7 @@ def test_robustness_tables_have_the_papers_columns_and_trace_every_cell(tiny_run
     assert list(table_i.columns) == ["model", "Clean", "PGD eps=32/255", "Gaussian s=1", "Gaussian s=5"]
     # One evaluation job per model and attack, reused by both tables (pgd appears in both).
     (data_dir,) = [p for p in (tiny_run / "results").iterdir() if p.name.startswith("digits~")]
-    assert len(list((data_dir / "robustness").glob("*/*.csv"))) == 4 * 7
+    assert len(list((data_dir / "robustness").glob("*/*.csv"))) == 4 * 7 + 6 * 5
     assert "vgg16-pat" in (tables / "robustness.md").read_text()
 
 
@@ -129,6 +131,30 @@ def test_psn_scores_and_analyses_on_the_vanilla_models(tiny_run):
         assert agree.jaccard.between(0, 1).all() and len(agree) == len(PSN_LAYERS[arch])
 
 
+def test_defenses_trained_and_compared_with_every_model(tiny_run):
+    (data_dir,) = [p for p in (tiny_run / "results").iterdir() if p.name.startswith("digits~")]
+    (sns_dir,) = list((data_dir / "models").glob("vgg16-sns_sen~*"))
+    meta = json.loads((sns_dir / "metadata.json").read_text())
+    (base_dir,) = list((data_dir / "models").glob("vgg16-vanilla~*"))
+    assert meta["base"]["path"].endswith(f"{base_dir.name}/model.pt") and meta["sns_lambda"] == 5.0
+    assert set(meta["stabilised_channels"]) == {f"conv{i}" for i in range(8, 14)}
+    assert "train_sns_loss" in pd.read_csv(sns_dir / "metrics.csv").columns
+    tables = tiny_run / "results" / "tables"
+    final = pd.read_csv(tables / "final_robustness.csv")
+    assert list(final.columns[:4]) == ["arch", "model", "training", "method"]
+    assert list(final.columns[4:]) == ["Clean", "C&W", "L2 PGD", "L-inf PGD", "FGSM", "SPSA"]
+    assert list(final.arch.unique()) == ["vgg16", "resnet18"] and len(final) == 10
+    assert set(final.method) == {"vanilla", "pat", "alp", "nat", "sns"}
+    # the analysed models' cells are the robustness table's (same evaluation jobs)
+    robustness = pd.read_csv(tables / "robustness.csv").set_index("model")
+    for row in final[final.training.isin(["vanilla", "pat"])].itertuples():
+        assert row.Clean == robustness.loc[row.model, "Clean"]
+    assert (tables / "final_robustness.tex").read_text().count(r"\\") >= 11
+    for arch in ("vgg16", "resnet18"):
+        fig = pd.read_csv(tiny_run / "results" / "figures" / f"sensitivity_by_training_{arch}.csv")
+        assert set(fig.training) == {"vanilla", "pat", "alp", "nat", "sns_sen"}
+
+
 def test_every_job_left_a_log_and_a_benchmark(tiny_run):
     logs = list((tiny_run / "logs").rglob("*.log"))
     benchmarks = list((tiny_run / "benchmarks").rglob("*.tsv"))
@@ -154,4 +180,5 @@ def test_html_report_holds_every_table_with_its_caption(tiny_run):
     assert html.count("sensitivity_tip.csv") >= 4 and "divided by the map size (TIP Eq 1)" in html
     assert "top10pct_tip.csv" in html and "top50pct_tip.csv" in html
     assert "top1-10pct.csv.gz" in html and "propagation-sensitive units" in html
+    assert "final_robustness.csv" in html and "sensitivity_by_training_vgg16.png" in html
     assert "Attacking PSNs" in html and "Focus regions" in html and "PSN vs neuron sensitivity" in html

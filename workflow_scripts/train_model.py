@@ -22,4 +22,5 @@ train_model(
     metadata_out=smk.output.meta,
     # Not a declared output, so Snakemake leaves it in place when a job dies and the rerun resumes.
     resume_path=Path(smk.output.model).with_name("resume.pt"),
+    base_path=smk.input.get("base"),
 )

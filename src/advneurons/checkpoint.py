@@ -74,3 +74,14 @@ def load_model(path: Path) -> tuple[nn.Module, dict]:
         raise CheckpointError(f"{path} does not match the model it describes: {exc}") from exc
     model.eval()
     return model, ckpt
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes (ties a resume file to the exact checkpoint it continues from)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

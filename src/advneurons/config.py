@@ -104,9 +104,54 @@ def check_references(config: dict) -> None:
     for i, name in enumerate(config["models"]["training"]):
         if name not in config["training"]:
             raise ConfigError(f"config key 'models.training[{i}]': training {name!r} is not defined under 'training'")
+    for i, name in enumerate(config.get("defenses", {}).get("training", [])):
+        if name not in config["training"]:
+            raise ConfigError(f"config key 'defenses.training[{i}]': training {name!r} is not defined under 'training'")
+    for name, training in config["training"].items():
+        _check_training(config, name, training)
     for i, name in enumerate(config["models"]["architectures"]):
         if name not in config["architectures"]:
             raise ConfigError(f"config key 'models.architectures[{i}]': {name!r} is not defined under 'architectures'")
+
+
+# Conv layers of each architecture (model.layers() without fc and shortcuts), for SNS fine-tuning layers.
+CONV_LAYERS = {
+    "vgg16": [f"conv{i}" for i in range(1, 14)],
+    "resnet18": ["conv1"] + [f"l{s}b{b}c{c}" for s in range(1, 5) for b in (1, 2) for c in (1, 2)],
+}
+SNS_ONLY = ("base", "variant", "sns_lambda", "sns_layers", "top_percent", "select_images", "dyn_images", "repeat")
+
+
+def _check_training(config: dict, name: str, training: dict) -> None:
+    key = f"training.{name}"
+    method = training["method"]
+    # Method-specific settings have no schema defaults (advneurons.training.TrainConfig holds them), so
+    # that adding them did not change the ids of existing models; a setting of another method is an error.
+    if method != "alp" and "alp_weight" in training:
+        raise ConfigError(f"config key '{key}.alp_weight': only method alp uses it")
+    if method != "sns":
+        for field in SNS_ONLY:
+            if field in training:
+                raise ConfigError(f"config key '{key}.{field}': only SNS fine-tuning (method sns) uses it")
+        return
+    base = training.get("base")
+    if not base:
+        raise ConfigError(f"config key '{key}.base': SNS fine-tuning needs the training whose model it starts from")
+    if base not in config["training"]:
+        raise ConfigError(f"config key '{key}.base': training {base!r} is not defined under 'training'")
+    if config["training"][base]["method"] == "sns":
+        raise ConfigError(f"config key '{key}.base': {base!r} is itself an SNS fine-tuning")
+    lam = training.get("sns_lambda")
+    if isinstance(lam, dict):
+        for arch in config["models"]["architectures"]:
+            if arch not in lam:
+                raise ConfigError(f"config key '{key}.sns_lambda': no lambda for architecture {arch!r}")
+    for arch, layers in (training.get("sns_layers") or {}).items():
+        if arch not in CONV_LAYERS:
+            raise ConfigError(f"config key '{key}.sns_layers.{arch}': unknown architecture")
+        for i, layer in enumerate(layers):
+            if layer not in CONV_LAYERS[arch]:
+                raise ConfigError(f"config key '{key}.sns_layers.{arch}[{i}]': {layer!r} is not a conv layer of {arch}")
 
 
 # Names of the PSN scored layers (the ReLU inputs, advneurons.psn.scored_layers), known without building a
@@ -162,19 +207,48 @@ def dataset_params(config: dict) -> dict:
     return params
 
 
-def model_entries(config: dict) -> dict[str, dict]:
-    """model id -> {arch, width, training name, training settings, seed} for every configured model."""
+def _model_params(config: dict, arch: str, train_name: str) -> dict:
+    """The settings that determine one model; a fine-tuned model (SNS) includes its base model's."""
+    training = config["training"][train_name]
+    params = {
+        "arch": arch,
+        "width": config["architectures"][arch]["width"],
+        "training": training,
+        "seed": config["seed"],
+    }
+    if training.get("base"):
+        params["base"] = _model_params(config, arch, training["base"])
+    return params
+
+
+def _entries(config: dict, training_names) -> dict[str, dict]:
     out = {}
     for arch in config["models"]["architectures"]:
-        for train_name in config["models"]["training"]:
-            params = {
-                "arch": arch,
-                "width": config["architectures"][arch]["width"],
-                "training": config["training"][train_name],
-                "seed": config["seed"],
-            }
+        for train_name in training_names:
+            params = _model_params(config, arch, train_name)
             out[make_id(f"{arch}-{train_name}", params)] = {**params, "training_name": train_name}
     return out
+
+
+def model_entries(config: dict) -> dict[str, dict]:
+    """model id -> {arch, width, training name, training settings, seed[, base]} for every analysed model
+    (models.training: every stage of the DAG runs on them)."""
+    return _entries(config, config["models"]["training"])
+
+
+def defense_entries(config: dict) -> dict[str, dict]:
+    """Like :func:`model_entries` for the defense models (defenses.training) that are not analysed models:
+    trained, evaluated in the final robustness tables, measured for the sensitivity figure."""
+    names = [n for n in config.get("defenses", {}).get("training", []) if n not in config["models"]["training"]]
+    return _entries(config, names)
+
+
+def base_model_id(config: dict, entry: dict) -> str | None:
+    """Id of the model a fine-tuned entry starts from (None when trained from scratch)."""
+    base = entry["training"].get("base")
+    if not base:
+        return None
+    return make_id(f"{entry['arch']}-{base}", _model_params(config, entry["arch"], base))
 
 
 def attack_entries(config: dict) -> dict[str, dict]:

@@ -1,4 +1,13 @@
-"""Vanilla and PGD adversarial training (PAT), seeded, deterministic on CPU, resumable per epoch.
+"""Training: vanilla, PGD adversarial training (PAT), adversarial logit pairing (ALP), single-step
+adversarial training (NAT), and SNS fine-tuning of a trained model (advneurons.sns_training).
+Seeded, deterministic on CPU, resumable per epoch.
+
+* PAT: L-inf PGD examples of the current model, clean and adversarial cross-entropy 1:1 in one batch.
+* ALP (Kannan et al.): the PAT loss + ``alp_weight`` x mean squared L2 distance of clean and adversarial
+  logits.
+* NAT (Kurakin et al., "Adversarial machine learning at scale"): one-step Step-LL examples, each image
+  with its own eps drawn from a half-normal of scale eps/2 truncated at eps, mixed 1:1 with clean images.
+* SNS: see advneurons.sns_training; starts from the checkpoint of the ``base`` model.
 
 All randomness (shuffling, augmentation, PGD random start) comes from one explicit generator whose state is
 saved with each epoch's resume file, so a run killed mid-way and resumed ends with the same weights as an
@@ -28,7 +37,8 @@ from .runtime import atomic_path, device, generator, metadata, model_device, wri
 
 log = logging.getLogger(__name__)
 
-METHODS = ("vanilla", "pat")
+METHODS = ("vanilla", "pat", "alp", "nat", "sns")
+ADVERSARIAL = ("pat", "alp", "sns")  # methods that train on L-inf PGD examples
 AUGMENTATIONS = ("none", "crop", "crop_flip")
 
 
@@ -47,6 +57,17 @@ class TrainConfig:
     step_size: float | None = None
     random_start: bool = True
     clean_weight: float = 0.5
+    # ALP
+    alp_weight: float = 0.5
+    # SNS fine-tuning (advneurons.sns_training); `base` names the training whose model is fine-tuned.
+    base: str | None = None
+    variant: str = "sen"
+    sns_lambda: float | dict | None = None  # None: the papers' (VGG16 5, ResNet18 6); or arch -> lambda
+    sns_layers: dict | None = None  # arch -> layer names; None: the papers'
+    top_percent: float = 10.0
+    select_images: int = 1000
+    dyn_images: int = 200
+    repeat: int = 0
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -55,6 +76,27 @@ class TrainConfig:
             raise ValueError(f"unknown augmentation {self.augmentation!r}; choose one of {', '.join(AUGMENTATIONS)}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be positive")
+        if self.method == "sns":
+            from .sns_training import VARIANTS
+
+            if self.variant not in VARIANTS:
+                raise ValueError(f"unknown SNS variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
+            if not self.base:
+                raise ValueError("SNS fine-tuning needs `base`: the training whose model it starts from")
+
+    def lam(self, arch: str) -> float:
+        from .sns_training import DEFAULT_LAMBDA
+
+        if self.sns_lambda is None:
+            return DEFAULT_LAMBDA[arch]
+        if isinstance(self.sns_lambda, dict):
+            if arch not in self.sns_lambda:
+                raise ValueError(f"sns_lambda has no value for architecture {arch!r}")
+            return float(self.sns_lambda[arch])
+        return float(self.sns_lambda)
+
+    def layers_for(self, arch: str) -> list[str] | None:
+        return None if self.sns_layers is None else self.sns_layers.get(arch)
 
     @classmethod
     def from_dict(cls, cfg: dict) -> "TrainConfig":
@@ -93,8 +135,20 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / max(1, len(x))
 
 
-def _train_epoch(model, optimizer, scheduler, cfg: TrainConfig, x, y, gen) -> dict:
+def nat_examples(model, x, eps: float, gen: torch.Generator) -> torch.Tensor:
+    """Step-LL examples with a per-image eps ~ |N(0, (eps/2)^2)| truncated at eps (Kurakin et al.)."""
+    from .attacks import step_ll
+
+    scale = (torch.randn(len(x), generator=gen).abs() * eps / 2).clamp(max=eps)
+    return step_ll(model, x, scale.view(-1, 1, 1, 1).to(x.device))
+
+
+def _train_epoch(model, optimizer, scheduler, cfg: TrainConfig, x, y, gen, sns=None) -> dict:
+    """One epoch. ``sns``: (StabilityLoss, lambda, frozen BatchNorm modules) for SNS fine-tuning."""
     model.train()
+    if sns is not None:
+        for bn in sns[2]:
+            bn.eval()
     order = torch.randperm(len(x), generator=gen)
     eps = from_255(cfg.eps)
     step = None if cfg.step_size is None else from_255(cfg.step_size)
@@ -104,12 +158,29 @@ def _train_epoch(model, optimizer, scheduler, cfg: TrainConfig, x, y, gen) -> di
         # Augmentation draws from the CPU generator so runs are identical whatever the device.
         dev = model_device(model)
         xb, yb = augment(x[idx], cfg.augmentation, gen).to(dev), y[idx].to(dev)
-        if cfg.method == "pat":
+        if cfg.method == "sns":
+            from .sns_training import sns_batch_loss
+
             x_adv = pgd_linf(model, xb, yb, eps, cfg.steps, step, cfg.random_start, generator=gen)
+            if sns is not None:  # pgd_linf leaves the model in train mode; keep frozen statistics fixed
+                for bn in sns[2]:
+                    bn.eval()
+            loss, clean_logits, adv_logits, l_sns = sns_batch_loss(
+                model, sns[0], xb, yb, x_adv, sns[1], cfg.variant, cfg.clean_weight
+            )
+            totals["adv_correct"] += (adv_logits.argmax(1) == yb).sum().item()
+            totals["sns_loss"] = totals.get("sns_loss", 0.0) + l_sns.item() * len(xb)
+        elif cfg.method in ("pat", "alp", "nat"):
+            if cfg.method == "nat":
+                x_adv = nat_examples(model, xb, eps, gen)
+            else:
+                x_adv = pgd_linf(model, xb, yb, eps, cfg.steps, step, cfg.random_start, generator=gen)
             # One forward over clean and adversarial halves: BatchNorm sees the 1:1 mixture.
             logits = model(torch.cat([xb, x_adv]))
             clean_logits, adv_logits = logits[: len(xb)], logits[len(xb) :]
             loss = cfg.clean_weight * F.cross_entropy(clean_logits, yb) + (1 - cfg.clean_weight) * F.cross_entropy(adv_logits, yb)
+            if cfg.method == "alp":
+                loss = loss + cfg.alp_weight * (clean_logits - adv_logits).pow(2).sum(1).mean()
             totals["adv_correct"] += (adv_logits.argmax(1) == yb).sum().item()
         else:
             clean_logits = model(xb)
@@ -123,8 +194,10 @@ def _train_epoch(model, optimizer, scheduler, cfg: TrainConfig, x, y, gen) -> di
         totals["seen"] += len(xb)
     seen = max(1, totals["seen"])
     out = {"train_loss": totals["loss"] / seen, "train_clean_acc": totals["correct"] / seen}
-    if cfg.method == "pat":
+    if cfg.method != "vanilla":
         out["train_adv_acc"] = totals["adv_correct"] / seen
+    if "sns_loss" in totals:
+        out["train_sns_loss"] = totals["sns_loss"] / seen
     return out
 
 
@@ -149,24 +222,47 @@ def train_model(
     resume_path: Path,
     num_classes: int = 10,
     stop_after_epoch: int | None = None,
+    base_path: Path | None = None,
 ) -> dict:
     """Train one model and write its checkpoint, per-epoch metrics CSV and metadata JSON.
 
     After every epoch a resume file (`resume_path`) holds the full training state; a later call with the same
     settings continues from it. `stop_after_epoch` ends the call early, as a killed job would (for tests).
+    `base_path`: the checkpoint SNS fine-tuning starts from (required for method "sns", refused otherwise).
     """
+    if (cfg.method == "sns") != (base_path is not None):
+        raise ValueError("a base checkpoint is needed for SNS fine-tuning and only for it")
     x_train, y_train = load_split(train_path)
     x_val, y_val = load_split(val_path) if val_path else (None, None)
     torch.manual_seed(seed)  # weight initialisation
     model = build_model(arch, dataset, width, num_classes).to(device())
+    base_info = None
+    if base_path is not None:
+        base_model, base_ckpt = ckpt_io.load_model(base_path)
+        if (base_ckpt.get("arch"), float(base_ckpt.get("width", -1))) != (arch, float(width)):
+            raise ValueError(f"base checkpoint {base_path} is a {base_ckpt.get('arch')} of width {base_ckpt.get('width')}, "
+                             f"not a {arch} of width {width}")
+        model.load_state_dict(base_model.state_dict())
+        base_info = {"path": str(base_path), "training": (base_ckpt.get("meta") or {}).get("params", {}).get("training")}
     gen = generator(seed + 1)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    sns = None
+    if cfg.method == "sns":
+        from .sns_training import freeze_below, selected_layers
+
+        layers = selected_layers(model, arch, cfg.layers_for(arch))
+        frozen_bn = freeze_below(model, next(iter(layers.values())))
+        sns = [None, cfg.lam(arch), frozen_bn, layers]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
     steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.25, anneal_strategy="cos"
     )
     fingerprint = _fingerprint(arch, dataset, width, num_classes, cfg, seed, len(x_train))
+    if base_path is not None:  # a resume file belongs to one base model
+        fingerprint += ckpt_io.file_digest(base_path)
     history: list[dict] = []
+    channels = None
     first_epoch = 1
     resume_path = Path(resume_path)
     if resume_path.exists():
@@ -181,6 +277,7 @@ def train_model(
             scheduler.load_state_dict(state["scheduler"])
             gen.set_state(state["generator"])
             history = list(state["history"])
+            channels = state.get("channels")
             first_epoch = int(state["epoch"]) + 1
             log.info("resuming from epoch %d of %d (%s)", first_epoch, cfg.epochs, resume_path)
         elif state is not None:
@@ -190,7 +287,16 @@ def train_model(
     for epoch in epochs:
         started = time.perf_counter()
         row = {"epoch": epoch, "lr": scheduler.get_last_lr()[0]}
-        row.update(_train_epoch(model, optimizer, scheduler, cfg, x_train, y_train, gen))
+        if sns is not None:
+            if channels is None or cfg.variant == "dyn":
+                channels = _sns_channels(model, sns[3], cfg, x_train, y_train, gen)
+            from .sns_training import StabilityLoss
+
+            with StabilityLoss(sns[3], channels) as stability:
+                sns[0] = stability
+                row.update(_train_epoch(model, optimizer, scheduler, cfg, x_train, y_train, gen, sns))
+        else:
+            row.update(_train_epoch(model, optimizer, scheduler, cfg, x_train, y_train, gen))
         if x_val is not None and len(x_val):
             row["val_clean_acc"] = accuracy(model, x_val, y_val)
         row["seconds"] = time.perf_counter() - started
@@ -204,6 +310,7 @@ def train_model(
             "scheduler": scheduler.state_dict(),
             "generator": gen.get_state(),
             "history": history,
+            "channels": channels,
         }
         with atomic_path(resume_path) as tmp:
             torch.save(state, tmp)
@@ -211,10 +318,31 @@ def train_model(
             return {"stopped_after_epoch": epoch}
 
     params = {"arch": arch, "dataset": dataset, "width": width, "num_classes": num_classes, "training": asdict(cfg)}
-    meta = metadata("train", params, seed=seed, n_train=len(x_train), final=history[-1] if history else {})
+    extra = {}
+    if sns is not None:
+        extra = {"base": base_info, "sns_lambda": sns[1], "sns_layers": list(sns[3]),
+                 "frozen_parameters": sum(p.numel() for p in model.parameters() if not p.requires_grad),
+                 "stabilised_channels": {n: c.tolist() for n, c in channels.items()}}
+    meta = metadata("train", params, seed=seed, n_train=len(x_train), final=history[-1] if history else {}, **extra)
     ckpt_io.save_model(model.cpu(), model_out, arch, dataset, width, num_classes, meta)
     with atomic_path(metrics_out) as tmp:
         pd.DataFrame(history).to_csv(tmp, index=False)
     write_json(meta, metadata_out)
     resume_path.unlink(missing_ok=True)
     return meta
+
+
+def _sns_channels(model, layers, cfg: TrainConfig, x, y, gen):
+    """The channels SNS stabilises: chosen once before the first epoch (from the base model's PGD pairs
+    on ``select_images`` training images), or each epoch from ``dyn_images`` images for ``dyn``."""
+    from .sns_training import choose_channels
+
+    n = cfg.dyn_images if cfg.variant == "dyn" else cfg.select_images
+    pick = torch.randperm(len(x), generator=gen)[: min(n, len(x))]
+    if cfg.variant == "rand":  # the repeat index seeds the random sets
+        rand_gen = generator(10_000 + cfg.repeat)
+        return choose_channels(model, layers, "rand", cfg.top_percent, x[:0], y[:0], 0.0, 1, None, rand_gen)
+    step = None if cfg.step_size is None else from_255(cfg.step_size)
+    dev = model_device(model)
+    return choose_channels(model, layers, cfg.variant, cfg.top_percent, x[pick].to(dev), y[pick].to(dev),
+                           from_255(cfg.eps), cfg.steps, step, gen)

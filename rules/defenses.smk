@@ -1,0 +1,62 @@
+# Stage 8: models and defenses side by side: the final robustness table over the attack suite (TIP
+# Tables III/IV shape) and per-layer neuron sensitivity by training (TIP Fig 17).
+
+
+rule final_robustness_table:
+    input:
+        records=robustness_records(
+            config["robustness"]["table_iii"].values(), models=ALL_MODELS
+        ),
+    output:
+        csv=report(
+            "results/tables/final_robustness.csv",
+            caption="../report/final_robustness.rst",
+            category="Defenses",
+        ),
+        md="results/tables/final_robustness.md",
+        tex="results/tables/final_robustness.tex",
+        settings="results/tables/final_robustness_settings.csv",
+    log:
+        "logs/final_robustness_table.log",
+    benchmark:
+        "benchmarks/final_robustness_table.tsv"
+    conda:
+        "../envs/advneurons.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        code=code_version("defense_tables"),
+        columns=config["robustness"]["table_iii"],
+        models=final_table_models,
+        dataset=DATASET,
+    script:
+        "../workflow_scripts/final_robustness_table.py"
+
+
+rule sensitivity_by_training:
+    input:
+        unpack(arch_all_sensitivity_files),
+    output:
+        csv="results/figures/sensitivity_by_training_{arch}.csv",
+        png=report(
+            "results/figures/sensitivity_by_training_{arch}.png",
+            caption="../report/sensitivity_by_training.rst",
+            category="Defenses",
+            labels={"architecture": "{arch}"},
+        ),
+    log:
+        "logs/sensitivity_by_training/{arch}.log",
+    benchmark:
+        "benchmarks/sensitivity_by_training/{arch}.tsv"
+    conda:
+        "../envs/advneurons.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        code=code_version("defense_tables"),
+    script:
+        "../workflow_scripts/sensitivity_by_training.py"

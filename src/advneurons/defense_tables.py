@@ -1,0 +1,135 @@
+"""Final comparison of models and defenses: the robustness table of every model x the attack suite (TIP
+Tables III/IV shape), and per-layer neuron sensitivity of the models of one architecture (TIP Fig 17).
+
+Models trained several times as seeded repeats of one defense (e.g. SNS-rand, 3 random channel sets)
+share a ``group``; the table reports each repeat and a "mean ± std" row per group.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .robustness import accuracy_table, read_records, table_iii_columns
+from .runtime import atomic_path
+
+
+def _group_rows(table: pd.DataFrame, groups: dict[str, str], labels: list[str]) -> pd.DataFrame:
+    """Append mean and std rows for every group with more than one model."""
+    rows = []
+    members: dict[str, list[str]] = {}
+    for model in table.model:
+        members.setdefault(groups.get(model, model), []).append(model)
+    for group, models in members.items():
+        if len(models) < 2:
+            continue
+        part = table[table.model.isin(models)]
+        mean = {"model": f"{group} (mean of {len(models)})", **{c: round(part[c].mean(), 2) for c in labels}}
+        std = {"model": f"{group} (std)", **{c: round(part[c].std(ddof=1), 2) for c in labels}}
+        rows += [mean, std]
+    return pd.concat([table, pd.DataFrame(rows)], ignore_index=True) if rows else table
+
+
+def final_robustness_table(record_csvs: list[Path], columns: dict[str, str], dataset: str, models: dict[str, dict],
+                           out_csv: Path, out_md: Path, out_tex: Path, settings_csv: Path) -> pd.DataFrame:
+    """Workflow step: accuracy (%) of every model under every attack of the suite, one block per architecture.
+
+    ``models`` maps a model label (the ``model`` column of the records) to {arch, training, method,
+    group}; rows follow its order. Writes CSV (arch, model, training, method, then the columns), Markdown,
+    LaTeX and a settings CSV (attack and settings behind every cell).
+    """
+    records = read_records([Path(p) for p in record_csvs])
+    unknown = sorted(set(records.model) - set(models))
+    if unknown:
+        raise ValueError(f"records of models not described in `models`: {unknown}")
+    cols = table_iii_columns(records, columns)
+    table, settings = accuracy_table(records, cols)
+    labels = [label for label, _ in cols]
+    blocks = []
+    for arch in dict.fromkeys(m["arch"] for m in models.values()):
+        order = [name for name, m in models.items() if m["arch"] == arch and name in set(table.model)]
+        part = table.set_index("model").loc[order].reset_index()
+        part = _group_rows(part, {n: models[n].get("group", n) for n in order}, labels)
+        part.insert(0, "arch", arch)
+        part.insert(2, "training", [models.get(n, {}).get("training", "") for n in part.model])
+        part.insert(3, "method", [models.get(n, {}).get("method", "") for n in part.model])
+        blocks.append(part)
+    final = pd.concat(blocks, ignore_index=True)
+    n = sorted(set(settings.n_images))
+    notes = (f"Accuracy (%) on the {dataset} test split; images per cell: {', '.join(map(str, n))} "
+             f"(slow attacks on seeded subsets); eps in 1/255 units. Settings of every cell: {Path(settings_csv).name}.")
+    with atomic_path(out_csv) as tmp:
+        final.to_csv(tmp, index=False)
+    with atomic_path(out_md) as tmp:
+        body = "\n\n".join(
+            f"## {arch}\n\n" + block.drop(columns="arch").to_markdown(index=False, floatfmt=".2f")
+            for arch, block in final.groupby("arch", sort=False)
+        )
+        tmp.write_text(f"# Final robustness: models and defenses x attack suite\n\n{notes}\n\n{body}\n")
+    with atomic_path(out_tex) as tmp:
+        tmp.write_text(_latex(final, labels, notes))
+    with atomic_path(settings_csv) as tmp:
+        settings.to_csv(tmp, index=False)
+    return final
+
+
+def _latex(final: pd.DataFrame, labels: list[str], notes: str) -> str:
+    def esc(text) -> str:
+        return str(text).replace("&", r"\&").replace("%", r"\%").replace("_", r"\_").replace("±", r"$\pm$")
+
+    lines = [f"% {notes}", r"\begin{tabular}{ll" + "r" * len(labels) + "}", r"\toprule",
+             " & ".join(["Arch", "Model", *map(esc, labels)]) + r" \\", r"\midrule"]
+    for i, (arch, block) in enumerate(final.groupby("arch", sort=False)):
+        if i:
+            lines.append(r"\midrule")
+        for _, row in block.iterrows():
+            values = [row[c] for c in labels]
+            cells = ["" if pd.isna(v) else f"{v:.2f}" for v in values]
+            lines.append(" & ".join([esc(arch), esc(row["model"]), *cells]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", ""]
+    return "\n".join(lines)
+
+
+def sensitivity_by_training(sensitivity_csvs: dict[str, Path], arch: str, out_csv: Path, out_png: Path) -> pd.DataFrame:
+    """Workflow step (TIP Fig 17): mean neuron sensitivity of each conv layer for every model of one
+    architecture (training label -> its sensitivity CSV), as a table and a line figure."""
+    frames = []
+    for training, path in sensitivity_csvs.items():
+        table = pd.read_csv(path)
+        missing = {"layer", "depth", "sensitivity"} - set(table.columns)
+        if missing:
+            raise ValueError(f"{path} is not a sensitivity table: missing {sorted(missing)}")
+        per_layer = table.groupby(["depth", "layer"], sort=True)["sensitivity"].mean().reset_index()
+        per_layer.insert(0, "training", training)
+        frames.append(per_layer)
+    summary = pd.concat(frames, ignore_index=True)
+    with atomic_path(out_csv) as tmp:
+        summary.to_csv(tmp, index=False)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * summary.layer.nunique()), 4))
+    sns.lineplot(data=summary, x="depth", y="sensitivity", hue="training", marker="o", ax=ax)
+    layers = summary.drop_duplicates("depth").sort_values("depth")
+    ax.set_xticks(layers.depth.to_numpy(), layers.layer.tolist(), rotation=60, fontsize=7)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("mean neuron sensitivity")
+    ax.set_yscale("log")
+    ax.set_title(f"{arch}: neuron sensitivity per layer by training")
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=130)
+    plt.close(fig)
+    return summary
+
+
+def group_of(training_name: str, training: dict) -> str:
+    """Display group of a training entry: repeats of SNS-rand (differing only in ``repeat``) share one."""
+    if training.get("method") == "sns" and training.get("variant") == "rand":
+        return f"sns-rand (base {training.get('base')})"
+    return training_name
+

@@ -1,0 +1,158 @@
+"""Sensitive neuron stabilizing (SNS) fine-tuning (TIP Eq 12-13, Algorithm 1; SPEC section 3).
+
+A trained model (the *base*, normally the vanilla one) is fine-tuned on
+
+    L = L_adv(x, x', y) + lambda * L_sns,   L_sns = sum over selected layers l, sensitive channels m of
+                                                    ||F_l^m(x) - F_l^m(x')||_1 / dim(F_l^m)
+
+(averaged over the batch), where x' is an L-inf PGD example of the current model, F_l^m the output of
+channel m of conv layer l (the layers neuron sensitivity measures), and L_adv the PAT loss (clean and
+adversarial cross-entropy, 1:1 in one BatchNorm batch). Only the selected layers and everything after
+them are trained; the layers below stay frozen (weights and BatchNorm statistics).
+
+Which channels are stabilised (``variant``):
+
+* ``sen``: the top ``top_percent``% most sensitive channels of each selected layer, chosen once from the
+  base model's PGD pairs on ``select_images`` training images (the paper's method);
+* ``all``: every channel of the selected layers;
+* ``rand``: ``top_percent``% random channels per layer (seeded by ``repeat``; the paper averages 3);
+* ``dyn``: the sensitive set re-chosen at the start of every epoch from ``dyn_images`` random training
+  images, with the model being fine-tuned;
+* ``cls``: the ``sen`` channels, with plain cross-entropy on the clean images instead of L_adv (ECCV).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attacks import pgd_linf
+from .sensitivity import channel_distance, neuron_sensitivity
+
+VARIANTS = ("sen", "all", "rand", "dyn", "cls")
+
+# The papers' fine-tuned layers: VGG16 conv8..conv13; ResNet18 from the second block of layer3 to the end.
+DEFAULT_LAYERS = {
+    "vgg16": [f"conv{i}" for i in range(8, 14)],
+    "resnet18": ["l3b2c1", "l3b2c2", "l4b1c1", "l4b1c2", "l4b2c1", "l4b2c2"],
+}
+DEFAULT_LAMBDA = {"vgg16": 5.0, "resnet18": 6.0}
+
+
+def selected_layers(model: nn.Module, arch: str, names: list[str] | None) -> "OrderedDict[str, nn.Module]":
+    names = list(names) if names else DEFAULT_LAYERS.get(arch)
+    if not names:
+        raise ValueError(f"no default SNS layers for architecture {arch!r}; set sns_layers")
+    layers = model.layers()
+    unknown = [n for n in names if n not in layers]
+    if unknown:
+        raise ValueError(f"SNS layers {unknown} are not layers of {arch} ({', '.join(layers)})")
+    return OrderedDict((n, layers[n]) for n in names)
+
+
+def freeze_below(model: nn.Module, first: nn.Module) -> list[nn.Module]:
+    """Freeze every parameter registered before ``first``'s (forward order for our models) and return
+    the frozen modules that carry BatchNorm statistics, which must stay in eval mode while training."""
+    first_params = {id(p) for p in first.parameters()}
+    frozen_ids = set()
+    for p in model.parameters():
+        if id(p) in first_params:
+            break
+        p.requires_grad_(False)
+        frozen_ids.add(id(p))
+    if len(frozen_ids) == sum(1 for _ in model.parameters()):
+        raise ValueError("the first SNS layer was not found among the model's parameters")
+    return [
+        m for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and any(id(p) in frozen_ids for p in m.parameters())
+    ]
+
+
+def choose_channels(model: nn.Module, layers: "OrderedDict[str, nn.Module]", variant: str, top_percent: float,
+                    x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step_size: float | None,
+                    gen: torch.Generator, batch_size: int = 256) -> "OrderedDict[str, torch.Tensor]":
+    """Channel indices per selected layer for ``variant`` (see the module docstring).
+
+    ``x, y``: the images the sensitive sets are measured on (PGD pairs of ``model``, random start from
+    ``gen``); unused by ``all`` and ``rand``.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown SNS variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    counts = OrderedDict((n, _out_channels(m)) for n, m in layers.items())
+    if variant == "all":
+        return OrderedDict((n, torch.arange(c)) for n, c in counts.items())
+    k = OrderedDict((n, max(1, int(math.ceil(c * top_percent / 100.0)))) for n, c in counts.items())
+    if variant == "rand":
+        return OrderedDict((n, torch.randperm(c, generator=gen)[: k[n]].sort().values) for n, c in counts.items())
+    was_training = model.training
+    model.eval()
+
+    def pairs():
+        for i in range(0, len(x), batch_size):
+            xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+            yield xb, pgd_linf(model, xb, yb, eps, steps, step_size, random_start=True, generator=gen)
+
+    sens = neuron_sensitivity(model, pairs(), layers)
+    model.train(was_training)
+    return OrderedDict(
+        (n, torch.from_numpy(sens[n]).argsort(descending=True)[: k[n]].sort().values) for n in layers
+    )
+
+
+def _out_channels(module: nn.Module) -> int:
+    if isinstance(module, nn.Conv2d):
+        return module.out_channels
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    raise TypeError(f"cannot stabilise a {type(module).__name__}")
+
+
+class StabilityLoss:
+    """Forward hooks on the selected layers that compute L_sns from the clean and adversarial halves of
+    each batch (the model is fed ``torch.cat([x, x_adv])``)."""
+
+    def __init__(self, layers: "OrderedDict[str, nn.Module]", channels: "OrderedDict[str, torch.Tensor]"):
+        self.layers, self.channels = layers, channels
+        self.value: torch.Tensor | None = None
+        self._handles = []
+
+    def __enter__(self):
+        for name, module in self.layers.items():
+            self._handles.append(module.register_forward_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def reset(self):
+        self.value = None
+
+    def _hook(self, name):
+        def hook(_module, _inputs, output):
+            idx = self.channels[name].to(output.device)
+            half = output.shape[0] // 2
+            part = output.index_select(1, idx)
+            term = channel_distance(part[:half], part[half:], normalise=True).sum(1).mean()
+            self.value = term if self.value is None else self.value + term
+
+        return hook
+
+
+def sns_batch_loss(model: nn.Module, stability: StabilityLoss, xb: torch.Tensor, yb: torch.Tensor,
+                   x_adv: torch.Tensor, lam: float, variant: str, clean_weight: float = 0.5):
+    """(loss, clean logits, adversarial logits, L_sns) of one batch."""
+    stability.reset()
+    logits = model(torch.cat([xb, x_adv]))
+    clean_logits, adv_logits = logits[: len(xb)], logits[len(xb) :]
+    if variant == "cls":
+        task = F.cross_entropy(clean_logits, yb)
+    else:
+        task = clean_weight * F.cross_entropy(clean_logits, yb) + (1 - clean_weight) * F.cross_entropy(adv_logits, yb)
+    l_sns = stability.value if stability.value is not None else torch.zeros((), device=xb.device)
+    return task + lam * l_sns, clean_logits, adv_logits, l_sns

@@ -1,0 +1,209 @@
+"""Training-time defenses (ALP, NAT, SNS fine-tuning) and the final comparison tables."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from advneurons import checkpoint, data
+from advneurons.models import build_model
+from advneurons.sns_training import (
+    StabilityLoss,
+    choose_channels,
+    freeze_below,
+    selected_layers,
+    sns_batch_loss,
+)
+from advneurons.training import TrainConfig, nat_examples, train_model
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits")
+    parts = data.prepare_digits(0.2, 0.1, 0)
+    small = {k: data.Split(v.images[:96], v.labels[:96]) for k, v in parts.items()}
+    for name, split in small.items():
+        data.save_split(split, root / f"{name}.npz")
+    return root
+
+
+def _train(splits, out, cfg, **kw):
+    return train_model(
+        splits / "train.npz", splits / "val.npz", "vgg16", "digits", 0.0625, cfg, seed=3,
+        model_out=out / "model.pt", metrics_out=out / "metrics.csv", metadata_out=out / "meta.json",
+        resume_path=out / "resume.pt", **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def base(splits, tmp_path_factory):
+    out = tmp_path_factory.mktemp("base")
+    _train(splits, out, TrainConfig(method="vanilla", epochs=2, batch_size=32))
+    return out / "model.pt"
+
+
+def test_stability_loss_is_the_mean_l1_distance_of_the_chosen_channels():
+    torch.manual_seed(0)
+    model = build_model("vgg16", "digits", width=0.0625).eval()
+    layers = selected_layers(model, "vgg16", ["conv8", "conv13"])
+    channels = {"conv8": torch.tensor([0, 3]), "conv13": torch.tensor([1])}
+    x, x_adv = torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32)
+    feats = {}
+    hooks = [m.register_forward_hook(lambda _m, _i, o, n=n: feats.__setitem__(n, o)) for n, m in layers.items()]
+    with torch.no_grad():
+        model(torch.cat([x, x_adv]))
+    for h in hooks:
+        h.remove()
+    expected = 0.0
+    for name, idx in channels.items():
+        f = feats[name][:, idx]
+        # per image: sum over chosen channels of mean |F(x) - F(x')| over the map; then mean over images
+        expected += (f[:4] - f[4:]).abs().flatten(2).mean(2).sum(1).mean().item()
+    with StabilityLoss(layers, channels) as stab, torch.no_grad():
+        y = torch.zeros(4, dtype=torch.long)
+        loss, clean, adv, l_sns = sns_batch_loss(model, stab, x, y, x_adv, lam=2.0, variant="sen")
+    assert l_sns.item() == pytest.approx(expected, rel=1e-5)
+    task = 0.5 * F.cross_entropy(clean, y) + 0.5 * F.cross_entropy(adv, y)
+    assert loss.item() == pytest.approx(task.item() + 2.0 * expected, rel=1e-5)
+    with StabilityLoss(layers, channels) as stab, torch.no_grad():
+        loss_cls, clean, _, l_sns = sns_batch_loss(model, stab, x, y, x_adv, lam=2.0, variant="cls")
+    assert loss_cls.item() == pytest.approx(F.cross_entropy(clean, y).item() + 2.0 * l_sns.item(), rel=1e-5)
+
+
+def test_channel_choices_per_variant():
+    torch.manual_seed(0)
+    model = build_model("vgg16", "digits", width=0.0625).eval()
+    layers = selected_layers(model, "vgg16", None)
+    assert list(layers) == [f"conv{i}" for i in range(8, 14)]
+    x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    gen = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
+    every = choose_channels(model, layers, "all", 10, x, y, 0.1, 2, None, gen(0))
+    assert all(len(c) == layers[n].out_channels for n, c in every.items())
+    sen = choose_channels(model, layers, "sen", 10, x, y, 0.1, 2, None, gen(0))
+    assert sen.keys() == layers.keys()
+    assert all(len(c) == max(1, -(-layers[n].out_channels // 10)) for n, c in sen.items())
+    again = choose_channels(model, layers, "sen", 10, x, y, 0.1, 2, None, gen(0))
+    assert all(torch.equal(sen[n], again[n]) for n in sen)  # seeded PGD: same sets
+    r1 = choose_channels(model, layers, "rand", 25, x, y, 0.1, 2, None, gen(1))
+    r2 = choose_channels(model, layers, "rand", 25, x, y, 0.1, 2, None, gen(2))
+    assert any(not torch.equal(r1[n], r2[n]) for n in r1)
+    with pytest.raises(ValueError, match="SNS variant"):
+        choose_channels(model, layers, "best", 10, x, y, 0.1, 2, None, gen(0))
+    with pytest.raises(ValueError, match="not layers of vgg16"):
+        selected_layers(model, "vgg16", ["conv14"])
+
+
+def test_freezing_keeps_the_lower_layers_and_their_statistics():
+    model = build_model("resnet18", "digits", width=0.0625)
+    layers = selected_layers(model, "resnet18", None)
+    frozen_bn = freeze_below(model, layers["l3b2c1"])
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert not any(n.startswith(("conv1", "bn1", "layer1", "layer2")) for n in trainable)
+    assert any("layer3" in n for n in trainable) and any(n.startswith("fc") for n in trainable)
+    assert model.bn1 in frozen_bn and len(frozen_bn) > 0
+
+
+def test_sns_fine_tuning_changes_only_the_top_layers(splits, base, tmp_path):
+    cfg = TrainConfig(method="sns", base="vanilla", variant="sen", epochs=1, batch_size=32, eps=16, steps=2,
+                      select_images=32, lr=0.01)
+    _train(splits, tmp_path, cfg, base_path=base)
+    before, _ = checkpoint.load_model(base)
+    after, _ = checkpoint.load_model(tmp_path / "model.pt")
+    b, a = before.state_dict(), after.state_dict()
+    lower = [k for k in b if k.split(".")[0] == "features" and any(k.split(".")[1] == f"{p}{i}" for p in ("conv", "bn") for i in range(1, 8))]
+    assert lower and all(torch.equal(b[k], a[k]) for k in lower)  # weights and BN statistics untouched
+    assert not torch.equal(b["features.conv13.weight"], a["features.conv13.weight"])
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["sns_lambda"] == 5.0 and meta["sns_layers"][0] == "conv8"
+    assert len(meta["stabilised_channels"]["conv13"]) == -(-after.layers()["conv13"].out_channels // 10)
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert metrics.train_sns_loss.gt(0).all()
+
+
+def test_sns_dyn_resumes_to_the_same_weights(splits, base, tmp_path):
+    cfg = TrainConfig(method="sns", base="vanilla", variant="dyn", epochs=2, batch_size=32, eps=16, steps=1,
+                      dyn_images=16, lr=0.01)
+    _train(splits, tmp_path / "straight", cfg, base_path=base)
+    assert _train(splits, tmp_path / "killed", cfg, base_path=base, stop_after_epoch=1) == {"stopped_after_epoch": 1}
+    _train(splits, tmp_path / "killed", cfg, base_path=base)
+    a, _ = checkpoint.load_model(tmp_path / "straight" / "model.pt")
+    b, _ = checkpoint.load_model(tmp_path / "killed" / "model.pt")
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+
+
+def test_sns_needs_a_matching_base(splits, base, tmp_path):
+    cfg = TrainConfig(method="sns", base="vanilla", epochs=1, batch_size=32)
+    with pytest.raises(ValueError, match="base checkpoint"):
+        _train(splits, tmp_path, cfg)
+    with pytest.raises(ValueError, match="base checkpoint"):
+        _train(splits, tmp_path, TrainConfig(method="pat", epochs=1), base_path=base)
+    with pytest.raises(ValueError, match="not a resnet18"):
+        train_model(splits / "train.npz", None, "resnet18", "digits", 0.0625, cfg, 3, tmp_path / "m.pt",
+                    tmp_path / "m.csv", tmp_path / "m.json", tmp_path / "r.pt", base_path=base)
+    with pytest.raises(ValueError, match="needs `base`"):
+        TrainConfig(method="sns", epochs=1)
+
+
+def test_alp_adds_the_logit_pairing_term(splits, tmp_path):
+    # same seed, same examples: ALP's loss exceeds PAT's by alp_weight x the logit distance, so with
+    # alp_weight 0 the two trainings are identical and with 0.5 they are not
+    pat = TrainConfig(method="pat", epochs=1, batch_size=32, eps=16, steps=2)
+    _train(splits, tmp_path / "pat", pat)
+    _train(splits, tmp_path / "alp0", TrainConfig(method="alp", alp_weight=0.0, epochs=1, batch_size=32, eps=16, steps=2))
+    _train(splits, tmp_path / "alp", TrainConfig(method="alp", epochs=1, batch_size=32, eps=16, steps=2))
+    p, _ = checkpoint.load_model(tmp_path / "pat" / "model.pt")
+    z, _ = checkpoint.load_model(tmp_path / "alp0" / "model.pt")
+    a, _ = checkpoint.load_model(tmp_path / "alp" / "model.pt")
+    assert all(torch.equal(p.state_dict()[k], z.state_dict()[k]) for k in p.state_dict())
+    assert not all(torch.equal(p.state_dict()[k], a.state_dict()[k]) for k in p.state_dict())
+    pat_loss = pd.read_csv(tmp_path / "pat" / "metrics.csv").train_loss.iloc[0]
+    alp_loss = pd.read_csv(tmp_path / "alp" / "metrics.csv").train_loss.iloc[0]
+    assert alp_loss > pat_loss
+
+
+def test_nat_examples_are_step_ll_with_per_image_budgets():
+    torch.manual_seed(0)
+    model = build_model("vgg16", "digits", width=0.0625).eval()
+    x = torch.rand(64, 3, 32, 32) * 0.5 + 0.25  # away from the box so clipping does not hide the step
+    eps = 32 / 255
+    adv = nat_examples(model, x, eps, torch.Generator().manual_seed(0))
+    step = (adv - x).abs().flatten(1).max(1).values
+    assert (step <= eps + 1e-6).all() and step.std() > 0.01  # budgets differ per image
+    moved = (adv - x).abs().flatten(1)
+    assert ((moved - step[:, None]).abs() < 1e-5).float().mean() > 0.99  # one signed step of that size per pixel
+
+
+def test_final_table_lays_out_every_model_with_group_means(tmp_path):
+    from advneurons.defense_tables import final_robustness_table
+
+    from advneurons.robustness import accuracy_record, records_frame
+
+    models, paths = {}, []
+    attacks = {"pgd": {"type": "pgd", "eps": 32, "steps": 10}, "fgsm": {"type": "fgsm", "eps": 32}}
+    for arch in ("vgg16", "resnet18"):
+        for training, acc in (("vanilla", 0.1), ("pat", 0.7), ("sns_rand_0", 0.5), ("sns_rand_1", 0.6)):
+            label = f"{arch}-{training}"
+            group = f"{arch}-rand" if "rand" in training else label
+            models[label] = {"arch": arch, "training": training, "method": "x", "group": group}
+            records = [accuracy_record(label, "clean", None, 20, 0.99)]
+            records += [accuracy_record(label, name, cfg, 20, acc - (0.05 if name == "pgd" else 0.02))
+                        for name, cfg in attacks.items()]
+            path = tmp_path / f"{label}.csv"
+            records_frame(records).to_csv(path, index=False)
+            paths.append(path)
+    final = final_robustness_table(paths, {"L-inf PGD": "pgd", "FGSM": "fgsm"}, "digits", models,
+                                   tmp_path / "f.csv", tmp_path / "f.md", tmp_path / "f.tex", tmp_path / "s.csv")
+    assert list(final.arch.unique()) == ["vgg16", "resnet18"]
+    mean = final[final.model == "vgg16-rand (mean of 2)"].iloc[0]
+    assert mean["L-inf PGD"] == pytest.approx(np.mean([45, 55]))
+    std = final[final.model == "vgg16-rand (std)"].iloc[0]
+    assert std["L-inf PGD"] == pytest.approx(np.std([45, 55], ddof=1), abs=0.01)
+    tex = (tmp_path / "f.tex").read_text()
+    assert r"\begin{tabular}" in tex and "vgg16-pat" in tex and "65.00" in tex
+    assert "## resnet18" in (tmp_path / "f.md").read_text()
+    with pytest.raises(ValueError, match="not described"):
+        final_robustness_table(paths, {"L-inf PGD": "pgd"}, "digits", {"vgg16-pat": models["vgg16-pat"]},
+                               tmp_path / "g.csv", tmp_path / "g.md", tmp_path / "g.tex", tmp_path / "t.csv")

@@ -1,0 +1,17 @@
+"""Rule final_robustness_table: every model and defense x the attack suite (advneurons.defense_tables)."""
+
+from advneurons import runtime
+from advneurons.defense_tables import final_robustness_table
+
+smk = snakemake  # noqa: F821 -- injected by Snakemake
+runtime.configure_logging(smk.log[0])
+final_robustness_table(
+    record_csvs=list(smk.input.records),
+    columns=smk.params.columns,
+    dataset=smk.params.dataset,
+    models=smk.params.models,
+    out_csv=smk.output.csv,
+    out_md=smk.output.md,
+    out_tex=smk.output.tex,
+    settings_csv=smk.output.settings,
+)

@@ -1,0 +1,13 @@
+"""Rule sensitivity_by_training: per-layer neuron sensitivity of every model of one architecture (TIP Fig 17)."""
+
+from advneurons import runtime
+from advneurons.defense_tables import sensitivity_by_training
+
+smk = snakemake  # noqa: F821 -- injected by Snakemake
+runtime.configure_logging(smk.log[0])
+sensitivity_by_training(
+    sensitivity_csvs=dict(smk.input.items()),
+    arch=smk.wildcards.arch,
+    out_csv=smk.output.csv,
+    out_png=smk.output.png,
+)
