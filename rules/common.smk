@@ -19,7 +19,11 @@ MODELS = settings.model_entries(config)  # analysed models: every stage runs on 
 DEFENSE_MODELS = settings.defense_entries(
     config
 )  # defenses: trained, evaluated, measured
-ALL_MODELS = {**MODELS, **DEFENSE_MODELS}
+ALL_MODELS = {**MODELS, **DEFENSE_MODELS}  # every trained model
+DEFENDED = settings.meansparse_entries(
+    config
+)  # post-training defenses of trained models
+EVALUATED = {**ALL_MODELS, **DEFENDED}  # every model of the final robustness table
 ATTACKS = settings.attack_entries(config)
 ATTACK_ID = {entry["name"]: attack_id for attack_id, entry in ATTACKS.items()}
 ROBUSTNESS = settings.robustness_entries(config)
@@ -100,7 +104,27 @@ def attack_settings(wildcards):
 
 
 def model_path(model_id):
+    """Checkpoint of a trained or a defended (MeanSparse) model."""
+    if model_id in DEFENDED:
+        return f"results/{DATA_ID}/defended/{model_id}/model.pt"
     return f"results/{DATA_ID}/models/{model_id}/model.pt"
+
+
+def evaluated_model(wildcards):
+    return model_path(wildcards.model)
+
+
+def meansparse_inputs(wildcards):
+    return {
+        "model": model_path(DEFENDED[wildcards.model]["base_id"]),
+        "train": f"results/{wildcards.data}/data/train.npz",
+        "val": f"results/{wildcards.data}/data/val.npz",
+    }
+
+
+def meansparse_settings(wildcards):
+    entry = DEFENDED[wildcards.model]
+    return entry["settings"] | {"seed": entry["seed"]}
 
 
 def pairs_path(model_id, attack_id):
@@ -109,7 +133,7 @@ def pairs_path(model_id, attack_id):
 
 def model_label(model_id):
     """Display name of a model in tables and figures, e.g. vgg16-pat."""
-    return f"{ALL_MODELS[model_id]['arch']}-{ALL_MODELS[model_id]['training_name']}"
+    return f"{EVALUATED[model_id]['arch']}-{EVALUATED[model_id]['training_name']}"
 
 
 def model_name(wildcards):
@@ -135,7 +159,7 @@ def final_table_models(wildcards):
 
     out = {}
     for arch in ARCHS:
-        for model_id, entry in ALL_MODELS.items():
+        for model_id, entry in EVALUATED.items():
             if entry["arch"] == arch:
                 out[model_label(model_id)] = {
                     "arch": arch,
@@ -161,7 +185,7 @@ def sweep_settings(wildcards):
 
 def sweep_files():
     """Sweeps of the analysed models, and of the defenses where defenses.sweeps is on."""
-    models = ALL_MODELS if config["defenses"]["sweeps"] else MODELS
+    models = EVALUATED if config["defenses"]["sweeps"] else MODELS
     return [
         f"results/{DATA_ID}/sweeps/{model_id}/{SWEEP_ID}.csv" for model_id in models
     ]

@@ -5,7 +5,7 @@
 rule final_robustness_table:
     input:
         records=robustness_records(
-            config["robustness"]["table_iii"].values(), models=ALL_MODELS
+            config["robustness"]["table_iii"].values(), models=EVALUATED
         ),
     output:
         csv=report(
@@ -60,3 +60,34 @@ rule sensitivity_by_training:
         code=code_version("defense_tables"),
     script:
         "../workflow_scripts/sensitivity_by_training.py"
+
+
+rule meansparse_model:
+    input:
+        unpack(meansparse_inputs),
+    output:
+        model="results/{data}/defended/{model}/model.pt",
+        sweep=report(
+            "results/{data}/defended/{model}/alpha_sweep.csv",
+            caption="../report/meansparse_sweep.rst",
+            category="Defenses",
+            labels={"model": "{model}", "table": "MeanSparse alpha sweep"},
+        ),
+        md="results/{data}/defended/{model}/alpha_sweep.md",
+        meta="results/{data}/defended/{model}/metadata.json",
+    log:
+        "logs/{data}/meansparse_model/{model}.log",
+    benchmark:
+        "benchmarks/{data}/meansparse_model/{model}.tsv"
+    conda:
+        "../envs/advneurons.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    params:
+        code=code_version("meansparse"),
+        meansparse=meansparse_settings,
+        batch_size=config["robustness"]["batch_size"],
+    script:
+        "../workflow_scripts/meansparse_model.py"

@@ -4,7 +4,7 @@
 
 rule evaluate_attack:
     input:
-        model="results/{data}/models/{model}/model.pt",
+        model=evaluated_model,
         test=split_file("test"),
     output:
         records="results/{data}/robustness/{model}/{attack}.csv",
@@ -96,7 +96,7 @@ rule robustness_table_i:
 
 rule pgd_sweep:
     input:
-        model="results/{data}/models/{model}/model.pt",
+        model=evaluated_model,
         test=split_file("test"),
     output:
         csv="results/{data}/sweeps/{model}/{sweep}.csv",

@@ -21,12 +21,13 @@ def test_paper_preset_plans_the_full_cifar10_dag(tmp_path):
         "neuron_sensitivity": 4 + 18,
         "sensitive_channels": 4,
         # 4 models x 15 attacks of TIP Tables III and I (+ AutoAttack); defenses x the 7 of Table III
-        "evaluate_attack": 60 + 18 * 7,
+        "evaluate_attack": 60 + (18 + 4) * 7,
         "robustness_table": 1,
         "robustness_table_i": 1,
         "final_robustness_table": 1,
+        "meansparse_model": 4,  # PAT and ALP models of both architectures; their cells below
         "sensitivity_by_training": 2,
-        "pgd_sweep": 4 + 18,
+        "pgd_sweep": 4 + 18 + 4,  # defenses.sweeps: every model and defense
         "sweep_figures": 1,
         "targeted_pairs": 4,
         "targeted_neurons": 4,

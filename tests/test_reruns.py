@@ -4,7 +4,7 @@ Expected job counts are for the tiny config (.test/config.yaml): 2 architectures
 pair sets from fgsm and pgd; sensitivity from pgd with top 10% and 50%; 7 attacks in the robustness
 tables (pgd among them); one PGD sweep per model; the SNS analyses with suppression on the two vanilla models;
 PSN scores and their analyses (one heatmap layer each) on the two vanilla models; three defenses (alp, nat,
-sns_sen) per architecture, evaluated under the 5 table_iii attacks.
+sns_sen) per architecture and MeanSparse on the PAT models, evaluated under the 5 table_iii attacks.
 """
 
 import shutil
@@ -30,6 +30,7 @@ PER_DEFENSE_MODEL = {  # defenses (alp, nat, sns_sen x 2 architectures): trained
     "train_model": 1, "attack_pairs": 1, "neuron_sensitivity": 1, "evaluate_attack": 5,
 }
 DEFENSE_SUMMARIES = {"final_robustness_table": 1, "sensitivity_by_training": 2}
+MEANSPARSE_PER_MODEL = {"meansparse_model": 1, "evaluate_attack": 5}  # the PAT models, defended
 
 
 def _sum(*dicts):
@@ -42,7 +43,8 @@ def _sum(*dicts):
 
 EVERYTHING = _sum({"prepare_dataset": 1}, {k: 4 * v for k, v in PER_MODEL.items()}, SUMMARIES,
                   {"suppression_study": 2}, {k: 2 * v for k, v in PER_PSN_MODEL.items()},
-                  {k: 6 * v for k, v in PER_DEFENSE_MODEL.items()}, DEFENSE_SUMMARIES)
+                  {k: 6 * v for k, v in PER_DEFENSE_MODEL.items()}, DEFENSE_SUMMARIES,
+                  {k: 2 * v for k, v in MEANSPARSE_PER_MODEL.items()})
 # Two of the four models (both PAT or both ResNet) are retrained: everything computed from them follows.
 TWO_MODELS = {**{k: 2 * v for k, v in PER_MODEL.items()}, **SUMMARIES, **DEFENSE_SUMMARIES}
 
@@ -57,9 +59,14 @@ CHANGES = {
          # the six defense models: their sensitivity pair sets and their pgd cell
          "final_robustness_table": 1, "sensitivity_by_training": 2} | _sum(
             {"attack_pairs": 4, "neuron_sensitivity": 4, "evaluate_attack": 4},
-            {"attack_pairs": 6, "neuron_sensitivity": 6, "evaluate_attack": 6}),
+            {"attack_pairs": 6, "neuron_sensitivity": 6, "evaluate_attack": 6},
+            # MeanSparse sweeps pgd: new defended models, all their cells
+            {k: 2 * v for k, v in MEANSPARSE_PER_MODEL.items()}),
     ),
-    "PAT epochs": ({"training": {"pat": {"epochs": 2}}}, TWO_MODELS),
+    "PAT epochs": (
+        {"training": {"pat": {"epochs": 2}}},
+        _sum(TWO_MODELS, {k: 2 * v for k, v in MEANSPARSE_PER_MODEL.items()}),
+    ),
     "top-k percentage": (
         {"sensitivity": {"top_percent": [10, 25]}},
         {"sensitive_channels": 4, "all": 1},
@@ -74,7 +81,7 @@ CHANGES = {
         {"architectures": {"resnet18": {"width": 0.125}}},
         _sum(TWO_MODELS, {"suppression_study": 1, "sensitivity_curves": 1, "ratio_report": 1,
                           "sensitivity_by_training": -1}, PER_PSN_MODEL,
-             {k: 3 * v for k, v in PER_DEFENSE_MODEL.items()}),
+             {k: 3 * v for k, v in PER_DEFENSE_MODEL.items()}, MEANSPARSE_PER_MODEL),
     ),
     "images per pair set": (
         {"evaluation": {"n_images": 16}},
@@ -85,7 +92,7 @@ CHANGES = {
     "images per robustness attack": (
         {"robustness": {"n_images": 16}},
         # spsa keeps its own subset size (n_images_by_attack); defense models run the table_iii attacks
-        {"evaluate_attack": 24 + 6 * 4, "robustness_table": 1, "robustness_table_i": 1, "final_robustness_table": 1,
+        {"evaluate_attack": 24 + 6 * 4 + 2 * 4, "robustness_table": 1, "robustness_table_i": 1, "final_robustness_table": 1,
          "all": 1},
     ),
     "sweep eps values": (
@@ -104,6 +111,10 @@ CHANGES = {
     "SNS lambda": (
         {"training": {"sns_sen": {"sns_lambda": 1.0}}},
         _sum({k: 2 * v for k, v in PER_DEFENSE_MODEL.items()}, DEFENSE_SUMMARIES, {"all": 1}),
+    ),
+    "MeanSparse alphas": (
+        {"meansparse": {"alphas": [0, 0.5, 1.0]}},
+        _sum({k: 2 * v for k, v in MEANSPARSE_PER_MODEL.items()}, {"final_robustness_table": 1, "all": 1}),
     ),
     "PSN bound method": (
         {"psn": {"bound_method": "CROWN-IBP"}},

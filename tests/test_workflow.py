@@ -65,7 +65,7 @@ def test_robustness_tables_have_the_papers_columns_and_trace_every_cell(tiny_run
     assert list(table_i.columns) == ["model", "Clean", "PGD eps=32/255", "Gaussian s=1", "Gaussian s=5"]
     # One evaluation job per model and attack, reused by both tables (pgd appears in both).
     (data_dir,) = [p for p in (tiny_run / "results").iterdir() if p.name.startswith("digits~")]
-    assert len(list((data_dir / "robustness").glob("*/*.csv"))) == 4 * 7 + 6 * 5
+    assert len(list((data_dir / "robustness").glob("*/*.csv"))) == 4 * 7 + 6 * 5 + 2 * 5
     assert "vgg16-pat" in (tables / "robustness.md").read_text()
 
 
@@ -143,13 +143,17 @@ def test_defenses_trained_and_compared_with_every_model(tiny_run):
     final = pd.read_csv(tables / "final_robustness.csv")
     assert list(final.columns[:4]) == ["arch", "model", "training", "method"]
     assert list(final.columns[4:]) == ["Clean", "C&W", "L2 PGD", "L-inf PGD", "FGSM", "SPSA"]
-    assert list(final.arch.unique()) == ["vgg16", "resnet18"] and len(final) == 10
-    assert set(final.method) == {"vanilla", "pat", "alp", "nat", "sns"}
+    assert list(final.arch.unique()) == ["vgg16", "resnet18"] and len(final) == 12
+    assert set(final.method) == {"vanilla", "pat", "alp", "nat", "sns", "meansparse"}
+    for d in (data_dir / "defended").iterdir():  # MeanSparse on the PAT models, alpha chosen on validation
+        sweep = pd.read_csv(d / "alpha_sweep.csv")
+        assert sorted(sweep.alpha) == [0, 1] and sweep.chosen.sum() == 1
+        assert json.loads((d / "metadata.json").read_text())["split_used_for_alpha"] == "val"
     # the analysed models' cells are the robustness table's (same evaluation jobs)
     robustness = pd.read_csv(tables / "robustness.csv").set_index("model")
     for row in final[final.training.isin(["vanilla", "pat"])].itertuples():
         assert row.Clean == robustness.loc[row.model, "Clean"]
-    assert (tables / "final_robustness.tex").read_text().count(r"\\") >= 11
+    assert (tables / "final_robustness.tex").read_text().count(r"\\") >= 13
     for arch in ("vgg16", "resnet18"):
         fig = pd.read_csv(tiny_run / "results" / "figures" / f"sensitivity_by_training_{arch}.csv")
         assert set(fig.training) == {"vanilla", "pat", "alp", "nat", "sns_sen"}

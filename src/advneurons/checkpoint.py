@@ -45,7 +45,10 @@ def safe_load(path: Path) -> dict:
     return obj
 
 
-def save_model(model: nn.Module, path: Path, arch: str, dataset: str, width: float, num_classes: int, meta: dict) -> None:
+def save_model(model: nn.Module, path: Path, arch: str, dataset: str, width: float, num_classes: int, meta: dict,
+               defense: dict | None = None) -> None:
+    """``defense``: how to rebuild a defended model's structure (e.g. advneurons.meansparse) before its
+    weights load; plain data only, so the checkpoint still loads with weights_only=True."""
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -56,6 +59,8 @@ def save_model(model: nn.Module, path: Path, arch: str, dataset: str, width: flo
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": meta,
     }
+    if defense is not None:
+        payload["defense"] = defense
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
@@ -69,6 +74,10 @@ def load_model(path: Path) -> tuple[nn.Module, dict]:
         raise CheckpointError(f"{path} has checkpoint format version {ckpt.get('format_version')}, expected {FORMAT_VERSION}")
     try:
         model = build_model(ckpt["arch"], ckpt["dataset"], ckpt["width"], ckpt["num_classes"])
+        if ckpt.get("defense") is not None:
+            from .meansparse import rebuild
+
+            rebuild(model, ckpt["defense"])
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except (KeyError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path} does not match the model it describes: {exc}") from exc

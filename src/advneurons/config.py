@@ -109,6 +109,19 @@ def check_references(config: dict) -> None:
             raise ConfigError(f"config key 'defenses.training[{i}]': training {name!r} is not defined under 'training'")
     for name, training in config["training"].items():
         _check_training(config, name, training)
+    ms = config.get("meansparse", {})
+    if ms.get("enabled", False):
+        known = set(config["models"]["training"]) | set(config.get("defenses", {}).get("training", []))
+        for i, name in enumerate(ms["training"]):
+            if name not in known:
+                raise ConfigError(f"config key 'meansparse.training[{i}]': {name!r} is neither in models.training "
+                                  "nor in defenses.training")
+        for i, name in enumerate(ms["attacks"]):
+            _check_attack(attacks, name, f"meansparse.attacks[{i}]")
+        if ms["select_on"] not in ms["attacks"]:
+            raise ConfigError(f"config key 'meansparse.select_on': {ms['select_on']!r} is not in meansparse.attacks")
+        if 0 not in ms["alphas"]:
+            raise ConfigError("config key 'meansparse.alphas': include 0 (the undefended model) to measure the clean drop")
     for i, name in enumerate(config["models"]["architectures"]):
         if name not in config["architectures"]:
             raise ConfigError(f"config key 'models.architectures[{i}]': {name!r} is not defined under 'architectures'")
@@ -241,6 +254,27 @@ def defense_entries(config: dict) -> dict[str, dict]:
     trained, evaluated in the final robustness tables, measured for the sensitivity figure."""
     names = [n for n in config.get("defenses", {}).get("training", []) if n not in config["models"]["training"]]
     return _entries(config, names)
+
+
+def meansparse_entries(config: dict) -> dict[str, dict]:
+    """defended model id -> {arch, training_name, training, base_id, settings} for every model that gets
+    MeanSparse; the id hashes the base model's settings and the MeanSparse settings."""
+    ms = config["meansparse"]
+    if not ms["enabled"]:
+        return {}
+    settings = {k: ms[k] for k in ("alphas", "select_on", "max_clean_drop", "n_val")}
+    settings["attacks"] = {name: config["attacks"][name] for name in ms["attacks"]}
+    out = {}
+    for arch in config["models"]["architectures"]:
+        for train_name in ms["training"]:
+            base = _model_params(config, arch, train_name)
+            base_id = make_id(f"{arch}-{train_name}", base)
+            name = f"{train_name}_meansparse"
+            out[make_id(f"{arch}-{name}", {"base": base, "meansparse": settings, "seed": config["seed"]})] = {
+                "arch": arch, "training_name": name, "training": {"method": "meansparse"},
+                "base_id": base_id, "settings": settings, "seed": config["seed"],
+            }
+    return out
 
 
 def base_model_id(config: dict, entry: dict) -> str | None:
