@@ -307,11 +307,14 @@ def findings_inputs(wildcards):
     if SNS["ratios"]["perturbations"]:
         out["ratio_tables"] = {a: sns_arch_file("ratio_table", a) for a in ARCHS}
         out["ratio_layer_means"] = {a: sns_arch_file("ratio_means", a) for a in ARCHS}
+    if config["defenses"]["final_table"]:
+        out["extra_sections"] = ["results/tables/defense_findings.json"]
     return out
 
 
 def findings_files(wildcards):
-    return [f for group in findings_inputs(wildcards).values() for f in group.values()]
+    groups = findings_inputs(wildcards).values()
+    return [f for g in groups for f in (g.values() if isinstance(g, dict) else g)]
 
 
 def psn_score_settings(wildcards):

@@ -91,3 +91,28 @@ rule meansparse_model:
         batch_size=config["robustness"]["batch_size"],
     script:
         "../workflow_scripts/meansparse_model.py"
+
+
+rule defense_findings:
+    input:
+        final="results/tables/final_robustness.csv",
+        sensitivity=expand(
+            "results/figures/sensitivity_by_training_{arch}.csv", arch=ARCHS
+        ),
+    output:
+        "results/tables/defense_findings.json",
+    log:
+        "logs/defense_findings.log",
+    benchmark:
+        "benchmarks/defense_findings.tsv"
+    conda:
+        "../envs/advneurons.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        code=code_version("defense_tables"),
+        archs=ARCHS,
+    script:
+        "../workflow_scripts/defense_findings.py"

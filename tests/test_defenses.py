@@ -207,3 +207,29 @@ def test_final_table_lays_out_every_model_with_group_means(tmp_path):
     with pytest.raises(ValueError, match="not described"):
         final_robustness_table(paths, {"L-inf PGD": "pgd"}, "digits", {"vgg16-pat": models["vgg16-pat"]},
                                tmp_path / "g.csv", tmp_path / "g.md", tmp_path / "g.tex", tmp_path / "t.csv")
+
+
+def test_defense_claims_compare_sns_with_pat_alp_and_meansparse_with_its_base(tmp_path):
+    from advneurons.defense_tables import defense_claims
+
+    cols = ["arch", "model", "training", "method", "Clean", "L-inf PGD", "FGSM"]
+    rows = [
+        ["vgg16", "vgg16-vanilla", "vanilla", "vanilla", 99.0, 1.0, 20.0],
+        ["vgg16", "vgg16-pat", "pat", "pat", 98.0, 70.0, 80.0],
+        ["vgg16", "vgg16-alp", "alp", "alp", 97.0, 75.0, 81.0],
+        ["vgg16", "vgg16-sns_sen", "sns_sen", "sns", 98.5, 72.0, 82.0],
+        ["vgg16", "vgg16-pat_meansparse", "pat_meansparse", "meansparse", 97.5, 74.0, 80.0],
+    ]
+    pd.DataFrame(rows, columns=cols).to_csv(tmp_path / "final.csv", index=False)
+    sens = pd.DataFrame({
+        "training": ["vanilla", "pat", "sns_sen"] * 2, "depth": [7, 7, 7, 12, 12, 12],
+        "layer": ["conv8"] * 3 + ["conv13"] * 3, "sensitivity": [1.0, 0.2, 0.1, 2.0, 0.6, 0.5],
+    })
+    sens.to_csv(tmp_path / "sens.csv", index=False)
+    (section,) = defense_claims(tmp_path / "final.csv", {"vgg16": tmp_path / "sens.csv"})
+    verdicts = {c.text: c.supported for c in section.claims}
+    assert verdicts["sns_sen is more robust than pat under L-inf PGD"] is True
+    assert verdicts["sns_sen is more robust than alp under L-inf PGD"] is False
+    assert verdicts["MeanSparse raises the L-inf PGD accuracy of pat"] is True
+    assert verdicts["sns_sen has lower neuron sensitivity than vanilla in the fine-tuned layers"] is True
+    assert verdicts["sns_sen has lower neuron sensitivity than pat in the fine-tuned layers"] is True  # 0.3 vs 0.4

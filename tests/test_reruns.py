@@ -44,7 +44,7 @@ def _sum(*dicts):
 EVERYTHING = _sum({"prepare_dataset": 1}, {k: 4 * v for k, v in PER_MODEL.items()}, SUMMARIES,
                   {"suppression_study": 2}, {k: 2 * v for k, v in PER_PSN_MODEL.items()},
                   {k: 6 * v for k, v in PER_DEFENSE_MODEL.items()}, DEFENSE_SUMMARIES,
-                  {k: 2 * v for k, v in MEANSPARSE_PER_MODEL.items()})
+                  {k: 2 * v for k, v in MEANSPARSE_PER_MODEL.items()}, {"defense_findings": 1})
 # Two of the four models (both PAT or both ResNet) are retrained: everything computed from them follows.
 TWO_MODELS = {**{k: 2 * v for k, v in PER_MODEL.items()}, **SUMMARIES, **DEFENSE_SUMMARIES}
 
@@ -148,10 +148,18 @@ def test_nothing_planned_without_a_change(tiny_run):
     assert planned_jobs(tiny_run) == {}
 
 
+def with_findings(expected: dict) -> dict:
+    """Jobs that change the final table or the sensitivity figures also change the defense claims and so
+    findings.md."""
+    if {"final_robustness_table", "sensitivity_by_training"} & set(expected):
+        return {**expected, "defense_findings": 1, "findings": 1}
+    return expected
+
+
 @pytest.mark.parametrize("name", list(CHANGES))
 def test_one_change_plans_exactly_its_downstream_jobs(tiny_run, tmp_path, name):
     change, expected = CHANGES[name]
-    assert planned_jobs(tiny_run, "--configfile", _override(tmp_path, change)) == expected
+    assert planned_jobs(tiny_run, "--configfile", _override(tmp_path, change)) == with_findings(expected)
 
 
 def test_undoing_a_change_reuses_earlier_results(tiny_run, tmp_path):
@@ -166,4 +174,5 @@ def test_undoing_a_change_reuses_earlier_results(tiny_run, tmp_path):
     assert planned_jobs(workdir, "--configfile", override) == {}
     # Back to the original config: both the old and the new results are on disk. Only the summaries kept
     # at fixed paths (results/tables, results/findings.md) are rebuilt, from the reused results.
-    assert set(planned_jobs(workdir)) <= {"robustness_table", "robustness_table_i", "findings", "all"}
+    assert set(planned_jobs(workdir)) <= {"robustness_table", "robustness_table_i", "final_robustness_table",
+                                          "sensitivity_by_training", "defense_findings", "findings", "all"}

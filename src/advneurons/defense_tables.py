@@ -133,3 +133,78 @@ def group_of(training_name: str, training: dict) -> str:
         return f"sns-rand (base {training.get('base')})"
     return training_name
 
+
+
+# ------------------------------------------------------------------------------------------ claims
+def _row(final: pd.DataFrame, arch: str, training: str) -> pd.Series | None:
+    rows = final[(final.arch == arch) & (final.training == training)]
+    return rows.iloc[0] if len(rows) else None
+
+
+def _compare(better: pd.Series, worse: pd.Series, column: str) -> tuple[bool, str]:
+    a, b = float(better[column]), float(worse[column])
+    return a > b, f"{column}: {better['model']} {a:.2f}% vs {worse['model']} {b:.2f}%"
+
+
+def defense_claims(final_csv: Path, sensitivity_csvs: dict[str, Path], robust_column: str = "L-inf PGD",
+                   sns_layers: dict[str, list[str]] | None = None) -> list:
+    """Findings sections (advneurons.findings) on the defenses, from the final table and the per-layer
+    sensitivity of every model (architecture -> sensitivity_by_training CSV)."""
+    from .findings import Claim, Section
+    from .sns_training import DEFAULT_LAYERS
+
+    final = pd.read_csv(final_csv)
+    layers = sns_layers or DEFAULT_LAYERS
+    sections = []
+    attack_columns = [c for c in final.columns[4:] if c != "Clean"]
+    for arch in dict.fromkeys(final.arch):
+        claims = []
+        block = final[final.arch == arch]
+        pat, alp = _row(final, arch, "pat"), _row(final, arch, "alp")
+        sns_rows = block[block.method == "sns"]
+        for _, sns in sns_rows.iterrows():
+            for other, source in ((pat, "TIP Table III"), (alp, "TIP Table III")):
+                if other is None:
+                    continue
+                ok, evidence = _compare(sns, other, robust_column)
+                mean_sns = sns[attack_columns].mean()
+                mean_other = other[attack_columns].mean()
+                evidence += (f"; mean over the attack suite ({', '.join(attack_columns)}): "
+                             f"{mean_sns:.2f}% vs {mean_other:.2f}%; clean {sns['Clean']:.2f}% vs {other['Clean']:.2f}%")
+                claims.append(Claim(f"{sns['training']} is more robust than {other['training']} under {robust_column}",
+                                    ok, evidence, source))
+        for _, defended in block[block.method == "meansparse"].iterrows():
+            base = _row(final, arch, defended["training"].removesuffix("_meansparse"))
+            if base is None:
+                continue
+            ok, evidence = _compare(defended, base, robust_column)
+            drop = float(base["Clean"]) - float(defended["Clean"])
+            claims.append(Claim(f"MeanSparse raises the {robust_column} accuracy of {base['training']}", ok,
+                                f"{evidence}; clean accuracy drop {drop:.2f} points", "MeanSparse"))
+        sens_path = sensitivity_csvs.get(arch)
+        if sens_path is not None and len(sns_rows):
+            sens = pd.read_csv(sens_path)
+            top = sens[sens.layer.isin(layers.get(arch, []))]
+            means = top.groupby("training")["sensitivity"].mean()
+            for training in sns_rows.training:
+                for other in ("vanilla", "pat"):
+                    if training in means and other in means:
+                        ok = bool(means[training] < means[other])
+                        claims.append(Claim(
+                            f"{training} has lower neuron sensitivity than {other} in the fine-tuned layers", ok,
+                            f"mean sensitivity over {', '.join(layers.get(arch, []))}: {means[training]:.4g} vs "
+                            f"{means[other]:.4g}", "TIP Fig 17"))
+        sections.append(Section(f"Defenses — {arch}", claims, note=(
+            "From results/tables/final_robustness.csv (accuracy %, same test images per column for every model) and "
+            "the per-layer sensitivity figures. One run, one seed per model: small differences are within noise.")))
+    return sections
+
+
+def defense_findings(final_csv: Path, sensitivity_csvs: dict[str, Path], out_json: Path,
+                     robust_column: str = "L-inf PGD") -> list:
+    """Workflow step: the defense claims as a findings sections file (appended to results/findings.md)."""
+    from .findings import write_sections_json
+
+    sections = defense_claims(final_csv, sensitivity_csvs, robust_column)
+    write_sections_json(sections, out_json)
+    return sections
