@@ -233,3 +233,17 @@ def test_defense_claims_compare_sns_with_pat_alp_and_meansparse_with_its_base(tm
     assert verdicts["MeanSparse raises the L-inf PGD accuracy of pat"] is True
     assert verdicts["sns_sen has lower neuron sensitivity than vanilla in the fine-tuned layers"] is True
     assert verdicts["sns_sen has lower neuron sensitivity than pat in the fine-tuned layers"] is True  # 0.3 vs 0.4
+
+
+def test_stability_loss_ignores_forward_passes_outside_the_training_step():
+    # the attack's own forward passes (odd batch sizes included) must neither fail nor add to L_sns
+    torch.manual_seed(0)
+    model = build_model("vgg16", "digits", width=0.0625).eval()
+    layers = selected_layers(model, "vgg16", None)
+    channels = {n: torch.tensor([0]) for n in layers}
+    with StabilityLoss(layers, channels) as stab, torch.no_grad():
+        model(torch.rand(5, 3, 32, 32))
+        assert stab.value is None
+        x = torch.rand(3, 3, 32, 32)
+        _, _, _, l_sns = sns_batch_loss(model, stab, x, torch.zeros(3, dtype=torch.long), x, 1.0, "sen")
+    assert l_sns.item() == 0.0  # identical clean and adversarial halves

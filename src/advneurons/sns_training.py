@@ -118,6 +118,7 @@ class StabilityLoss:
     def __init__(self, layers: "OrderedDict[str, nn.Module]", channels: "OrderedDict[str, torch.Tensor]"):
         self.layers, self.channels = layers, channels
         self.value: torch.Tensor | None = None
+        self.active = False  # only the training forward on cat([x, x_adv]) is measured, not the attack's passes
         self._handles = []
 
     def __enter__(self):
@@ -135,6 +136,8 @@ class StabilityLoss:
 
     def _hook(self, name):
         def hook(_module, _inputs, output):
+            if not self.active:
+                return
             idx = self.channels[name].to(output.device)
             half = output.shape[0] // 2
             part = output.index_select(1, idx)
@@ -148,7 +151,11 @@ def sns_batch_loss(model: nn.Module, stability: StabilityLoss, xb: torch.Tensor,
                    x_adv: torch.Tensor, lam: float, variant: str, clean_weight: float = 0.5):
     """(loss, clean logits, adversarial logits, L_sns) of one batch."""
     stability.reset()
-    logits = model(torch.cat([xb, x_adv]))
+    stability.active = True
+    try:
+        logits = model(torch.cat([xb, x_adv]))
+    finally:
+        stability.active = False
     clean_logits, adv_logits = logits[: len(xb)], logits[len(xb) :]
     if variant == "cls":
         task = F.cross_entropy(clean_logits, yb)
