@@ -46,6 +46,9 @@ def test_killed_training_job_resumes_to_the_same_weights_and_tables(tmp_path):
     cfg["robustness"]["table_i"] = ["pgd"]
     cfg["sweeps"].update(steps_values=[1], eps_values=[32])
     cfg["sns"] = {"enabled": False}
+    cfg["psn"] = {"enabled": False}
+    cfg["defenses"] = {"training": [], "final_table": False}
+    cfg["meansparse"] = {"enabled": False}
     reference = tmp_path / "reference"
     reference.mkdir()
     for workdir in (tmp_path, reference):

@@ -27,6 +27,7 @@ def test_paper_preset_plans_the_full_cifar10_dag(tmp_path):
         "final_robustness_table": 1,
         "meansparse_model": 4,  # PAT and ALP models of both architectures; their cells below
         "sensitivity_by_training": 2,
+        "defense_findings": 1,
         "pgd_sweep": 4 + 18 + 4,  # defenses.sweeps: every model and defense
         "sweep_figures": 1,
         "targeted_pairs": 4,

@@ -79,8 +79,9 @@ CHANGES = {
     ),
     "ResNet width": (
         {"architectures": {"resnet18": {"width": 0.125}}},
-        _sum(TWO_MODELS, {"suppression_study": 1, "sensitivity_curves": 1, "ratio_report": 1,
-                          "sensitivity_by_training": -1}, PER_PSN_MODEL,
+        # one architecture: its per-architecture summaries, its vanilla model's PSN jobs, its three defenses
+        _sum({**TWO_MODELS, "suppression_study": 1, "sensitivity_curves": 1, "ratio_report": 1,
+              "sensitivity_by_training": 1}, PER_PSN_MODEL,
              {k: 3 * v for k, v in PER_DEFENSE_MODEL.items()}, MEANSPARSE_PER_MODEL),
     ),
     "images per pair set": (
