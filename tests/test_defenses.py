@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from advneurons import checkpoint, data
+from advneurons import checkpoint
 from advneurons.models import build_model
 from advneurons.sns_training import (
     StabilityLoss,
@@ -18,24 +18,15 @@ from advneurons.sns_training import (
     sns_batch_loss,
 )
 from advneurons.training import TrainConfig, nat_examples, train_model
+from training_helpers import train_tiny, write_small_splits
 
 
 @pytest.fixture(scope="module")
 def splits(tmp_path_factory):
-    root = tmp_path_factory.mktemp("digits")
-    parts = data.prepare_digits(0.2, 0.1, 0)
-    small = {k: data.Split(v.images[:96], v.labels[:96]) for k, v in parts.items()}
-    for name, split in small.items():
-        data.save_split(split, root / f"{name}.npz")
-    return root
+    return write_small_splits(tmp_path_factory.mktemp("digits"))
 
 
-def _train(splits, out, cfg, **kw):
-    return train_model(
-        splits / "train.npz", splits / "val.npz", "vgg16", "digits", 0.0625, cfg, seed=3,
-        model_out=out / "model.pt", metrics_out=out / "metrics.csv", metadata_out=out / "meta.json",
-        resume_path=out / "resume.pt", **kw,
-    )
+_train = train_tiny
 
 
 @pytest.fixture(scope="module")

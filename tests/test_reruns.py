@@ -169,7 +169,9 @@ def test_undoing_a_change_reuses_earlier_results(tiny_run, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(tiny_run, workdir, symlinks=True)
     assert planned_jobs(workdir) == {}
-    override = _override(tmp_path, {"sensitivity": {"top_percent": [10, 25]}, "attacks": {"pgd": {"eps": 24}}})
+    # two settings that name their outputs' paths (top-k files, the suppression id); cheap to run for real
+    override = _override(tmp_path, {"sensitivity": {"top_percent": [10, 25]},
+                                    "sns": {"suppression": {"betas": [1.0, 0.7]}}})
     proc = snakemake(workdir, "all", "--configfile", override)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert planned_jobs(workdir, "--configfile", override) == {}
