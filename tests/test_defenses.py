@@ -12,6 +12,7 @@ from advneurons import checkpoint
 from advneurons.models import build_model
 from advneurons.sns_training import (
     StabilityLoss,
+    stabilised_outputs,
     choose_channels,
     freeze_below,
     selected_layers,
@@ -238,3 +239,18 @@ def test_stability_loss_ignores_forward_passes_outside_the_training_step():
         x = torch.rand(3, 3, 32, 32)
         _, _, _, l_sns = sns_batch_loss(model, stab, x, torch.zeros(3, dtype=torch.long), x, 1.0, "sen")
     assert l_sns.item() == 0.0  # identical clean and adversarial halves
+
+
+def test_the_stabilised_features_are_the_batch_normalised_conv_outputs():
+    for arch, first, expected in (("vgg16", "conv8", "bn8"), ("resnet18", "l3b2c1", "bn1")):
+        model = build_model(arch, "digits", width=0.0625)
+        layers = selected_layers(model, arch, None)
+        outputs = stabilised_outputs(model, layers)
+        assert list(outputs) == list(layers)
+        assert all(isinstance(m, torch.nn.BatchNorm2d) for m in outputs.values())
+        assert outputs[first].num_features == layers[first].out_channels
+    vgg = build_model("vgg16", "digits", width=0.0625)
+    assert stabilised_outputs(vgg, selected_layers(vgg, "vgg16", ["conv8"]))["conv8"] is vgg.features.bn8
+    res = build_model("resnet18", "digits", width=0.0625)
+    block = dict(res.blocks())["l4b2"]
+    assert stabilised_outputs(res, selected_layers(res, "resnet18", ["l4b2c2"]))["l4b2c2"] is block.bn2

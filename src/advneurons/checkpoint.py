@@ -87,10 +87,6 @@ def load_model(path: Path) -> tuple[nn.Module, dict]:
 
 def file_digest(path: Path) -> str:
     """SHA-256 of a file's bytes (ties a resume file to the exact checkpoint it continues from)."""
-    import hashlib
+    from .data import file_hash
 
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_hash(path, "sha256")

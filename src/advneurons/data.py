@@ -94,12 +94,17 @@ def _manual_instructions(archive: Path, md5: str, url: str) -> str:
     )
 
 
-def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
+def file_hash(path: Path, algorithm: str = "md5") -> str:
+    """Hex digest of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def file_md5(path: Path) -> str:
+    return file_hash(path, "md5")
 
 
 def fetch_cifar10_archive(data_dir: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5, timeout: float = 20.0) -> Path:

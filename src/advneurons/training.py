@@ -290,9 +290,9 @@ def train_model(
         if sns is not None:
             if channels is None or cfg.variant == "dyn":
                 channels = _sns_channels(model, sns[3], cfg, x_train, y_train, gen)
-            from .sns_training import StabilityLoss
+            from .sns_training import StabilityLoss, stabilised_outputs
 
-            with StabilityLoss(sns[3], channels) as stability:
+            with StabilityLoss(stabilised_outputs(model, sns[3]), channels) as stability:
                 sns[0] = stability
                 row.update(_train_epoch(model, optimizer, scheduler, cfg, x_train, y_train, gen, sns))
         else:
