@@ -19,6 +19,18 @@ import torch
 import torch.nn.functional as F
 
 
+def digits_tensors():
+    """The digits train and test splits (the workflow's default split) as float images in [0, 1] and labels."""
+    from advneurons import data
+
+    parts = data.prepare_digits(0.2, 0.1, 0)
+
+    def to_tensor(split):
+        return torch.from_numpy(split.images).float() / 255, torch.from_numpy(split.labels)
+
+    return (*to_tensor(parts["train"]), *to_tensor(parts["test"]))
+
+
 def quick_train(model, x, y, epochs: int, batch: int = 64) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.05, total_steps=epochs * math.ceil(len(x) / batch))
@@ -51,16 +63,12 @@ def main() -> None:
 
     import torchattacks
 
-    from advneurons import data
     from advneurons.attacks import AttackSpec
     from advneurons.models import build_model
     from advneurons.runtime import setup
 
     setup(args.threads, seed=0)
-    parts = data.prepare_digits(0.2, 0.1, 0)
-    to_tensor = lambda split: (torch.from_numpy(split.images).float() / 255, torch.from_numpy(split.labels))  # noqa: E731
-    x_train, y_train = to_tensor(parts["train"])
-    x_test, y_test = to_tensor(parts["test"])
+    x_train, y_train, x_test, y_test = digits_tensors()
     x, y = x_test[: args.batch], y_test[: args.batch]
     model = build_model(args.arch, "digits", args.width).eval()
     if args.train_epochs:

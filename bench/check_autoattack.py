@@ -25,18 +25,14 @@ def main() -> None:
     parser.add_argument("--torchattacks", action="store_true", help="also run torchattacks.AutoAttack")
     args = parser.parse_args()
 
-    from advneurons import data
     from advneurons.attacks import AttackSpec, autoattack
     from advneurons.models import build_model
     from advneurons.runtime import setup
 
-    from bench_pgd import quick_train
+    from bench_pgd import digits_tensors, quick_train
 
     setup(args.threads, seed=0)
-    parts = data.prepare_digits(0.2, 0.1, 0)
-    to_tensor = lambda split: (torch.from_numpy(split.images).float() / 255, torch.from_numpy(split.labels))  # noqa: E731
-    x_train, y_train = to_tensor(parts["train"])
-    x_test, y_test = to_tensor(parts["test"])
+    x_train, y_train, x_test, y_test = digits_tensors()
     x, y = x_test[: args.images], y_test[: args.images]
     torch.manual_seed(0)
     model = build_model("vgg16", "digits", args.width)
