@@ -20,9 +20,12 @@ DEFENSE_MODELS = settings.defense_entries(
     config
 )  # defenses: trained, evaluated, measured
 ALL_MODELS = {**MODELS, **DEFENSE_MODELS}  # every trained model
-DEFENDED = settings.meansparse_entries(
-    config
-)  # post-training defenses of trained models
+IG_DEFENDED = settings.ig_defense_entries(config)  # IG-Defense around trained models
+DEFENDED = {
+    **settings.meansparse_entries(config),
+    **IG_DEFENDED,
+}  # post-training and test-time defenses of trained models
+IG_ANALYSIS_ID = settings.ig_analysis_id(config)
 EVALUATED = {**ALL_MODELS, **DEFENDED}  # every model of the final robustness table
 ATTACKS = settings.attack_entries(config)
 ATTACK_ID = {entry["name"]: attack_id for attack_id, entry in ATTACKS.items()}
@@ -60,6 +63,7 @@ wildcard_constraints:
     deviation=r"deviation~[0-9a-f]{8}",
     noise=r"noise~[0-9a-f]{8}",
     heatmaps=r"heatmaps~[0-9a-f]{8}",
+    analysis=r"analysis~[0-9a-f]{8}",
     layer=r"[a-z0-9]+",
 
 
@@ -104,7 +108,9 @@ def attack_settings(wildcards):
 
 
 def model_path(model_id):
-    """Checkpoint of a trained or a defended (MeanSparse) model."""
+    """Checkpoint of a trained or a defended (MeanSparse, IG-Defense) model."""
+    if model_id in IG_DEFENDED:
+        return f"results/{DATA_ID}/ig_defense/{model_id}/model.pt"
     if model_id in DEFENDED:
         return f"results/{DATA_ID}/defended/{model_id}/model.pt"
     return f"results/{DATA_ID}/models/{model_id}/model.pt"
@@ -125,6 +131,33 @@ def meansparse_inputs(wildcards):
 def meansparse_settings(wildcards):
     entry = DEFENDED[wildcards.model]
     return entry["settings"] | {"seed": entry["seed"]}
+
+
+def ig_defense_inputs(wildcards):
+    return {
+        "model": model_path(IG_DEFENDED[wildcards.model]["base_id"]),
+        "train": f"results/{wildcards.data}/data/train.npz",
+        "val": f"results/{wildcards.data}/data/val.npz",
+    }
+
+
+def ig_defense_settings(wildcards):
+    entry = IG_DEFENDED[wildcards.model]
+    return entry["settings"] | {"seed": entry["seed"]}
+
+
+def ig_analysis_settings(wildcards):
+    analysis = config["ig_defense"]["analysis"]
+    return {
+        "attack": config["attacks"][analysis["attack"]],
+        "n_images": analysis["n_images"],
+        "seed": config["seed"],
+    }
+
+
+def ig_defense_outputs():
+    base = f"results/{DATA_ID}/ig_defense/{{model}}/{IG_ANALYSIS_ID}"
+    return expand([f"{base}.png", f"{base}_summary.md"], model=list(IG_DEFENDED))
 
 
 def pairs_path(model_id, attack_id):
@@ -153,6 +186,15 @@ def robustness_records(names, models=None):
     ]
 
 
+def final_table_records():
+    """Records of every model of the final table under the attacks it is evaluated under."""
+    return [
+        f"results/{DATA_ID}/robustness/{model_id}/{ROBUSTNESS_ID[name]}.csv"
+        for model_id, entry in EVALUATED.items()
+        for name in settings.evaluated_attacks(config, entry)
+    ]
+
+
 def final_table_models(wildcards):
     """Model label -> {arch, training, method, group} in table order: architectures, then trainings."""
     from advneurons.defense_tables import group_of
@@ -166,6 +208,11 @@ def final_table_models(wildcards):
                     "training": entry["training_name"],
                     "method": entry["training"]["method"],
                     "group": f"{arch}-{group_of(entry['training_name'], entry['training'])}",
+                    "not_run": [
+                        label
+                        for label, name in config["robustness"]["table_iii"].items()
+                        if name not in settings.evaluated_attacks(config, entry)
+                    ],
                 }
     return out
 
@@ -412,7 +459,7 @@ def defense_outputs():
         return []
     files = [f"results/tables/final_robustness.{ext}" for ext in ("csv", "md", "tex")]
     files += [f"results/figures/sensitivity_by_training_{arch}.png" for arch in ARCHS]
-    return files
+    return files + ig_defense_outputs()
 
 
 def final_outputs():

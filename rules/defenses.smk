@@ -4,9 +4,7 @@
 
 rule final_robustness_table:
     input:
-        records=robustness_records(
-            config["robustness"]["table_iii"].values(), models=EVALUATED
-        ),
+        records=final_table_records(),
     output:
         csv=report(
             "results/tables/final_robustness.csv",
@@ -91,6 +89,70 @@ rule meansparse_model:
         batch_size=config["robustness"]["batch_size"],
     script:
         "../workflow_scripts/meansparse_model.py"
+
+
+rule ig_defense_model:
+    input:
+        unpack(ig_defense_inputs),
+    output:
+        model="results/{data}/ig_defense/{model}/model.pt",
+        ranking="results/{data}/ig_defense/{model}/lo_ir_ranking.csv",
+        meta="results/{data}/ig_defense/{model}/metadata.json",
+    log:
+        "logs/{data}/ig_defense_model/{model}.log",
+    benchmark:
+        "benchmarks/{data}/ig_defense_model/{model}.tsv"
+    conda:
+        "../envs/advneurons.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        code=code_version("ig_defense"),
+        ig_defense=ig_defense_settings,
+        batch_size=config["robustness"]["batch_size"],
+    script:
+        "../workflow_scripts/ig_defense_model.py"
+
+
+rule ig_defense_analysis:
+    input:
+        model="results/{data}/ig_defense/{model}/model.pt",
+        test=split_file("test"),
+    output:
+        per_image="results/{data}/ig_defense/{model}/{analysis}_per_image.csv",
+        summary=report(
+            "results/{data}/ig_defense/{model}/{analysis}_summary.csv",
+            caption="../report/ig_defense_analysis.rst",
+            category="Defenses",
+            labels={"model": "{model}", "table": "IG-Defense channel groups"},
+        ),
+        md="results/{data}/ig_defense/{model}/{analysis}_summary.md",
+        png=report(
+            "results/{data}/ig_defense/{model}/{analysis}.png",
+            caption="../report/ig_defense_analysis.rst",
+            category="Defenses",
+            labels={"model": "{model}", "figure": "IG-Defense channel groups"},
+        ),
+        meta="results/{data}/ig_defense/{model}/{analysis}.json",
+    log:
+        "logs/{data}/ig_defense_analysis/{model}/{analysis}.log",
+    benchmark:
+        "benchmarks/{data}/ig_defense_analysis/{model}/{analysis}.tsv"
+    conda:
+        "../envs/advneurons.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        code=code_version("ig_defense"),
+        analysis=ig_analysis_settings,
+        model_name=model_name,
+        batch_size=config["robustness"]["batch_size"],
+    script:
+        "../workflow_scripts/ig_defense_analysis.py"
 
 
 rule defense_findings:

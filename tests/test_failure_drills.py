@@ -49,6 +49,7 @@ def test_killed_training_job_resumes_to_the_same_weights_and_tables(tmp_path):
     cfg["psn"] = {"enabled": False}
     cfg["defenses"] = {"training": [], "final_table": False}
     cfg["meansparse"] = {"enabled": False}
+    cfg["ig_defense"] = {"enabled": False}
     reference = tmp_path / "reference"
     reference.mkdir()
     for workdir in (tmp_path, reference):

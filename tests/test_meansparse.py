@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from advneurons import checkpoint, data
+from advneurons import checkpoint
 from advneurons.meansparse import (
     MeanSparseReLU,
     attach,
@@ -60,9 +60,9 @@ def test_alpha_zero_is_the_undefended_model_and_checkpoints_round_trip(tmp_path)
     with torch.no_grad():
         defended = model(x)
     assert not torch.allclose(defended, plain)
-    from advneurons.meansparse import checkpoint_record
+    from advneurons.defended import meansparse_record
 
-    checkpoint.save_model(model, tmp_path / "m.pt", "vgg16", "digits", 0.0625, 10, {}, defense=checkpoint_record(stats, 1.0))
+    checkpoint.save_model(model, tmp_path / "m.pt", "vgg16", "digits", 0.0625, 10, {}, defense=meansparse_record(stats, 1.0))
     loaded, ckpt = checkpoint.load_model(tmp_path / "m.pt")
     assert ckpt["defense"]["alpha"] == 1.0
     with torch.no_grad():

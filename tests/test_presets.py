@@ -21,14 +21,16 @@ def test_paper_preset_plans_the_full_cifar10_dag(tmp_path):
         "neuron_sensitivity": 4 + 18,
         "sensitive_channels": 4,
         # 4 models x 15 attacks of TIP Tables III and I (+ AutoAttack); defenses x the 7 of Table III
-        "evaluate_attack": 60 + (18 + 4) * 7,
+        "evaluate_attack": 60 + (18 + 4 + 2) * 7,
         "robustness_table": 1,
         "robustness_table_i": 1,
         "final_robustness_table": 1,
         "meansparse_model": 4,  # PAT and ALP models of both architectures; their cells below
         "sensitivity_by_training": 2,
         "defense_findings": 1,
-        "pgd_sweep": 4 + 18 + 4,  # defenses.sweeps: every model and defense
+        "pgd_sweep": 4 + 18 + 4 + 2,  # defenses.sweeps: every model and defense
+        "ig_defense_model": 2,  # the PAT models of both architectures
+        "ig_defense_analysis": 2,
         "sweep_figures": 1,
         "targeted_pairs": 4,
         "targeted_neurons": 4,

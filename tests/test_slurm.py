@@ -38,6 +38,7 @@ def one_model_config() -> dict:
     cfg["psn"] = {"enabled": False}
     cfg["defenses"] = {"training": [], "final_table": False}
     cfg["meansparse"] = {"enabled": False}
+    cfg["ig_defense"] = {"enabled": False}
     return cfg
 
 EXPECTED_JOBS = {"prepare_dataset": 1, "train_model": 1, "attack_pairs": 2, "neuron_sensitivity": 1,

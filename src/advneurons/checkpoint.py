@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .defended import rebuild_defense
 from .models import build_model
 from .runtime import atomic_path
 
@@ -75,9 +76,7 @@ def load_model(path: Path) -> tuple[nn.Module, dict]:
     try:
         model = build_model(ckpt["arch"], ckpt["dataset"], ckpt["width"], ckpt["num_classes"])
         if ckpt.get("defense") is not None:
-            from .meansparse import rebuild
-
-            rebuild(model, ckpt["defense"])
+            model = rebuild_defense(model, ckpt["defense"])
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except (KeyError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path} does not match the model it describes: {exc}") from exc

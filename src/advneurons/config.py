@@ -122,6 +122,9 @@ def check_references(config: dict) -> None:
             raise ConfigError(f"config key 'meansparse.select_on': {ms['select_on']!r} is not in meansparse.attacks")
         if 0 not in ms["alphas"]:
             raise ConfigError("config key 'meansparse.alphas': include 0 (the undefended model) to measure the clean drop")
+    ig = config.get("ig_defense", {})
+    if ig.get("enabled", False):
+        _check_ig_defense(ig, config)
     for i, name in enumerate(config["models"]["architectures"]):
         if name not in config["architectures"]:
             raise ConfigError(f"config key 'models.architectures[{i}]': {name!r} is not defined under 'architectures'")
@@ -190,6 +193,20 @@ def _check_psn(psn: dict, config: dict) -> None:
             if layer not in PSN_LAYERS[arch]:
                 raise ConfigError(f"config key 'psn.heatmaps.layers.{arch}[{i}]': {layer!r} is not a scored layer "
                                   f"of {arch} ({', '.join(PSN_LAYERS[arch])})")
+
+
+def _check_ig_defense(ig: dict, config: dict) -> None:
+    known = set(config["models"]["training"]) | set(config.get("defenses", {}).get("training", []))
+    for i, name in enumerate(ig["training"]):
+        if name not in known:
+            raise ConfigError(f"config key 'ig_defense.training[{i}]': {name!r} is neither in models.training "
+                              "nor in defenses.training")
+    table = list(config.get("robustness", {}).get("table_iii", {}).values())
+    for i, name in enumerate(ig["attacks"] or []):
+        if name not in table:
+            raise ConfigError(f"config key 'ig_defense.attacks[{i}]': {name!r} is not an attack of robustness.table_iii "
+                              f"({', '.join(table)})")
+    _check_attack(config["attacks"], ig["analysis"]["attack"], "ig_defense.analysis.attack")
 
 
 def _check_attack(attacks: dict, name: str, key: str) -> None:
@@ -275,6 +292,44 @@ def meansparse_entries(config: dict) -> dict[str, dict]:
                 "base_id": base_id, "settings": settings, "seed": config["seed"],
             }
     return out
+
+
+IG_DEFENSE_SETTINGS = ("top_percent", "noise_std", "temperature", "eot_samples", "n_train")
+
+
+def ig_defense_entries(config: dict) -> dict[str, dict]:
+    """Like :func:`meansparse_entries` for IG-Defense; the id hashes the base model's settings and the
+    settings that shape the defended model (not which attacks evaluate it)."""
+    ig = config["ig_defense"]
+    if not ig["enabled"]:
+        return {}
+    settings = {k: ig[k] for k in IG_DEFENSE_SETTINGS}
+    out = {}
+    for arch in config["models"]["architectures"]:
+        for train_name in ig["training"]:
+            base = _model_params(config, arch, train_name)
+            name = f"{train_name}_igdefense"
+            out[make_id(f"{arch}-{name}", {"base": base, "ig_defense": settings, "seed": config["seed"]})] = {
+                "arch": arch, "training_name": name, "training": {"method": "ig_defense"},
+                "base_id": make_id(f"{arch}-{train_name}", base), "settings": settings, "seed": config["seed"],
+            }
+    return out
+
+
+def evaluated_attacks(config: dict, entry: dict) -> list[str]:
+    """Names of the robustness.table_iii attacks a model of the final table is evaluated under."""
+    table = list(dict.fromkeys(config["robustness"]["table_iii"].values()))
+    if entry["training"]["method"] == "ig_defense" and config["ig_defense"]["attacks"] is not None:
+        chosen = set(config["ig_defense"]["attacks"])
+        return [name for name in table if name in chosen]
+    return table
+
+
+def ig_analysis_id(config: dict) -> str:
+    """Id of the IG-Defense analysis settings (attack entry, images, seed)."""
+    analysis = config["ig_defense"]["analysis"]
+    return make_id("analysis", {"attack": config["attacks"][analysis["attack"]], "n_images": analysis["n_images"],
+                                "seed": config["seed"]})
 
 
 def base_model_id(config: dict, entry: dict) -> str | None:

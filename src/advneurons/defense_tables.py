@@ -36,7 +36,8 @@ def final_robustness_table(record_csvs: list[Path], columns: dict[str, str], dat
     """Workflow step: accuracy (%) of every model under every attack of the suite, one block per architecture.
 
     ``models`` maps a model label (the ``model`` column of the records) to {arch, training, method,
-    group}; rows follow its order. Writes CSV (arch, model, training, method, then the columns), Markdown,
+    group[, not_run]}; rows follow its order; ``not_run`` lists the column labels a model is deliberately not
+    evaluated under (empty cells, "—" in Markdown). Writes CSV (arch, model, training, method, then the columns), Markdown,
     LaTeX and a settings CSV (attack and settings behind every cell).
     """
     records = read_records([Path(p) for p in record_csvs])
@@ -44,7 +45,8 @@ def final_robustness_table(record_csvs: list[Path], columns: dict[str, str], dat
     if unknown:
         raise ValueError(f"records of models not described in `models`: {unknown}")
     cols = table_iii_columns(records, columns)
-    table, settings = accuracy_table(records, cols)
+    not_run = {(name, label) for name, m in models.items() for label in m.get("not_run", [])}
+    table, settings = accuracy_table(records, cols, not_run)
     labels = [label for label, _ in cols]
     blocks = []
     for arch in dict.fromkeys(m["arch"] for m in models.values()):
@@ -59,11 +61,17 @@ def final_robustness_table(record_csvs: list[Path], columns: dict[str, str], dat
     n = sorted(set(settings.n_images))
     notes = (f"Accuracy (%) on the {dataset} test split; images per cell: {', '.join(map(str, n))} "
              f"(slow attacks on seeded subsets); eps in 1/255 units. Settings of every cell: {Path(settings_csv).name}.")
+    adaptive = sorted(set(settings.loc[settings.description.str.contains("EOT", na=False), "model"]))
+    if adaptive:
+        notes += (f" Randomised defenses ({', '.join(adaptive)}) are attacked adaptively: the attacks see their "
+                  "expected logits over the noise (EOT).")
+    if not_run:
+        notes += " —: not evaluated under that attack (configuration)."
     with atomic_path(out_csv) as tmp:
         final.to_csv(tmp, index=False)
     with atomic_path(out_md) as tmp:
         body = "\n\n".join(
-            f"## {arch}\n\n" + block.drop(columns="arch").to_markdown(index=False, floatfmt=".2f")
+            f"## {arch}\n\n" + block.drop(columns="arch").to_markdown(index=False, floatfmt=".2f", missingval="—")
             for arch, block in final.groupby("arch", sort=False)
         )
         tmp.write_text(f"# Final robustness: models and defenses x attack suite\n\n{notes}\n\n{body}\n")
@@ -136,6 +144,9 @@ def group_of(training_name: str, training: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------ claims
+# Defenses built on a trained model: method -> (display name, suffix of their training name).
+DEFENDED_METHODS = {"meansparse": ("MeanSparse", "_meansparse"), "ig_defense": ("IG-Defense", "_igdefense")}
+
 def _row(final: pd.DataFrame, arch: str, training: str) -> pd.Series | None:
     rows = final[(final.arch == arch) & (final.training == training)]
     return rows.iloc[0] if len(rows) else None
@@ -156,7 +167,7 @@ def defense_claims(final_csv: Path, sensitivity_csvs: dict[str, Path], robust_co
     final = pd.read_csv(final_csv)
     layers = sns_layers or DEFAULT_LAYERS
     sections = []
-    attack_columns = [c for c in final.columns[4:] if c != "Clean"]
+    attack_columns = [c for c in final.columns[4:] if c != "Clean"]  # means skip empty (not run) cells
     for arch in dict.fromkeys(final.arch):
         claims = []
         block = final[final.arch == arch]
@@ -173,14 +184,19 @@ def defense_claims(final_csv: Path, sensitivity_csvs: dict[str, Path], robust_co
                              f"{mean_sns:.2f}% vs {mean_other:.2f}%; clean {sns['Clean']:.2f}% vs {other['Clean']:.2f}%")
                 claims.append(Claim(f"{sns['training']} is more robust than {other['training']} under {robust_column}",
                                     ok, evidence, source))
-        for _, defended in block[block.method == "meansparse"].iterrows():
-            base = _row(final, arch, defended["training"].removesuffix("_meansparse"))
-            if base is None:
-                continue
-            ok, evidence = _compare(defended, base, robust_column)
-            drop = float(base["Clean"]) - float(defended["Clean"])
-            claims.append(Claim(f"MeanSparse raises the {robust_column} accuracy of {base['training']}", ok,
-                                f"{evidence}; clean accuracy drop {drop:.2f} points", "MeanSparse"))
+        for method, (label, suffix) in DEFENDED_METHODS.items():
+            for _, defended in block[block.method == method].iterrows():
+                base = _row(final, arch, defended["training"].removesuffix(suffix))
+                if base is None:
+                    continue
+                drop = float(base["Clean"]) - float(defended["Clean"])
+                # AutoAttack too where it was run: a gain under PGD alone can be gradient masking.
+                for column in dict.fromkeys([robust_column, "AutoAttack"]):
+                    if column not in final.columns or pd.isna(defended[column]) or pd.isna(base[column]):
+                        continue
+                    ok, evidence = _compare(defended, base, column)
+                    claims.append(Claim(f"{label} raises the {column} accuracy of {base['training']}", ok,
+                                        f"{evidence}; clean accuracy drop {drop:.2f} points", label))
         sens_path = sensitivity_csvs.get(arch)
         if sens_path is not None and len(sns_rows):
             sens = pd.read_csv(sens_path)

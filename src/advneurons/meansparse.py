@@ -23,42 +23,13 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .defended import MEANSPARSE as DEFENSE_TYPE
+from .defended import MeanSparseReLU, attach, meansparse_record, set_alpha
+
 log = logging.getLogger("advneurons")
 
-DEFENSE_TYPE = "meansparse"
-
-
-class MeanSparseReLU(nn.Module):
-    """ReLU(where(|x - mu| <= alpha * s, mu, x)), mu and s per channel (dim 1)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(channels))
-        self.register_buffer("std", torch.zeros(channels))
-        self.register_buffer("alpha", torch.zeros(()))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        mu, s = self.mean.view(shape), self.std.view(shape)
-        inside = (x - mu).abs() <= self.alpha * s
-        return torch.relu(torch.where(inside, mu.expand_as(x), x))
-
-    def extra_repr(self) -> str:
-        return f"channels={self.mean.numel()}, alpha={float(self.alpha):g}"
-
-
-def _relu_slots(model: nn.Module) -> "OrderedDict[str, tuple[nn.Module, str]]":
-    """relu name (model.relus()) -> (parent module, attribute name) of that ReLU."""
-    by_id = {id(m): name for name, m in model.relus().items()}
-    slots = OrderedDict()
-    for parent in model.modules():
-        for attr, child in parent.named_children():
-            if id(child) in by_id:
-                slots[by_id[id(child)]] = (parent, attr)
-    missing = [n for n in model.relus() if n not in slots]
-    if missing:
-        raise ValueError(f"ReLUs not found as child modules: {missing}")
-    return OrderedDict((n, slots[n]) for n in model.relus())
+__all__ = ["DEFENSE_TYPE", "MeanSparseReLU", "alpha_sweep", "attach", "channel_stats", "choose_alpha",
+           "meansparse_model", "set_alpha"]
 
 
 @torch.no_grad()
@@ -96,41 +67,6 @@ def channel_stats(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> "
         var = (s2 / n - mean.pow(2)).clamp_min(0)
         out[name] = (mean.float(), var.sqrt().float())
     return out
-
-
-def attach(model: nn.Module, stats: "dict[str, tuple[torch.Tensor, torch.Tensor]] | None" = None,
-           alpha: float = 0.0, channels: "dict[str, int] | None" = None) -> nn.Module:
-    """Swap every ReLU of ``model`` for a MeanSparseReLU (in place) with ``stats`` and ``alpha``; without
-    stats, ``channels`` gives the sizes (buffers to be filled by load_state_dict)."""
-    for name, (parent, attr) in _relu_slots(model).items():
-        if stats is not None:
-            mean, std = stats[name]
-            module = MeanSparseReLU(len(mean))
-            module.mean.copy_(mean)
-            module.std.copy_(std)
-        else:
-            module = MeanSparseReLU(channels[name])
-        module.alpha.fill_(float(alpha))
-        setattr(parent, attr, module)
-    return model
-
-
-def set_alpha(model: nn.Module, alpha: float) -> None:
-    for module in model.modules():
-        if isinstance(module, MeanSparseReLU):
-            module.alpha.fill_(float(alpha))
-
-
-def checkpoint_record(stats, alpha: float) -> dict:
-    """What a checkpoint stores to rebuild the structure (the buffers travel in the state dict)."""
-    return {"type": DEFENSE_TYPE, "alpha": float(alpha), "channels": {n: int(len(m)) for n, (m, _) in stats.items()}}
-
-
-def rebuild(model: nn.Module, record: dict) -> nn.Module:
-    """Called by checkpoint.load_model for a checkpoint whose ``defense`` is MeanSparse."""
-    if record.get("type") != DEFENSE_TYPE:
-        raise ValueError(f"unknown defense type {record.get('type')!r}")
-    return attach(model, None, record["alpha"], record["channels"])
 
 
 # ----------------------------------------------------------------------------------------- alpha
@@ -208,7 +144,7 @@ def meansparse_model(model_path: Path, train_path: Path, val_path: Path, alphas,
         split_used_for_alpha="val",
     )
     save_model(model, out_model, ckpt["arch"], ckpt["dataset"], ckpt["width"], ckpt["num_classes"], meta,
-               defense=checkpoint_record(stats, alpha))
+               defense=meansparse_record(stats, alpha))
     with atomic_path(sweep_csv) as tmp:
         sweep.to_csv(tmp, index=False)
     shown = sweep.copy()

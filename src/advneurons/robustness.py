@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .attacks import AttackSpec, eval_mode
+from .attacks import AttackSpec, adaptive_note, attack_target, eval_mode
 from .runtime import atomic_path, device, generator, model_device
 
 log = logging.getLogger(__name__)
@@ -89,10 +89,11 @@ def robust_accuracy(
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     correct = 0
+    target = attack_target(model)  # a randomised defense is attacked through its expected logits (EOT)
     starts = range(0, len(labels), batch_size)
     for start in tqdm(starts, desc=spec.describe(), disable=not progress, leave=False, mininterval=5.0):
         x, y = _on_model_device(model, images[start : start + batch_size], labels[start : start + batch_size])
-        x_adv = spec.run(model, x, y, generator=generator)  # the generator stays on the CPU: same draws anywhere
+        x_adv = spec.run(target, x, y, generator=generator)  # the generator stays on the CPU: same draws anywhere
         with eval_mode(model):
             correct += _correct(model, x_adv, y)
     return correct / max(1, len(labels))
@@ -149,7 +150,12 @@ def evaluate_model(
         acc = robust_accuracy(model, images, labels, spec, batch_size, attack_generator(seed), progress=True)
         log.info("%s / %s: %.4f (%s)", model_name, name, acc, spec.describe())
         rows.append(accuracy_record(model_name, name, spec, len(labels), acc))
-    return records_frame(rows)
+    frame = records_frame(rows)
+    note = adaptive_note(model)
+    if note:  # the table's settings say how a randomised defense was attacked
+        attacked = frame.attack != CLEAN
+        frame.loc[attacked, "description"] = frame.loc[attacked, "description"] + f"; {note}"
+    return frame
 
 
 def _load_subset(model_path: Path, test_path: Path, n_images: int | None, seed: int):
@@ -272,25 +278,30 @@ def table_i_columns(records: pd.DataFrame) -> list[tuple[str, str]]:
     return columns
 
 
-def accuracy_table(records: pd.DataFrame, columns: list[tuple[str, str]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def accuracy_table(records: pd.DataFrame, columns: list[tuple[str, str]],
+                   not_run: set[tuple[str, str]] = frozenset()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Lay records out as rows = models, columns = `columns` ((label, attack name) pairs), cells = accuracy
     in percent. Returns (table, settings) where settings has one row per cell: model, column, attack, its
     description, threat, eps, steps, step size, number of images and the accuracy in the cell.
 
-    A model without a record for some column is an error (a blank cell would hide a missing run).
+    A model without a record for some column is an error (a blank cell would hide a missing run), unless
+    the (model, column label) pair is declared in ``not_run``: that cell is empty (NaN).
     """
     labels = [label for label, _ in columns]
     if len(set(labels)) != len(labels):
         raise TableError(f"duplicate column labels: {labels}")
     models = list(dict.fromkeys(records.model))
     by_key = {(row.model, row.attack): row for row in records.itertuples()}
-    missing = [(m, a) for m in models for _, a in columns if (m, a) not in by_key]
+    missing = [(m, a) for m in models for label, a in columns if (m, a) not in by_key and (m, label) not in not_run]
     if missing:
         raise TableError(f"no record for (model, attack) {missing[:5]}" + (" ..." if len(missing) > 5 else ""))
     table_rows, settings_rows = [], []
     for model in models:
         row = {"model": model}
         for label, attack in columns:
+            if (model, attack) not in by_key:  # declared not run
+                row[label] = float("nan")
+                continue
             rec = by_key[(model, attack)]
             pct = round(100.0 * float(rec.accuracy), 2)
             row[label] = pct

@@ -119,3 +119,35 @@ def rand_uniform(shape, generator: torch.Generator | None, like: torch.Tensor) -
 
 def rand_normal(shape, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
     return torch.randn(shape, generator=generator, dtype=like.dtype).to(like.device)
+
+
+class ExpectedLogits(nn.Module):
+    """What an adaptive attack sees of a randomised defense: its mean logits over the defense's noise (EOT).
+
+    The defense supplies ``expected_logits(x)`` (e.g. advneurons.ig_defense.IGDefense, averaging over its
+    ``eot_samples`` draws); gradients through them are the noise-averaged gradients of the logits.
+    """
+
+    def __init__(self, defense: nn.Module):
+        super().__init__()
+        self.defense = defense
+
+    @property
+    def fc(self):
+        return getattr(self.defense, "fc", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.defense.expected_logits(x)
+
+
+def attack_target(model: nn.Module) -> nn.Module:
+    """The model an attack should optimise against: a randomised defense (``randomised = True``) is attacked
+    through its expected logits, anything else directly."""
+    return ExpectedLogits(model) if getattr(model, "randomised", False) else model
+
+
+def adaptive_note(model: nn.Module) -> str:
+    """How the attacks treat ``model``, for tables: empty for a deterministic model."""
+    if not getattr(model, "randomised", False):
+        return ""
+    return f"adaptive: EOT over {model.eot_samples} noise draws of the randomised defense"

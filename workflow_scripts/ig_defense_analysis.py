@@ -1,0 +1,24 @@
+"""Rule ig_defense_analysis: relative activation change of the four channel groups of an IG-Defense mask
+under attacks on the undefended model (advneurons.ig_defense.activation_analysis)."""
+
+from advneurons import runtime
+from advneurons.ig_defense import activation_analysis
+
+smk = snakemake  # noqa: F821 -- injected by Snakemake
+runtime.configure_logging(smk.log[0])
+a = smk.params.analysis
+runtime.setup(smk.threads, a["seed"])
+activation_analysis(
+    model_path=smk.input.model,
+    test_path=smk.input.test,
+    attack=a["attack"],
+    n_images=a["n_images"],
+    seed=a["seed"],
+    per_image_csv=smk.output.per_image,
+    summary_csv=smk.output.summary,
+    summary_md=smk.output.md,
+    figure_png=smk.output.png,
+    meta_path=smk.output.meta,
+    model_name=smk.params.model_name,
+    batch_size=smk.params.batch_size,
+)
