@@ -92,14 +92,18 @@ def model_settings(wildcards):
 
 
 def training_inputs(wildcards):
-    """The splits, and the base checkpoint of a fine-tuned model (SNS)."""
+    """The splits, the base checkpoint of a fine-tuned model (SNS), the static source models of EAT."""
     files = {
         "train": f"results/{wildcards.data}/data/train.npz",
         "val": f"results/{wildcards.data}/data/val.npz",
     }
-    base = settings.base_model_id(config, ALL_MODELS[wildcards.model])
+    entry = ALL_MODELS[wildcards.model]
+    base = settings.base_model_id(config, entry)
     if base is not None:
         files["base"] = f"results/{wildcards.data}/models/{base}/model.pt"
+    static = settings.static_model_ids(config, entry)
+    if static:
+        files["static"] = [f"results/{wildcards.data}/models/{m}/model.pt" for m in static]
     return files
 
 

@@ -1,4 +1,4 @@
-# Stage 2: model training (vanilla, PAT, ALP, NAT; SNS fine-tunes a trained base model). Resumes from the last finished epoch if a job was killed.
+# Stage 2: model training (vanilla, PAT, ALP, NAT, EAT with static source models; SNS fine-tunes a trained base model). Resumes from the last finished epoch if a job was killed.
 
 
 rule train_model:

@@ -59,6 +59,10 @@ def test_bad_values_are_rejected_naming_the_key(cfg, mutate, key):
         (lambda c: c["meansparse"].__setitem__("training", ["alp"]), "meansparse.training[0]"),
         (lambda c: c["meansparse"].__setitem__("select_on", "fgsm"), "meansparse.select_on"),
         (lambda c: c["meansparse"].__setitem__("alphas", [0.5, 1.0]), "meansparse.alphas"),
+        (lambda c: c["training"]["nat"].__setitem__("static", ["vanilla"]), "training.nat.static"),
+        (lambda c: c["training"]["eat"].pop("static"), "training.eat.static"),
+        (lambda c: c["training"]["eat"].__setitem__("static", ["vanilla", "pretrained"]), "training.eat.static[1]"),
+        (lambda c: c["training"]["eat"].__setitem__("static", ["eat"]), "training.eat.static[0]"),
         (lambda c: c["ig_defense"].__setitem__("training", ["nat"]), "ig_defense.training[0]"),
         (lambda c: c["ig_defense"].__setitem__("attacks", ["pgd", "pgd_16"]), "ig_defense.attacks[1]"),
         (lambda c: c["ig_defense"]["analysis"].__setitem__("attack", "pgdd"), "ig_defense.analysis.attack"),
@@ -133,14 +137,18 @@ def test_fine_tuned_models_hash_their_base(cfg):
     settings.validate_config(cfg)
     defenses = settings.defense_entries(cfg)
     assert sorted(m.split("~")[0] for m in defenses) == sorted(f"{a}-sns_sen" for a in ("vgg16", "resnet18"))
-    cfg["defenses"]["training"] = ["alp", "nat", "sns_sen"]  # defined in config.yaml, run by the preset
+    cfg["defenses"]["training"] = ["alp", "nat", "eat", "sns_sen"]  # defined in config.yaml, run by the preset
     defenses = settings.defense_entries(cfg)
-    assert len(defenses) == 6
+    assert len(defenses) == 8
     sns = {m: e for m, e in defenses.items() if e["training_name"] == "sns_sen"}
     vanilla = {e["arch"]: m for m, e in settings.model_entries(cfg).items() if e["training_name"] == "vanilla"}
     for entry in sns.values():
         assert settings.base_model_id(cfg, entry) == vanilla[entry["arch"]]
     changed = copy.deepcopy(cfg)
-    changed["training"]["vanilla"]["epochs"] = 3  # a new base model: new SNS models, same ALP / NAT
+    eat = {m: e for m, e in defenses.items() if e["training_name"] == "eat"}
+    for entry in eat.values():  # EAT's static sources: the vanilla models of every architecture
+        assert settings.static_model_ids(cfg, entry) == [vanilla["vgg16"], vanilla["resnet18"]]
+    changed = copy.deepcopy(cfg)
+    changed["training"]["vanilla"]["epochs"] = 3  # new base/source models: new SNS and EAT models, same ALP / NAT
     new = settings.defense_entries(changed)
-    assert set(new) & set(defenses) == {m for m in defenses if "-sns_sen" not in m}
+    assert set(new) & set(defenses) == {m for m in defenses if "-sns_sen" not in m and "-eat" not in m}

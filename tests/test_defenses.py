@@ -1,4 +1,4 @@
-"""Training-time defenses (ALP, NAT, SNS fine-tuning) and the final comparison tables."""
+"""Training-time defenses (ALP, NAT, EAT, SNS fine-tuning) and the final comparison tables."""
 
 import json
 
@@ -168,6 +168,45 @@ def test_nat_examples_are_step_ll_with_per_image_budgets():
     assert ((moved - step[:, None]).abs() < 1e-5).float().mean() > 0.99  # one signed step of that size per pixel
 
 
+def test_eat_takes_its_examples_in_turn_from_the_model_and_the_static_models(splits, base, tmp_path, monkeypatch):
+    import advneurons.training as training
+
+    sources = []
+    original = training.nat_examples
+
+    def spy(model, x, eps, gen):
+        sources.append(model)
+        return original(model, x, eps, gen)
+
+    monkeypatch.setattr(training, "nat_examples", spy)
+    before = checkpoint.safe_load(base)["state_dict"]
+    cfg = TrainConfig(method="eat", static=["vanilla"], epochs=1, batch_size=32, eps=16)
+    meta = _train(splits, tmp_path / "eat", cfg, static_paths=[base, base])
+    assert len(sources) == 3  # 96 images in batches of 32: the model, static 1, static 2
+    assert sources[0].training and not hasattr(sources[0], "arch_name")  # the model in training
+    assert all(getattr(m, "arch_name", None) == "vgg16" for m in sources[1:])
+    assert all(not p.requires_grad for m in sources[1:] for p in m.parameters())
+    after = checkpoint.safe_load(base)["state_dict"]
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the static models never change
+    assert [m["arch"] for m in meta["static_models"]] == ["vgg16", "vgg16"]
+    _train(splits, tmp_path / "nat", TrainConfig(method="nat", epochs=1, batch_size=32, eps=16))
+    eat, _ = checkpoint.load_model(tmp_path / "eat" / "model.pt")
+    nat, _ = checkpoint.load_model(tmp_path / "nat" / "model.pt")
+    assert not all(torch.equal(eat.state_dict()[k], nat.state_dict()[k]) for k in eat.state_dict())
+
+
+def test_eat_needs_static_models_and_only_eat_takes_them(splits, base, tmp_path):
+    with pytest.raises(ValueError, match="needs `static`"):
+        TrainConfig(method="eat", epochs=1)
+    with pytest.raises(ValueError, match="EAT setting"):
+        TrainConfig(method="nat", static=["vanilla"])
+    with pytest.raises(ValueError, match="static source checkpoints"):
+        _train(splits, tmp_path, TrainConfig(method="eat", static=["vanilla"], epochs=1))
+    with pytest.raises(ValueError, match="static source checkpoints"):
+        _train(splits, tmp_path, TrainConfig(method="nat", epochs=1), static_paths=[base])
+    assert TrainConfig(method="eat", static=["vanilla"]).static == ("vanilla",)
+
+
 def test_final_table_lays_out_every_model_with_group_means(tmp_path):
     from advneurons.defense_tables import final_robustness_table
 
@@ -201,16 +240,44 @@ def test_final_table_lays_out_every_model_with_group_means(tmp_path):
                                tmp_path / "g.csv", tmp_path / "g.md", tmp_path / "g.tex", tmp_path / "t.csv")
 
 
+def test_final_table_leaves_declared_cells_empty_and_refuses_undeclared_gaps(tmp_path):
+    from advneurons.defense_tables import final_robustness_table
+    from advneurons.robustness import TableError, accuracy_record, records_frame
+
+    pgd, fgsm = {"type": "pgd", "eps": 32, "steps": 10}, {"type": "fgsm", "eps": 32}
+    full = records_frame([accuracy_record("vgg16-pat", "clean", None, 20, 0.9),
+                          accuracy_record("vgg16-pat", "pgd", pgd, 20, 0.6),
+                          accuracy_record("vgg16-pat", "fgsm", fgsm, 20, 0.7)])
+    partial = records_frame([accuracy_record("vgg16-pat_igdefense", "clean", None, 20, 0.88),
+                             accuracy_record("vgg16-pat_igdefense", "pgd", pgd, 20, 0.65)])
+    full.to_csv(tmp_path / "a.csv", index=False)
+    partial.to_csv(tmp_path / "b.csv", index=False)
+    models = {"vgg16-pat": {"arch": "vgg16", "training": "pat", "method": "pat"},
+              "vgg16-pat_igdefense": {"arch": "vgg16", "training": "pat_igdefense", "method": "ig_defense",
+                                      "not_run": ["FGSM"]}}
+    out = [tmp_path / n for n in ("f.csv", "f.md", "f.tex", "s.csv")]
+    final = final_robustness_table([tmp_path / "a.csv", tmp_path / "b.csv"], {"L-inf PGD": "pgd", "FGSM": "fgsm"},
+                                   "digits", models, *out)
+    row = final.set_index("model").loc["vgg16-pat_igdefense"]
+    assert row["L-inf PGD"] == 65.0 and pd.isna(row["FGSM"])
+    assert "| —" in (tmp_path / "f.md").read_text() or "—" in (tmp_path / "f.md").read_text()
+    del models["vgg16-pat_igdefense"]["not_run"]
+    with pytest.raises(TableError, match="no record"):
+        final_robustness_table([tmp_path / "a.csv", tmp_path / "b.csv"], {"L-inf PGD": "pgd", "FGSM": "fgsm"},
+                               "digits", models, *out)
+
+
 def test_defense_claims_compare_sns_with_pat_alp_and_meansparse_with_its_base(tmp_path):
     from advneurons.defense_tables import defense_claims
 
-    cols = ["arch", "model", "training", "method", "Clean", "L-inf PGD", "FGSM"]
+    cols = ["arch", "model", "training", "method", "Clean", "L-inf PGD", "FGSM", "AutoAttack"]
     rows = [
-        ["vgg16", "vgg16-vanilla", "vanilla", "vanilla", 99.0, 1.0, 20.0],
-        ["vgg16", "vgg16-pat", "pat", "pat", 98.0, 70.0, 80.0],
-        ["vgg16", "vgg16-alp", "alp", "alp", 97.0, 75.0, 81.0],
-        ["vgg16", "vgg16-sns_sen", "sns_sen", "sns", 98.5, 72.0, 82.0],
-        ["vgg16", "vgg16-pat_meansparse", "pat_meansparse", "meansparse", 97.5, 74.0, 80.0],
+        ["vgg16", "vgg16-vanilla", "vanilla", "vanilla", 99.0, 1.0, 20.0, 0.0],
+        ["vgg16", "vgg16-pat", "pat", "pat", 98.0, 70.0, 80.0, 60.0],
+        ["vgg16", "vgg16-alp", "alp", "alp", 97.0, 75.0, 81.0, 61.0],
+        ["vgg16", "vgg16-sns_sen", "sns_sen", "sns", 98.5, 72.0, 82.0, 50.0],
+        ["vgg16", "vgg16-pat_meansparse", "pat_meansparse", "meansparse", 97.5, 74.0, 80.0, 55.0],
+        ["vgg16", "vgg16-pat_igdefense", "pat_igdefense", "ig_defense", 97.0, 69.0, None, 62.0],
     ]
     pd.DataFrame(rows, columns=cols).to_csv(tmp_path / "final.csv", index=False)
     sens = pd.DataFrame({
@@ -223,6 +290,9 @@ def test_defense_claims_compare_sns_with_pat_alp_and_meansparse_with_its_base(tm
     assert verdicts["sns_sen is more robust than pat under L-inf PGD"] is True
     assert verdicts["sns_sen is more robust than alp under L-inf PGD"] is False
     assert verdicts["MeanSparse raises the L-inf PGD accuracy of pat"] is True
+    assert verdicts["MeanSparse raises the AutoAttack accuracy of pat"] is False  # the PGD gain does not hold up
+    assert verdicts["IG-Defense raises the L-inf PGD accuracy of pat"] is False
+    assert verdicts["IG-Defense raises the AutoAttack accuracy of pat"] is True
     assert verdicts["sns_sen has lower neuron sensitivity than vanilla in the fine-tuned layers"] is True
     assert verdicts["sns_sen has lower neuron sensitivity than pat in the fine-tuned layers"] is True  # 0.3 vs 0.4
 

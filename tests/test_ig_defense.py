@@ -138,6 +138,15 @@ def test_group_change_by_hand():
     assert rows.loc[GROUPS[3], "channels"] == 2 and (rows["overlap"] == 1).all()  # channel 1 is in both tops
 
 
+def test_no_fooled_image_gives_an_empty_summary_of_all_four_groups():
+    from advneurons.ig_defense import summarise_changes
+
+    empty = group_change(torch.zeros(0, 6), torch.zeros(0, 6), torch.zeros(0, dtype=torch.long),
+                         torch.zeros(0, dtype=torch.long), torch.ones(3, 6))
+    summary = summarise_changes(empty)
+    assert list(summary.group) == list(GROUPS) and (summary.images == 0).all()
+
+
 def test_randomised_defense_is_attacked_adaptively_and_says_so():
     model = _model()
     defense = IGDefense(model, class_mask(torch.rand(10, model.fc.in_features), 3), 0.05, 100.0, 2).eval()

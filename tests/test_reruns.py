@@ -3,8 +3,10 @@
 Expected job counts are for the tiny config (.test/config.yaml): 2 architectures x 2 trainings = 4 models;
 pair sets from fgsm and pgd; sensitivity from pgd with top 10% and 50%; 7 attacks in the robustness
 tables (pgd among them); one PGD sweep per model; the SNS analyses with suppression on the two vanilla models;
-PSN scores and their analyses (one heatmap layer each) on the two vanilla models; three defenses (alp, nat,
-sns_sen) per architecture and MeanSparse on the PAT models, evaluated under the 5 table_iii attacks.
+PSN scores and their analyses (one heatmap layer each) on the two vanilla models; four defenses (alp, nat,
+eat, sns_sen) per architecture and MeanSparse on the PAT models, evaluated under the 5 table_iii attacks;
+IG-Defense on the PAT models, evaluated under 2 of them. EAT's static source models are the vanilla models of
+both architectures.
 """
 
 import shutil
@@ -26,11 +28,12 @@ SUMMARIES = {  # jobs that gather over models: re-run when any of their models c
 PER_PSN_MODEL = {  # jobs that exist once per PSN-scored model (psn.training: the two vanilla models)
     "psn_scores": 1, "psn_top_units": 1, "psn_deviation": 1, "psn_attack": 1, "psn_heatmaps": 1, "psn_agreement": 1,
 }
-PER_DEFENSE_MODEL = {  # defenses (alp, nat, sns_sen x 2 architectures): trained, pair set for sensitivity, suite
+PER_DEFENSE_MODEL = {  # defenses (alp, nat, eat, sns_sen x 2 architectures): trained, pair set for sensitivity, suite
     "train_model": 1, "attack_pairs": 1, "neuron_sensitivity": 1, "evaluate_attack": 5,
 }
 DEFENSE_SUMMARIES = {"final_robustness_table": 1, "sensitivity_by_training": 2}
 MEANSPARSE_PER_MODEL = {"meansparse_model": 1, "evaluate_attack": 5}  # the PAT models, defended
+IG_PER_MODEL = {"ig_defense_model": 1, "ig_defense_analysis": 1, "evaluate_attack": 2}  # the PAT models, defended
 
 
 def _sum(*dicts):
@@ -43,8 +46,9 @@ def _sum(*dicts):
 
 EVERYTHING = _sum({"prepare_dataset": 1}, {k: 4 * v for k, v in PER_MODEL.items()}, SUMMARIES,
                   {"suppression_study": 2}, {k: 2 * v for k, v in PER_PSN_MODEL.items()},
-                  {k: 6 * v for k, v in PER_DEFENSE_MODEL.items()}, DEFENSE_SUMMARIES,
-                  {k: 2 * v for k, v in MEANSPARSE_PER_MODEL.items()}, {"defense_findings": 1})
+                  {k: 8 * v for k, v in PER_DEFENSE_MODEL.items()}, DEFENSE_SUMMARIES,
+                  {k: 2 * v for k, v in MEANSPARSE_PER_MODEL.items()}, {k: 2 * v for k, v in IG_PER_MODEL.items()},
+                  {"defense_findings": 1})
 # Two of the four models (both PAT or both ResNet) are retrained: everything computed from them follows.
 TWO_MODELS = {**{k: 2 * v for k, v in PER_MODEL.items()}, **SUMMARIES, **DEFENSE_SUMMARIES}
 
@@ -56,16 +60,19 @@ CHANGES = {
          "targeted_pairs": 4, "targeted_neurons": 4, "importance_report": 4, "layer_similarity": 4,
          "robustness_table": 1, "robustness_table_i": 1, "sensitivity_curves": 2, "suppression_study": 2,
          "ratio_report": 2, "findings": 1, "all": 1, "psn_agreement": 2,
-         # the six defense models: their sensitivity pair sets and their pgd cell
+         # the eight defense models: their sensitivity pair sets and their pgd cell
          "final_robustness_table": 1, "sensitivity_by_training": 2} | _sum(
             {"attack_pairs": 4, "neuron_sensitivity": 4, "evaluate_attack": 4},
-            {"attack_pairs": 6, "neuron_sensitivity": 6, "evaluate_attack": 6},
+            {"attack_pairs": 8, "neuron_sensitivity": 8, "evaluate_attack": 8},
+            # IG-Defense: its pgd cell and its analysis (pgd against the undefended model)
+            {"evaluate_attack": 2, "ig_defense_analysis": 2},
             # MeanSparse sweeps pgd: new defended models, all their cells
             {k: 2 * v for k, v in MEANSPARSE_PER_MODEL.items()}),
     ),
     "PAT epochs": (
         {"training": {"pat": {"epochs": 2}}},
-        _sum(TWO_MODELS, {k: 2 * v for k, v in MEANSPARSE_PER_MODEL.items()}),
+        _sum(TWO_MODELS, {k: 2 * v for k, v in MEANSPARSE_PER_MODEL.items()},
+             {k: 2 * v for k, v in IG_PER_MODEL.items()}),
     ),
     "top-k percentage": (
         {"sensitivity": {"top_percent": [10, 25]}},
@@ -74,26 +81,28 @@ CHANGES = {
     "dataset split seed": ({"dataset": {"split_seed": 1}}, EVERYTHING),
     "sensitivity form": (
         {"sensitivity": {"form": "eccv"}},
-        {"neuron_sensitivity": 4 + 6, "sensitive_channels": 8, "sensitivity_curves": 2, "suppression_study": 2,
+        {"neuron_sensitivity": 4 + 8, "sensitive_channels": 8, "sensitivity_curves": 2, "suppression_study": 2,
          "ratio_report": 2, "findings": 1, "all": 1, "psn_agreement": 2, "sensitivity_by_training": 2},
     ),
     "ResNet width": (
         {"architectures": {"resnet18": {"width": 0.125}}},
-        # one architecture: its per-architecture summaries, its vanilla model's PSN jobs, its three defenses
+        # one architecture: its per-architecture summaries, its vanilla model's PSN jobs, its four defenses,
+        # and the other architecture's EAT model, whose static sources include the ResNet's vanilla model
         _sum({**TWO_MODELS, "suppression_study": 1, "sensitivity_curves": 1, "ratio_report": 1,
-              "sensitivity_by_training": 1}, PER_PSN_MODEL,
-             {k: 3 * v for k, v in PER_DEFENSE_MODEL.items()}, MEANSPARSE_PER_MODEL),
+              "sensitivity_by_training": 2}, PER_PSN_MODEL,
+             {k: 5 * v for k, v in PER_DEFENSE_MODEL.items()}, MEANSPARSE_PER_MODEL, IG_PER_MODEL),
     ),
     "images per pair set": (
         {"evaluation": {"n_images": 16}},
-        {"attack_pairs": 8 + 6, "neuron_sensitivity": 4 + 6, "sensitive_channels": 8, "sensitivity_curves": 2,
+        {"attack_pairs": 8 + 8, "neuron_sensitivity": 4 + 8, "sensitive_channels": 8, "sensitivity_curves": 2,
          "suppression_study": 2, "ratio_report": 2, "findings": 1, "all": 1, "psn_agreement": 2,
          "sensitivity_by_training": 2},
     ),
     "images per robustness attack": (
         {"robustness": {"n_images": 16}},
-        # spsa keeps its own subset size (n_images_by_attack); defense models run the table_iii attacks
-        {"evaluate_attack": 24 + 6 * 4 + 2 * 4, "robustness_table": 1, "robustness_table_i": 1, "final_robustness_table": 1,
+        # spsa keeps its own subset size (n_images_by_attack); defense models run the table_iii attacks,
+        # IG-Defense its two
+        {"evaluate_attack": 24 + 8 * 4 + 2 * 4 + 2 * 2, "robustness_table": 1, "robustness_table_i": 1, "final_robustness_table": 1,
          "all": 1},
     ),
     "sweep eps values": (
@@ -116,6 +125,10 @@ CHANGES = {
     "MeanSparse alphas": (
         {"meansparse": {"alphas": [0, 0.5, 1.0]}},
         _sum({k: 2 * v for k, v in MEANSPARSE_PER_MODEL.items()}, {"final_robustness_table": 1, "all": 1}),
+    ),
+    "IG-Defense mask size": (
+        {"ig_defense": {"top_percent": 20}},
+        _sum({k: 2 * v for k, v in IG_PER_MODEL.items()}, {"final_robustness_table": 1, "all": 1}),
     ),
     "PSN bound method": (
         {"psn": {"bound_method": "CROWN-IBP"}},

@@ -14,7 +14,7 @@ def test_every_stage_produced_its_outputs(tiny_run):
     results = tiny_run / "results"
     (data_dir,) = [p for p in results.iterdir() if p.name.startswith("digits~")]
     models = sorted(p.name.split("~")[0] for p in (data_dir / "models").iterdir())
-    assert models == [f"{a}-{t}" for a in ("resnet18", "vgg16") for t in ("alp", "nat", "pat", "sns_sen", "vanilla")]
+    assert models == [f"{a}-{t}" for a in ("resnet18", "vgg16") for t in ("alp", "eat", "nat", "pat", "sns_sen", "vanilla")]
     for model_dir in (data_dir / "models").iterdir():
         metrics = pd.read_csv(model_dir / "metrics.csv")
         assert metrics.epoch.tolist() == [1]
@@ -22,7 +22,7 @@ def test_every_stage_produced_its_outputs(tiny_run):
         assert meta["seed"] == 0 and "torch" in meta["versions"]
         assert not (model_dir / "resume.pt").exists()
     pair_files = sorted((data_dir / "pairs").glob("*/*/pairs.npz"))
-    assert len(pair_files) == 4 * 2 + 6  # fgsm and pgd for the analysed models, pgd (sensitivity) for defenses
+    assert len(pair_files) == 4 * 2 + 8  # fgsm and pgd for the analysed models, pgd (sensitivity) for defenses
     for path in pair_files:
         pairs = open_pairs(path)
         assert len(pairs) == 24 and pairs.perturbed.min() >= 0 and pairs.perturbed.max() <= 1
@@ -143,8 +143,26 @@ def test_defenses_trained_and_compared_with_every_model(tiny_run):
     final = pd.read_csv(tables / "final_robustness.csv")
     assert list(final.columns[:4]) == ["arch", "model", "training", "method"]
     assert list(final.columns[4:]) == ["Clean", "C&W", "L2 PGD", "L-inf PGD", "FGSM", "SPSA"]
-    assert list(final.arch.unique()) == ["vgg16", "resnet18"] and len(final) == 12
-    assert set(final.method) == {"vanilla", "pat", "alp", "nat", "sns", "meansparse"}
+    assert list(final.arch.unique()) == ["vgg16", "resnet18"] and len(final) == 16
+    assert set(final.method) == {"vanilla", "pat", "alp", "nat", "eat", "sns", "meansparse", "ig_defense"}
+    # IG-Defense runs the attacks of ig_defense.attacks (pgd, fgsm) adaptively; the other cells stay empty
+    ig = final[final.method == "ig_defense"]
+    assert ig[["Clean", "L-inf PGD", "FGSM"]].notna().all().all() and ig[["C&W", "L2 PGD", "SPSA"]].isna().all().all()
+    settings = pd.read_csv(tables / "final_robustness_settings.csv")
+    ig_cells = settings[settings.model.isin(ig.model) & (settings.column != "Clean")]
+    assert len(ig_cells) == 4 and ig_cells.description.str.contains("EOT over 2 noise draws").all()
+    assert "—" in (tables / "final_robustness.md").read_text() and "adaptively" in (tables / "final_robustness.md").read_text()
+    for d in (data_dir / "ig_defense").iterdir():  # LO-IR ranking, mask, analysis of the four channel groups
+        ranking = pd.read_csv(d / "lo_ir_ranking.csv")
+        channels = ranking.channel.nunique()
+        assert len(ranking) == 10 * channels and (ranking.groupby("class").in_mask.sum() == -(-channels // 10)).all()
+        (summary,) = d.glob("analysis~*_summary.csv")
+        assert pd.read_csv(summary).group.tolist() == ["true-class top-k", "adversarial-class top-k",
+                                                        "other classes' top-k", "in no top-k"]
+        assert list(d.glob("analysis~*.png"))
+    (eat_dir,) = list((data_dir / "models").glob("vgg16-eat~*"))  # static sources: both vanilla models
+    eat_meta = json.loads((eat_dir / "metadata.json").read_text())
+    assert sorted(m["arch"] for m in eat_meta["static_models"]) == ["resnet18", "vgg16"]
     for d in (data_dir / "defended").iterdir():  # MeanSparse on the PAT models, alpha chosen on validation
         sweep = pd.read_csv(d / "alpha_sweep.csv")
         assert sorted(sweep.alpha) == [0, 1] and sweep.chosen.sum() == 1
@@ -153,10 +171,10 @@ def test_defenses_trained_and_compared_with_every_model(tiny_run):
     robustness = pd.read_csv(tables / "robustness.csv").set_index("model")
     for row in final[final.training.isin(["vanilla", "pat"])].itertuples():
         assert row.Clean == robustness.loc[row.model, "Clean"]
-    assert (tables / "final_robustness.tex").read_text().count(r"\\") >= 13
+    assert (tables / "final_robustness.tex").read_text().count(r"\\") >= 17
     for arch in ("vgg16", "resnet18"):
         fig = pd.read_csv(tiny_run / "results" / "figures" / f"sensitivity_by_training_{arch}.csv")
-        assert set(fig.training) == {"vanilla", "pat", "alp", "nat", "sns_sen"}
+        assert set(fig.training) == {"vanilla", "pat", "alp", "nat", "eat", "sns_sen"}
 
 
 def test_every_job_left_a_log_and_a_benchmark(tiny_run):
@@ -185,4 +203,5 @@ def test_html_report_holds_every_table_with_its_caption(tiny_run):
     assert "top10pct_tip.csv" in html and "top50pct_tip.csv" in html
     assert "top1-10pct.csv.gz" in html and "propagation-sensitive units" in html
     assert "final_robustness.csv" in html and "sensitivity_by_training_vgg16.png" in html
+    assert "IG-Defense analysis" in html and "relative change (adversarial vs clean)" in html
     assert "Attacking PSNs" in html and "Focus regions" in html and "PSN vs neuron sensitivity" in html

@@ -23,4 +23,5 @@ train_model(
     # Not a declared output, so Snakemake leaves it in place when a job dies and the rerun resumes.
     resume_path=Path(smk.output.model).with_name("resume.pt"),
     base_path=smk.input.get("base"),
+    static_paths=[static] if isinstance(static := smk.input.get("static", []), str) else list(static),
 )

@@ -145,6 +145,17 @@ def _check_training(config: dict, name: str, training: dict) -> None:
     # that adding them did not change the ids of existing models; a setting of another method is an error.
     if method != "alp" and "alp_weight" in training:
         raise ConfigError(f"config key '{key}.alp_weight': only method alp uses it")
+    if method != "eat" and "static" in training:
+        raise ConfigError(f"config key '{key}.static': only method eat uses it")
+    if method == "eat":
+        if not training.get("static"):
+            raise ConfigError(f"config key '{key}.static': EAT needs the trainings of its static source models")
+        for i, source in enumerate(training["static"]):
+            if source not in config["training"]:
+                raise ConfigError(f"config key '{key}.static[{i}]': training {source!r} is not defined under 'training'")
+            if config["training"][source]["method"] == "eat":
+                raise ConfigError(f"config key '{key}.static[{i}]': {source!r} is itself an EAT training; static "
+                                  "source models must be trained without other models")
     if method != "sns":
         for field in SNS_ONLY:
             if field in training:
@@ -248,7 +259,24 @@ def _model_params(config: dict, arch: str, train_name: str) -> dict:
     }
     if training.get("base"):
         params["base"] = _model_params(config, arch, training["base"])
+    if training.get("static"):  # EAT: retraining a source model retrains the EAT model
+        params["static"] = {model_id: p for model_id, p in _static_models(config, training["static"])}
     return params
+
+
+def _static_models(config: dict, names) -> list[tuple[str, dict]]:
+    """(id, settings) of EAT's static source models: each named training on every architecture of the run."""
+    out = []
+    for name in names:
+        for arch in config["models"]["architectures"]:
+            params = _model_params(config, arch, name)
+            out.append((make_id(f"{arch}-{name}", params), params))
+    return out
+
+
+def static_model_ids(config: dict, entry: dict) -> list[str]:
+    """Ids of the static source models of an EAT entry (empty for other methods)."""
+    return [model_id for model_id, _ in _static_models(config, entry["training"].get("static") or [])]
 
 
 def _entries(config: dict, training_names) -> dict[str, dict]:

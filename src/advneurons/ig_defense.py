@@ -99,6 +99,7 @@ def group_change(clean: torch.Tensor, adv: torch.Tensor, y: torch.Tensor, adv_pr
     top = mask.bool()
     anywhere = top.any(0)
     rows = []
+    columns = ["image", "label", "adv_pred", "group", "channels", "overlap", "relative_change"]
     for i in range(len(y)):
         true_k, adv_k = top[y[i]], top[adv_pred[i]]
         others = anywhere & ~true_k & ~adv_k
@@ -109,16 +110,19 @@ def group_change(clean: torch.Tensor, adv: torch.Tensor, y: torch.Tensor, adv_pr
             rows.append({"image": i, "label": int(y[i]), "adv_pred": int(adv_pred[i]), "group": name,
                          "channels": int(members.sum()), "overlap": int((true_k & adv_k).sum()),
                          "relative_change": change})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=columns)
 
 
 def summarise_changes(per_image: pd.DataFrame) -> pd.DataFrame:
-    grouped = per_image.groupby("group", sort=False)
+    """Per group (all four, in order): images with a defined change, mean channel count, mean, median and
+    std of the relative change."""
+    per_image = per_image.astype({"channels": float, "relative_change": float})
+    grouped = per_image.groupby(pd.Categorical(per_image["group"], GROUPS), observed=False)
     summary = grouped.agg(images=("relative_change", "count"), channels_mean=("channels", "mean"),
                           mean_change=("relative_change", "mean"), median_change=("relative_change", "median"),
-                          std_change=("relative_change", "std")).reset_index()
-    summary["group"] = pd.Categorical(summary["group"], GROUPS, ordered=True)
-    return summary.sort_values("group").reset_index(drop=True)
+                          std_change=("relative_change", "std"))
+    summary.index = summary.index.astype(str)
+    return summary.rename_axis("group").reset_index()
 
 
 # ---------------------------------------------------------------------------------------- steps
@@ -203,8 +207,8 @@ def activation_analysis(model_path: Path, test_path: Path, attack: dict, n_image
                 restored += int((defended(x_adv[fooled]).argmax(1) == y[fooled]).sum())
         clean_f.append(f), adv_f.append(f_adv), adv_pred.append(logits_adv.argmax(1)), keep.append(fooled)
     keep_all = torch.cat(keep)
-    if not keep_all.any():
-        raise ValueError(f"{spec.describe()} fooled none of the {len(labels)} images: nothing to analyse")
+    if not keep_all.any():  # e.g. a robust or an untrained model: empty results that say so, not a failed run
+        log.warning("%s fooled none of the %d images: nothing to analyse", spec.describe(), len(labels))
     per_image = group_change(torch.cat(clean_f)[keep_all], torch.cat(adv_f)[keep_all], labels[keep_all],
                              torch.cat(adv_pred)[keep_all], defended.mask)
     per_image.insert(0, "model", model_name)
@@ -244,8 +248,11 @@ def _figure(per_image: pd.DataFrame, model_name: str, attack: str, path: Path) -
 
     data = per_image.dropna(subset=["relative_change"]).assign(change_pct=lambda d: 100 * d.relative_change)
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    sns.barplot(data=data, x="group", y="change_pct", order=[g for g in GROUPS if g in set(data.group)],
-                errorbar=("ci", 95), ax=ax, color="tab:blue")
+    if data.empty:
+        ax.text(0.5, 0.5, "the attack fooled no image: nothing to compare", ha="center", va="center")
+    else:
+        sns.barplot(data=data, x="group", y="change_pct", order=[g for g in GROUPS if g in set(data.group)],
+                    errorbar=("ci", 95), ax=ax, color="tab:blue")
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xlabel("")
     ax.set_ylabel("relative activation change (%)")

@@ -1,5 +1,6 @@
 """Training: vanilla, PGD adversarial training (PAT), adversarial logit pairing (ALP), single-step
-adversarial training (NAT), and SNS fine-tuning of a trained model (advneurons.sns_training).
+adversarial training (NAT), ensemble adversarial training (EAT), and SNS fine-tuning of a trained model
+(advneurons.sns_training).
 Seeded, deterministic on CPU, resumable per epoch.
 
 * PAT: L-inf PGD examples of the current model, clean and adversarial cross-entropy 1:1 in one batch.
@@ -7,6 +8,9 @@ Seeded, deterministic on CPU, resumable per epoch.
   logits.
 * NAT (Kurakin et al., "Adversarial machine learning at scale"): one-step Step-LL examples, each image
   with its own eps drawn from a half-normal of scale eps/2 truncated at eps, mixed 1:1 with clean images.
+* EAT (Tramer et al., "Ensemble adversarial training"): NAT's examples and loss, but batch b's examples
+  come in turn from the model in training and from each of the static, separately trained source models
+  (the ``static`` trainings, one model per architecture of the run), which never change.
 * SNS: see advneurons.sns_training; starts from the checkpoint of the ``base`` model.
 
 All randomness (shuffling, augmentation, PGD random start) comes from one explicit generator whose state is
@@ -37,7 +41,7 @@ from .runtime import atomic_path, device, generator, metadata, model_device, wri
 
 log = logging.getLogger(__name__)
 
-METHODS = ("vanilla", "pat", "alp", "nat", "sns")
+METHODS = ("vanilla", "pat", "alp", "nat", "eat", "sns")
 ADVERSARIAL = ("pat", "alp", "sns")  # methods that train on L-inf PGD examples
 AUGMENTATIONS = ("none", "crop", "crop_flip")
 
@@ -59,6 +63,8 @@ class TrainConfig:
     clean_weight: float = 0.5
     # ALP
     alp_weight: float = 0.5
+    # EAT: training names of the static, separately trained source models (one per architecture of the run).
+    static: tuple[str, ...] | None = None
     # SNS fine-tuning (advneurons.sns_training); `base` names the training whose model is fine-tuned.
     base: str | None = None
     variant: str = "sen"
@@ -83,6 +89,12 @@ class TrainConfig:
                 raise ValueError(f"unknown SNS variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
             if not self.base:
                 raise ValueError("SNS fine-tuning needs `base`: the training whose model it starts from")
+        if self.method != "eat" and self.static:
+            raise ValueError("`static` (source models) is an EAT setting")
+        if self.method == "eat" and not self.static:
+            raise ValueError("EAT needs `static`: the trainings whose models also craft its adversarial examples")
+        if self.static is not None and not isinstance(self.static, tuple):
+            object.__setattr__(self, "static", tuple(self.static))  # hashable, and the same id from YAML lists
 
     def lam(self, arch: str) -> float:
         from .sns_training import DEFAULT_LAMBDA
@@ -143,8 +155,10 @@ def nat_examples(model, x, eps: float, gen: torch.Generator) -> torch.Tensor:
     return step_ll(model, x, scale.view(-1, 1, 1, 1).to(x.device))
 
 
-def _train_epoch(model, optimizer, scheduler, cfg: TrainConfig, x, y, gen, sns=None) -> dict:
-    """One epoch. ``sns``: (StabilityLoss, lambda, frozen BatchNorm modules) for SNS fine-tuning."""
+def _train_epoch(model, optimizer, scheduler, cfg: TrainConfig, x, y, gen, sns=None, static=()) -> dict:
+    """One epoch. ``sns``: (StabilityLoss, lambda, frozen BatchNorm modules) for SNS fine-tuning.
+    ``static``: EAT's static source models; batch b takes its examples from source b mod (1 + len(static)),
+    source 0 being the model in training (Tramer et al.: alternate between the current and static models)."""
     model.train()
     if sns is not None:
         for bn in sns[2]:
@@ -153,7 +167,8 @@ def _train_epoch(model, optimizer, scheduler, cfg: TrainConfig, x, y, gen, sns=N
     eps = from_255(cfg.eps)
     step = None if cfg.step_size is None else from_255(cfg.step_size)
     totals = {"loss": 0.0, "correct": 0, "adv_correct": 0, "seen": 0}
-    for start in range(0, len(x), cfg.batch_size):
+    sources = [model, *static]
+    for batch, start in enumerate(range(0, len(x), cfg.batch_size)):
         idx = order[start : start + cfg.batch_size]
         # Augmentation draws from the CPU generator so runs are identical whatever the device.
         dev = model_device(model)
@@ -170,9 +185,11 @@ def _train_epoch(model, optimizer, scheduler, cfg: TrainConfig, x, y, gen, sns=N
             )
             totals["adv_correct"] += (adv_logits.argmax(1) == yb).sum().item()
             totals["sns_loss"] = totals.get("sns_loss", 0.0) + l_sns.item() * len(xb)
-        elif cfg.method in ("pat", "alp", "nat"):
+        elif cfg.method in ("pat", "alp", "nat", "eat"):
             if cfg.method == "nat":
                 x_adv = nat_examples(model, xb, eps, gen)
+            elif cfg.method == "eat":  # NAT's examples, crafted in turn by the model and each static model
+                x_adv = nat_examples(sources[batch % len(sources)], xb, eps, gen)
             else:
                 x_adv = pgd_linf(model, xb, yb, eps, cfg.steps, step, cfg.random_start, generator=gen)
             # One forward over clean and adversarial halves: BatchNorm sees the 1:1 mixture.
@@ -223,15 +240,20 @@ def train_model(
     num_classes: int = 10,
     stop_after_epoch: int | None = None,
     base_path: Path | None = None,
+    static_paths: list[Path] | None = None,
 ) -> dict:
     """Train one model and write its checkpoint, per-epoch metrics CSV and metadata JSON.
 
     After every epoch a resume file (`resume_path`) holds the full training state; a later call with the same
     settings continues from it. `stop_after_epoch` ends the call early, as a killed job would (for tests).
     `base_path`: the checkpoint SNS fine-tuning starts from (required for method "sns", refused otherwise).
+    `static_paths`: EAT's static source models (required for method "eat", refused otherwise).
     """
     if (cfg.method == "sns") != (base_path is not None):
         raise ValueError("a base checkpoint is needed for SNS fine-tuning and only for it")
+    if (cfg.method == "eat") != bool(static_paths):
+        raise ValueError("static source checkpoints are needed for EAT and only for it")
+    static = [_static_model(p, dataset, num_classes) for p in static_paths or []]  # fail before any training
     x_train, y_train = load_split(train_path)
     x_val, y_val = load_split(val_path) if val_path else (None, None)
     torch.manual_seed(seed)  # weight initialisation
@@ -261,6 +283,8 @@ def train_model(
     fingerprint = _fingerprint(arch, dataset, width, num_classes, cfg, seed, len(x_train))
     if base_path is not None:  # a resume file belongs to one base model
         fingerprint += ckpt_io.file_digest(base_path)
+    for path in static_paths or []:  # and to one set of static source models
+        fingerprint += ckpt_io.file_digest(path)
     history: list[dict] = []
     channels = None
     first_epoch = 1
@@ -296,7 +320,7 @@ def train_model(
                 sns[0] = stability
                 row.update(_train_epoch(model, optimizer, scheduler, cfg, x_train, y_train, gen, sns))
         else:
-            row.update(_train_epoch(model, optimizer, scheduler, cfg, x_train, y_train, gen))
+            row.update(_train_epoch(model, optimizer, scheduler, cfg, x_train, y_train, gen, static=static))
         if x_val is not None and len(x_val):
             row["val_clean_acc"] = accuracy(model, x_val, y_val)
         row["seconds"] = time.perf_counter() - started
@@ -323,6 +347,8 @@ def train_model(
         extra = {"base": base_info, "sns_lambda": sns[1], "sns_layers": list(sns[3]),
                  "frozen_parameters": sum(p.numel() for p in model.parameters() if not p.requires_grad),
                  "stabilised_channels": {n: c.tolist() for n, c in channels.items()}}
+    if static:
+        extra["static_models"] = [{"path": str(p), "arch": m.arch_name} for p, m in zip(static_paths, static)]
     meta = metadata("train", params, seed=seed, n_train=len(x_train), final=history[-1] if history else {}, **extra)
     ckpt_io.save_model(model.cpu(), model_out, arch, dataset, width, num_classes, meta)
     with atomic_path(metrics_out) as tmp:
@@ -330,6 +356,19 @@ def train_model(
     write_json(meta, metadata_out)
     resume_path.unlink(missing_ok=True)
     return meta
+
+
+def _static_model(path: Path, dataset: str, num_classes: int) -> nn.Module:
+    """A frozen, eval-mode source model for EAT, checked against the dataset and classes of the run."""
+    model, ckpt = ckpt_io.load_model(path)
+    if (ckpt.get("dataset"), ckpt.get("num_classes")) != (dataset, num_classes):
+        raise ValueError(f"static model {path} was trained on {ckpt.get('dataset')} with {ckpt.get('num_classes')} "
+                         f"classes, not {dataset} with {num_classes}")
+    if ckpt.get("defense"):
+        raise ValueError(f"static model {path} carries a defense ({ckpt['defense'].get('type')}); EAT needs a trained model")
+    model.requires_grad_(False)
+    model.arch_name = ckpt["arch"]
+    return model.to(device()).eval()
 
 
 def _sns_channels(model, layers, cfg: TrainConfig, x, y, gen):
