@@ -103,7 +103,9 @@ def training_inputs(wildcards):
         files["base"] = f"results/{wildcards.data}/models/{base}/model.pt"
     static = settings.static_model_ids(config, entry)
     if static:
-        files["static"] = [f"results/{wildcards.data}/models/{m}/model.pt" for m in static]
+        files["static"] = [
+            f"results/{wildcards.data}/models/{m}/model.pt" for m in static
+        ]
     return files
 
 

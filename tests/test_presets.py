@@ -14,21 +14,21 @@ def test_paper_preset_plans_the_full_cifar10_dag(tmp_path):
     assert jobs == {
         "download_cifar10": 1,
         "prepare_dataset": 1,
-        # VGG16 and ResNet18: vanilla and PAT (analysed), and 9 defenses (ALP, NAT, 7 SNS variants)
-        "train_model": 4 + 18,
+        # VGG16 and ResNet18: vanilla and PAT (analysed), and 10 defenses (ALP, NAT, EAT, 7 SNS variants)
+        "train_model": 4 + 20,
         # 4 models x (FGSM, PGD pair sets; PGD eps 2 for sensitivity); the defenses' sensitivity pairs
-        "attack_pairs": 12 + 18,
-        "neuron_sensitivity": 4 + 18,
+        "attack_pairs": 12 + 20,
+        "neuron_sensitivity": 4 + 20,
         "sensitive_channels": 4,
         # 4 models x 15 attacks of TIP Tables III and I (+ AutoAttack); defenses x the 7 of Table III
-        "evaluate_attack": 60 + (18 + 4 + 2) * 7,
+        "evaluate_attack": 60 + (20 + 4 + 2) * 7,
         "robustness_table": 1,
         "robustness_table_i": 1,
         "final_robustness_table": 1,
         "meansparse_model": 4,  # PAT and ALP models of both architectures; their cells below
         "sensitivity_by_training": 2,
         "defense_findings": 1,
-        "pgd_sweep": 4 + 18 + 4 + 2,  # defenses.sweeps: every model and defense
+        "pgd_sweep": 4 + 20 + 4 + 2,  # defenses.sweeps: every model and defense
         "ig_defense_model": 2,  # the PAT models of both architectures
         "ig_defense_analysis": 2,
         "sweep_figures": 1,

@@ -32,7 +32,7 @@ def test_every_stage_produced_its_outputs(tiny_run):
 def test_sensitivity_outputs_cover_every_layer(tiny_run):
     (data_dir,) = [p for p in (tiny_run / "results").iterdir() if p.name.startswith("digits~")]
     tables = sorted((data_dir / "sensitivity").glob("*/pgd~*/sensitivity_tip.csv"))
-    assert len(tables) == 4 + 6  # the defense models' feed the sensitivity-by-training figure
+    assert len(tables) == 4 + 8  # the defense models' feed the sensitivity-by-training figure
     tables = [t for t in tables if t.with_name("top10pct_tip.csv").exists()]
     assert len(tables) == 4
     for table_path in tables:
@@ -65,7 +65,8 @@ def test_robustness_tables_have_the_papers_columns_and_trace_every_cell(tiny_run
     assert list(table_i.columns) == ["model", "Clean", "PGD eps=32/255", "Gaussian s=1", "Gaussian s=5"]
     # One evaluation job per model and attack, reused by both tables (pgd appears in both).
     (data_dir,) = [p for p in (tiny_run / "results").iterdir() if p.name.startswith("digits~")]
-    assert len(list((data_dir / "robustness").glob("*/*.csv"))) == 4 * 7 + 6 * 5 + 2 * 5
+    # analysed models x 7, defenses and MeanSparse x the 5 of table_iii, IG-Defense x its 2 (ig_defense.attacks)
+    assert len(list((data_dir / "robustness").glob("*/*.csv"))) == 4 * 7 + 8 * 5 + 2 * 5 + 2 * 2
     assert "vgg16-pat" in (tables / "robustness.md").read_text()
 
 
