@@ -166,6 +166,62 @@ def ig_defense_outputs():
     return expand([f"{base}.png", f"{base}_summary.md"], model=list(IG_DEFENDED))
 
 
+TRANSFER = settings.transfer_attacks(
+    config
+)  # attacks of the transfer check of DEFENDED
+
+
+def transfer_inputs(wildcards):
+    """The defended model, its base model's pair set under the attack, and both white-box records."""
+    base_id = DEFENDED[wildcards.model]["base_id"]
+    name = ROBUSTNESS[wildcards.attack]["name"]
+    record = f"results/{wildcards.data}/robustness/{{}}/{wildcards.attack}.csv"
+    return {
+        "model": model_path(wildcards.model),
+        "pairs": pairs_path(base_id, ATTACK_ID[name]),
+        "whitebox": record.format(wildcards.model),
+        "base_whitebox": record.format(base_id),
+    }
+
+
+def transfer_settings(wildcards):
+    entry = DEFENDED[wildcards.model]
+    return {
+        "attack": ROBUSTNESS[wildcards.attack]["name"],
+        "base_name": model_label(entry["base_id"]),
+        "seed": entry["seed"],
+    }
+
+
+def transfer_rows():
+    return [
+        f"results/{DATA_ID}/transfer/{model_id}/{ROBUSTNESS_ID[name]}.csv"
+        for model_id in DEFENDED
+        for name in TRANSFER
+    ]
+
+
+def transfer_labels(wildcards):
+    """Attack name -> its table_iii column label."""
+    return {
+        name: label
+        for label, name in config["robustness"]["table_iii"].items()
+        if name in TRANSFER
+    }
+
+
+def defense_findings_inputs(wildcards):
+    out = {
+        "final": "results/tables/final_robustness.csv",
+        "sensitivity": expand(
+            "results/figures/sensitivity_by_training_{arch}.csv", arch=ARCHS
+        ),
+    }
+    if transfer_rows():
+        out["transfer"] = "results/tables/transfer_check.csv"
+    return out
+
+
 def pairs_path(model_id, attack_id):
     return f"results/{DATA_ID}/pairs/{model_id}/{attack_id}/pairs.npz"
 
@@ -465,6 +521,8 @@ def defense_outputs():
         return []
     files = [f"results/tables/final_robustness.{ext}" for ext in ("csv", "md", "tex")]
     files += [f"results/figures/sensitivity_by_training_{arch}.png" for arch in ARCHS]
+    if transfer_rows():
+        files.append("results/tables/transfer_check.md")
     return files + ig_defense_outputs()
 
 

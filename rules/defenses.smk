@@ -155,12 +155,61 @@ rule ig_defense_analysis:
         "../workflow_scripts/ig_defense_analysis.py"
 
 
+rule transfer_check:
+    input:
+        unpack(transfer_inputs),
+    output:
+        csv="results/{data}/transfer/{model}/{attack}.csv",
+        meta="results/{data}/transfer/{model}/{attack}.json",
+    log:
+        "logs/{data}/transfer_check/{model}/{attack}.log",
+    benchmark:
+        "benchmarks/{data}/transfer_check/{model}/{attack}.tsv"
+    conda:
+        "../envs/advneurons.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        code=code_version("transfer"),
+        check=transfer_settings,
+        model_name=model_name,
+        batch_size=config["robustness"]["batch_size"],
+    script:
+        "../workflow_scripts/transfer_check.py"
+
+
+rule transfer_table:
+    input:
+        rows=transfer_rows(),
+    output:
+        csv=report(
+            "results/tables/transfer_check.csv",
+            caption="../report/transfer_check.rst",
+            category="Defenses",
+        ),
+        md="results/tables/transfer_check.md",
+    log:
+        "logs/transfer_table.log",
+    benchmark:
+        "benchmarks/transfer_table.tsv"
+    conda:
+        "../envs/advneurons.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        code=code_version("transfer"),
+        labels=transfer_labels,
+    script:
+        "../workflow_scripts/transfer_table.py"
+
+
 rule defense_findings:
     input:
-        final="results/tables/final_robustness.csv",
-        sensitivity=expand(
-            "results/figures/sensitivity_by_training_{arch}.csv", arch=ARCHS
-        ),
+        unpack(defense_findings_inputs),
     output:
         "results/tables/defense_findings.json",
     log:

@@ -66,6 +66,10 @@ def test_bad_values_are_rejected_naming_the_key(cfg, mutate, key):
         (lambda c: c["ig_defense"].__setitem__("training", ["nat"]), "ig_defense.training[0]"),
         (lambda c: c["ig_defense"].__setitem__("attacks", ["pgd", "pgd_16"]), "ig_defense.attacks[1]"),
         (lambda c: c["ig_defense"]["analysis"].__setitem__("attack", "pgdd"), "ig_defense.analysis.attack"),
+        (lambda c: c["defenses"].__setitem__("transfer", ["pgdd"]), "defenses.transfer[0]"),
+        (lambda c: c["defenses"].__setitem__("transfer", ["pgd", "pgd_16"]), "defenses.transfer[1]"),
+        # IG-Defense is evaluated under pgd, pgd_l2 and fgsm only: no white-box AutoAttack cell to compare with
+        (lambda c: c["defenses"].__setitem__("transfer", ["autoattack"]), "defenses.transfer[0]"),
         (lambda c: c["ig_defense"].__setitem__("eot_samples", 0), "ig_defense.eot_samples"),
         (lambda c: c["ig_defense"].__setitem__("top_percent", 0), "ig_defense.top_percent"),
         (lambda c: c["training"]["sns_sen"].__setitem__("base", "pretrained"), "training.sns_sen.base"),

@@ -17,7 +17,8 @@ def test_paper_preset_plans_the_full_cifar10_dag(tmp_path):
         # VGG16 and ResNet18: vanilla and PAT (analysed), and 10 defenses (ALP, NAT, EAT, 7 SNS variants)
         "train_model": 4 + 20,
         # 4 models x (FGSM, PGD pair sets; PGD eps 2 for sensitivity); the defenses' sensitivity pairs
-        "attack_pairs": 12 + 20,
+        # + the ALP models' PGD pair sets, which the transfer check feeds their MeanSparse models
+        "attack_pairs": 12 + 20 + 2,
         "neuron_sensitivity": 4 + 20,
         "sensitive_channels": 4,
         # 4 models x 15 attacks of TIP Tables III and I (+ AutoAttack); defenses x the 7 of Table III
@@ -31,6 +32,8 @@ def test_paper_preset_plans_the_full_cifar10_dag(tmp_path):
         "pgd_sweep": 4 + 20 + 4 + 2,  # defenses.sweeps: every model and defense
         "ig_defense_model": 2,  # the PAT models of both architectures
         "ig_defense_analysis": 2,
+        "transfer_check": 4 + 2,  # every MeanSparse and IG-Defense model under PGD
+        "transfer_table": 1,
         "sweep_figures": 1,
         "targeted_pairs": 4,
         "targeted_neurons": 4,

@@ -5,7 +5,7 @@ pair sets from fgsm and pgd; sensitivity from pgd with top 10% and 50%; 7 attack
 tables (pgd among them); one PGD sweep per model; the SNS analyses with suppression on the two vanilla models;
 PSN scores and their analyses (one heatmap layer each) on the two vanilla models; four defenses (alp, nat,
 eat, sns_sen) per architecture and MeanSparse on the PAT models, evaluated under the 5 table_iii attacks;
-IG-Defense on the PAT models, evaluated under 2 of them. EAT's static source models are the vanilla models of
+IG-Defense on the PAT models, evaluated under 2 of them; the transfer check (pgd) of the four defended models. EAT's static source models are the vanilla models of
 both architectures.
 """
 
@@ -34,6 +34,9 @@ PER_DEFENSE_MODEL = {  # defenses (alp, nat, eat, sns_sen x 2 architectures): tr
 DEFENSE_SUMMARIES = {"final_robustness_table": 1, "sensitivity_by_training": 2}
 MEANSPARSE_PER_MODEL = {"meansparse_model": 1, "evaluate_attack": 5}  # the PAT models, defended
 IG_PER_MODEL = {"ig_defense_model": 1, "ig_defense_analysis": 1, "evaluate_attack": 2}  # the PAT models, defended
+# the transfer check (defenses.transfer: pgd) of a defended model, and the table gathering them
+TRANSFER_PER_DEFENDED = {"transfer_check": 1}
+TRANSFER_TABLE = {"transfer_table": 1}
 
 
 def _sum(*dicts):
@@ -48,7 +51,9 @@ EVERYTHING = _sum({"prepare_dataset": 1}, {k: 4 * v for k, v in PER_MODEL.items(
                   {"suppression_study": 2}, {k: 2 * v for k, v in PER_PSN_MODEL.items()},
                   {k: 8 * v for k, v in PER_DEFENSE_MODEL.items()}, DEFENSE_SUMMARIES,
                   {k: 2 * v for k, v in MEANSPARSE_PER_MODEL.items()}, {k: 2 * v for k, v in IG_PER_MODEL.items()},
-                  {"defense_findings": 1})
+                  {k: 4 * v for k, v in TRANSFER_PER_DEFENDED.items()}, TRANSFER_TABLE, {"defense_findings": 1})
+ALL_TRANSFERS = _sum({k: 4 * v for k, v in TRANSFER_PER_DEFENDED.items()}, TRANSFER_TABLE)
+TWO_TRANSFERS = _sum({k: 2 * v for k, v in TRANSFER_PER_DEFENDED.items()}, TRANSFER_TABLE)
 # Two of the four models (both PAT or both ResNet) are retrained: everything computed from them follows.
 TWO_MODELS = {**{k: 2 * v for k, v in PER_MODEL.items()}, **SUMMARIES, **DEFENSE_SUMMARIES}
 
@@ -67,12 +72,14 @@ CHANGES = {
             # IG-Defense: its pgd cell and its analysis (pgd against the undefended model)
             {"evaluate_attack": 2, "ig_defense_analysis": 2},
             # MeanSparse sweeps pgd: new defended models, all their cells
-            {k: 2 * v for k, v in MEANSPARSE_PER_MODEL.items()}),
+            {k: 2 * v for k, v in MEANSPARSE_PER_MODEL.items()},
+            # the PAT models' pgd pair sets and every white-box pgd cell feed the transfer checks
+            ALL_TRANSFERS),
     ),
     "PAT epochs": (
         {"training": {"pat": {"epochs": 2}}},
         _sum(TWO_MODELS, {k: 2 * v for k, v in MEANSPARSE_PER_MODEL.items()},
-             {k: 2 * v for k, v in IG_PER_MODEL.items()}),
+             {k: 2 * v for k, v in IG_PER_MODEL.items()}, ALL_TRANSFERS),
     ),
     "top-k percentage": (
         {"sensitivity": {"top_percent": [10, 25]}},
@@ -90,20 +97,21 @@ CHANGES = {
         # and the other architecture's EAT model, whose static sources include the ResNet's vanilla model
         _sum({**TWO_MODELS, "suppression_study": 1, "sensitivity_curves": 1, "ratio_report": 1,
               "sensitivity_by_training": 2}, PER_PSN_MODEL,
-             {k: 5 * v for k, v in PER_DEFENSE_MODEL.items()}, MEANSPARSE_PER_MODEL, IG_PER_MODEL),
+             {k: 5 * v for k, v in PER_DEFENSE_MODEL.items()}, MEANSPARSE_PER_MODEL, IG_PER_MODEL, TWO_TRANSFERS),
     ),
     "images per pair set": (
         {"evaluation": {"n_images": 16}},
-        {"attack_pairs": 8 + 8, "neuron_sensitivity": 4 + 8, "sensitive_channels": 8, "sensitivity_curves": 2,
-         "suppression_study": 2, "ratio_report": 2, "findings": 1, "all": 1, "psn_agreement": 2,
-         "sensitivity_by_training": 2},
+        # the PAT models' pgd pair sets are what the transfer checks feed the defended models
+        _sum({"attack_pairs": 8 + 8, "neuron_sensitivity": 4 + 8, "sensitive_channels": 8, "sensitivity_curves": 2,
+              "suppression_study": 2, "ratio_report": 2, "findings": 1, "all": 1, "psn_agreement": 2,
+              "sensitivity_by_training": 2}, ALL_TRANSFERS),
     ),
     "images per robustness attack": (
         {"robustness": {"n_images": 16}},
         # spsa keeps its own subset size (n_images_by_attack); defense models run the table_iii attacks,
         # IG-Defense its two
-        {"evaluate_attack": 24 + 8 * 4 + 2 * 4 + 2 * 2, "robustness_table": 1, "robustness_table_i": 1, "final_robustness_table": 1,
-         "all": 1},
+        _sum({"evaluate_attack": 24 + 8 * 4 + 2 * 4 + 2 * 2, "robustness_table": 1, "robustness_table_i": 1,
+              "final_robustness_table": 1, "all": 1}, ALL_TRANSFERS),
     ),
     "sweep eps values": (
         {"sweeps": {"eps_values": [8, 16, 32]}},
@@ -124,11 +132,12 @@ CHANGES = {
     ),
     "MeanSparse alphas": (
         {"meansparse": {"alphas": [0, 0.5, 1.0]}},
-        _sum({k: 2 * v for k, v in MEANSPARSE_PER_MODEL.items()}, {"final_robustness_table": 1, "all": 1}),
+        _sum({k: 2 * v for k, v in MEANSPARSE_PER_MODEL.items()}, {"final_robustness_table": 1, "all": 1},
+             TWO_TRANSFERS),
     ),
     "IG-Defense mask size": (
         {"ig_defense": {"top_percent": 20}},
-        _sum({k: 2 * v for k, v in IG_PER_MODEL.items()}, {"final_robustness_table": 1, "all": 1}),
+        _sum({k: 2 * v for k, v in IG_PER_MODEL.items()}, {"final_robustness_table": 1, "all": 1}, TWO_TRANSFERS),
     ),
     "PSN bound method": (
         {"psn": {"bound_method": "CROWN-IBP"}},
@@ -165,7 +174,7 @@ def test_nothing_planned_without_a_change(tiny_run):
 def with_findings(expected: dict) -> dict:
     """Jobs that change the final table or the sensitivity figures also change the defense claims and so
     findings.md."""
-    if {"final_robustness_table", "sensitivity_by_training"} & set(expected):
+    if {"final_robustness_table", "sensitivity_by_training", "transfer_table"} & set(expected):
         return {**expected, "defense_findings": 1, "findings": 1}
     return expected
 
@@ -191,4 +200,5 @@ def test_undoing_a_change_reuses_earlier_results(tiny_run, tmp_path):
     # Back to the original config: both the old and the new results are on disk. Only the summaries kept
     # at fixed paths (results/tables, results/findings.md) are rebuilt, from the reused results.
     assert set(planned_jobs(workdir)) <= {"robustness_table", "robustness_table_i", "final_robustness_table",
-                                          "sensitivity_by_training", "defense_findings", "findings", "all"}
+                                          "sensitivity_by_training", "transfer_table", "defense_findings", "findings",
+                                          "all"}

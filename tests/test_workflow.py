@@ -161,6 +161,15 @@ def test_defenses_trained_and_compared_with_every_model(tiny_run):
         assert pd.read_csv(summary).group.tolist() == ["true-class top-k", "adversarial-class top-k",
                                                         "other classes' top-k", "in no top-k"]
         assert list(d.glob("analysis~*.png"))
+    # transfer check: each defended model on its PAT base model's PGD examples, beside both white-box cells
+    transfer = pd.read_csv(tables / "transfer_check.csv").set_index("model")
+    assert set(transfer.index) == set(final[final.method.isin(["meansparse", "ig_defense"])].model)
+    assert (transfer.base == transfer.index.str.replace(r"_(meansparse|igdefense)$", "", regex=True)).all()
+    cells = final.set_index("model")["L-inf PGD"]
+    for model, checked in transfer.iterrows():
+        assert 100 * checked.defended_whitebox == pytest.approx(cells[model], abs=0.01)  # the table's cell
+        assert checked.upper_bound == min(checked.defended_whitebox, checked.defended_transfer)
+    assert "survives the adversarial examples transferred" in (tiny_run / "results" / "findings.md").read_text()
     (eat_dir,) = list((data_dir / "models").glob("vgg16-eat~*"))  # static sources: both vanilla models
     eat_meta = json.loads((eat_dir / "metadata.json").read_text())
     assert sorted(m["arch"] for m in eat_meta["static_models"]) == ["resnet18", "vgg16"]

@@ -9,4 +9,5 @@ defense_findings(
     final_csv=smk.input.final,
     sensitivity_csvs=dict(zip(smk.params.archs, smk.input.sensitivity)),
     out_json=smk.output[0],
+    transfer_csv=smk.input.get("transfer"),
 )

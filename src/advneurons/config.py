@@ -125,6 +125,7 @@ def check_references(config: dict) -> None:
     ig = config.get("ig_defense", {})
     if ig.get("enabled", False):
         _check_ig_defense(ig, config)
+    _check_transfer(config)
     for i, name in enumerate(config["models"]["architectures"]):
         if name not in config["architectures"]:
             raise ConfigError(f"config key 'models.architectures[{i}]': {name!r} is not defined under 'architectures'")
@@ -218,6 +219,21 @@ def _check_ig_defense(ig: dict, config: dict) -> None:
             raise ConfigError(f"config key 'ig_defense.attacks[{i}]': {name!r} is not an attack of robustness.table_iii "
                               f"({', '.join(table)})")
     _check_attack(config["attacks"], ig["analysis"]["attack"], "ig_defense.analysis.attack")
+
+
+def _check_transfer(config: dict) -> None:
+    """defenses.transfer: attacks every defended model is evaluated under (a white-box cell to compare with)."""
+    table = list(config.get("robustness", {}).get("table_iii", {}).values())
+    ig = config.get("ig_defense", {})
+    for i, name in enumerate(config.get("defenses", {}).get("transfer", [])):
+        key = f"defenses.transfer[{i}]"
+        _check_attack(config["attacks"], name, key)
+        if name not in table:
+            raise ConfigError(f"config key '{key}': {name!r} is not an attack of robustness.table_iii "
+                              f"({', '.join(table)}); the check compares with its white-box cell")
+        if ig.get("enabled", False) and ig.get("attacks") is not None and name not in ig["attacks"]:
+            raise ConfigError(f"config key '{key}': IG-Defense is not evaluated under {name!r} (ig_defense.attacks: "
+                              f"{', '.join(ig['attacks'])}), so there is no white-box cell to compare with")
 
 
 def _check_attack(attacks: dict, name: str, key: str) -> None:
@@ -351,6 +367,12 @@ def evaluated_attacks(config: dict, entry: dict) -> list[str]:
         chosen = set(config["ig_defense"]["attacks"])
         return [name for name in table if name in chosen]
     return table
+
+
+def transfer_attacks(config: dict) -> list[str]:
+    """Attacks of the transfer check (defenses.transfer); none when the final table is off."""
+    defenses = config.get("defenses", {})
+    return list(defenses.get("transfer", [])) if defenses.get("final_table", True) else []
 
 
 def ig_analysis_id(config: dict) -> str:

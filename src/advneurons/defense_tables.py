@@ -163,14 +163,33 @@ def _compare(better: pd.Series, worse: pd.Series, column: str) -> tuple[bool, st
     return a > b, f"{column}: {better['model']} {a:.2f}% vs {worse['model']} {b:.2f}%"
 
 
+def _transfer_claims(transfer: pd.DataFrame, defended: pd.Series, label: str) -> list:
+    """Whether a defended model's gain over its base model survives the base model's transferred examples."""
+    from .findings import Claim
+
+    claims = []
+    for row in transfer[transfer.model == defended["model"]].itertuples():
+        evidence = (f"{row.column}: {row.base} {100 * row.base_whitebox:.2f}%; {row.model} white-box "
+                    f"{100 * row.defended_whitebox:.2f}%, on {row.base}'s adversarial examples "
+                    f"{100 * row.defended_transfer:.2f}% ({row.n_transfer} images); gain {100 * row.whitebox_gain:+.2f} "
+                    f"points white-box, {100 * row.bounded_gain:+.2f} at the lower of the two")
+        claims.append(Claim(
+            f"{label}'s {row.column} gain over {row.base} survives the adversarial examples transferred from "
+            f"{row.base} (read as: the lower of its white-box and transfer accuracies is above {row.base}'s)",
+            bool(row.bounded_gain > 0), evidence, "transfer check (gradient masking)"))
+    return claims
+
+
 def defense_claims(final_csv: Path, sensitivity_csvs: dict[str, Path], robust_column: str = "L-inf PGD",
-                   sns_layers: dict[str, list[str]] | None = None) -> list:
-    """Findings sections (advneurons.findings) on the defenses, from the final table and the per-layer
-    sensitivity of every model (architecture -> sensitivity_by_training CSV)."""
+                   sns_layers: dict[str, list[str]] | None = None, transfer_csv: Path | None = None) -> list:
+    """Findings sections (advneurons.findings) on the defenses, from the final table, the per-layer
+    sensitivity of every model (architecture -> sensitivity_by_training CSV) and, when given, the transfer
+    check of the defended models (advneurons.transfer)."""
     from .findings import Claim, Section
     from .sns_training import DEFAULT_LAYERS
 
     final = pd.read_csv(final_csv)
+    transfer = pd.read_csv(transfer_csv) if transfer_csv is not None else None
     layers = sns_layers or DEFAULT_LAYERS
     sections = []
     attack_columns = [c for c in final.columns[4:] if c != "Clean"]  # means skip empty (not run) cells
@@ -203,6 +222,8 @@ def defense_claims(final_csv: Path, sensitivity_csvs: dict[str, Path], robust_co
                     ok, evidence = _compare(defended, base, column)
                     claims.append(Claim(f"{label} raises the {column} accuracy of {base['training']}", ok,
                                         f"{evidence}; clean accuracy drop {drop:.2f} points", label))
+                if transfer is not None:
+                    claims += _transfer_claims(transfer, defended, label)
         sens_path = sensitivity_csvs.get(arch)
         if sens_path is not None and len(sns_rows):
             sens = pd.read_csv(sens_path)
@@ -223,10 +244,10 @@ def defense_claims(final_csv: Path, sensitivity_csvs: dict[str, Path], robust_co
 
 
 def defense_findings(final_csv: Path, sensitivity_csvs: dict[str, Path], out_json: Path,
-                     robust_column: str = "L-inf PGD") -> list:
+                     robust_column: str = "L-inf PGD", transfer_csv: Path | None = None) -> list:
     """Workflow step: the defense claims as a findings sections file (appended to results/findings.md)."""
     from .findings import write_sections_json
 
-    sections = defense_claims(final_csv, sensitivity_csvs, robust_column)
+    sections = defense_claims(final_csv, sensitivity_csvs, robust_column, transfer_csv=transfer_csv)
     write_sections_json(sections, out_json)
     return sections

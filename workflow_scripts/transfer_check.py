@@ -1,0 +1,23 @@
+"""Rule transfer_check: a defended model fed its base model's adversarial examples, beside both white-box
+cells (advneurons.transfer.transfer_check)."""
+
+from advneurons import runtime
+from advneurons.transfer import transfer_check
+
+smk = snakemake  # noqa: F821 -- injected by Snakemake
+runtime.configure_logging(smk.log[0])
+c = smk.params.check
+runtime.setup(smk.threads, c["seed"])  # a randomised defense draws its noise from the seeded generator
+transfer_check(
+    model_path=smk.input.model,
+    pairs_path=smk.input.pairs,
+    whitebox_csv=smk.input.whitebox,
+    base_whitebox_csv=smk.input.base_whitebox,
+    attack=c["attack"],
+    model_name=smk.params.model_name,
+    base_name=c["base_name"],
+    seed=c["seed"],
+    batch_size=smk.params.batch_size,
+    out_csv=smk.output.csv,
+    meta_path=smk.output.meta,
+)

@@ -1,0 +1,13 @@
+"""Rule transfer_table: every transfer-check row in one table (advneurons.transfer.transfer_table)."""
+
+from advneurons import runtime
+from advneurons.transfer import transfer_table
+
+smk = snakemake  # noqa: F821 -- injected by Snakemake
+runtime.configure_logging(smk.log[0])
+transfer_table(
+    row_csvs=list(smk.input.rows),
+    labels=dict(smk.params.labels),
+    out_csv=smk.output.csv,
+    out_md=smk.output.md,
+)
