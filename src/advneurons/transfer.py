@@ -112,8 +112,7 @@ def transfer_table(row_csvs: list[Path], labels: dict[str, str], out_csv: Path, 
     with atomic_path(out_csv) as tmp:
         frame.to_csv(tmp, index=False)
     shown = frame.drop(columns=["description"]).copy()
-    pct = [c for c in COLUMNS if c.startswith(("base_", "defended_")) or c in ("upper_bound", "whitebox_gain",
-                                                                               "bounded_gain")]
+    pct = [c for c in COLUMNS if c not in ("model", "base", "attack", "description", "n_transfer", "n_whitebox")]
     shown[pct] = (100 * shown[pct]).round(1)
     notes = ("Accuracy (%) of each defended model and its undefended base model. *white-box*: the attack run on the "
              "model itself (adaptive, through the expected logits, for a randomised defense); *transfer*: the base "
