@@ -67,9 +67,14 @@ def trained():
     return model, x, y
 
 
-def accuracy(model, x, y) -> float:
+def correct(model, x, y) -> torch.Tensor:
+    """Per-image: does the model classify x correctly?"""
     with torch.no_grad():
-        return (model(x).argmax(1) == y).float().mean().item()
+        return model(x).argmax(1) == y
+
+
+def accuracy(model, x, y) -> float:
+    return correct(model, x, y).float().mean().item()
 
 
 def run(spec_cfg, model, x, y, seed=0):
@@ -332,21 +337,27 @@ def test_linf_pgd_agrees_with_torchattacks(trained):
     assert abs(ours - theirs) <= 2 / N_IMAGES
 
 
-def test_autoattack_is_at_least_as_strong_as_pgd_and_apgd_ce(trained):
+def test_autoattack_is_at_least_as_strong_as_pgd_and_its_own_apgd_ce_stage(trained):
     pytest.importorskip("pyautoattack")
     model, x, y = trained
-    # Few images and a budget where most fall to APGD-CE: the later attacks of the ensemble (APGD-T, FAB-T,
-    # Square) then run on a handful of images only. bench/check_autoattack.py runs the larger check.
-    x, y = x[:8], y[:8]
-    eps = 20 / 255
-    pgd_acc = accuracy(model, AttackSpec("pgd", eps=eps, steps=10).run(model, x, y), y)
+    # Like with like: the standard ensemble runs APGD-CE with 1 restart, then APGD-T, FAB-T and Square on the
+    # images APGD-CE left. A custom APGD-CE with the same restarts and seed is that first stage, so every image
+    # it fools the ensemble fools too (a per-image check, not a count). Against PGD-10 nothing holds by
+    # construction: 32 images at eps 16/255, where PGD-10 leaves about half standing and AutoAttack about
+    # three fewer (measured: 15 vs 12 of 32; at 8 images the two tie). bench/check_autoattack.py runs the
+    # larger check.
+    x, y = x[:32], y[:32]
+    eps = 16 / 255
+    pgd_ok = correct(model, AttackSpec("pgd", eps=eps, steps=10).run(model, x, y), y)
     aa_spec = AttackSpec("autoattack", eps=eps)
-    aa_acc = accuracy(model, aa_spec.run(model, x, y, generator=torch.Generator().manual_seed(0)), y)
-    apgd = autoattack(model, x, y, eps, version="custom", attacks=["apgd-ce"], generator=torch.Generator().manual_seed(0))
-    apgd_acc = accuracy(model, apgd, y)
-    assert pgd_acc > 0  # non-trivial budget
-    assert aa_acc <= pgd_acc and aa_acc <= apgd_acc
-    assert "APGD-CE" in aa_spec.describe().upper() and "eps=20/255" in aa_spec.describe()
+    aa_ok = correct(model, aa_spec.run(model, x, y, generator=torch.Generator().manual_seed(0)), y)
+    first_stage = autoattack(model, x, y, eps, version="custom", attacks=["apgd-ce"], apgd_restarts=1,
+                             generator=torch.Generator().manual_seed(0))
+    apgd_ok = correct(model, first_stage, y)
+    assert pgd_ok.sum() >= 4  # non-trivial budget: PGD leaves images standing
+    assert not (aa_ok & ~apgd_ok).any()  # robust to the ensemble => robust to its first stage
+    assert aa_ok.sum() <= pgd_ok.sum()
+    assert "APGD-CE" in aa_spec.describe().upper() and "eps=16/255" in aa_spec.describe()
 
 
 def test_white_box_attacks_work_inside_no_grad(trained):

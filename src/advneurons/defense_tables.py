@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .markdown import markdown_table
 from .robustness import accuracy_table, read_records, table_iii_columns
 from .runtime import atomic_path
 
@@ -71,8 +72,7 @@ def final_robustness_table(record_csvs: list[Path], columns: dict[str, str], dat
         final.to_csv(tmp, index=False)
     with atomic_path(out_md) as tmp:
         body = "\n\n".join(
-            f"## {arch}\n\n" + _blank_missing(block.drop(columns="arch")).to_markdown(index=False, floatfmt=".2f",
-                                                                                      missingval="—")
+            f"## {arch}\n\n" + markdown_table(block.drop(columns="arch"), ".2f", missing="—")
             for arch, block in final.groupby("arch", sort=False)
         )
         tmp.write_text(f"# Final robustness: models and defenses x attack suite\n\n{notes}\n\n{body}\n")
@@ -81,11 +81,6 @@ def final_robustness_table(record_csvs: list[Path], columns: dict[str, str], dat
     with atomic_path(settings_csv) as tmp:
         settings.to_csv(tmp, index=False)
     return final
-
-
-def _blank_missing(frame: pd.DataFrame) -> pd.DataFrame:
-    """NaN -> None, which tabulate prints as its ``missingval`` (it prints NaN floats as "nan")."""
-    return frame.astype(object).where(frame.notna(), None)
 
 
 def _latex(final: pd.DataFrame, labels: list[str], notes: str) -> str:

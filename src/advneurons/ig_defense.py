@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .markdown import markdown_table
 from .defended import IG_DEFENSE as DEFENSE_TYPE
 from .defended import IGDefense, linear_head, ig_defense_record, penultimate
 
@@ -229,7 +230,7 @@ def activation_analysis(model_path: Path, test_path: Path, attack: dict, n_image
         shown[col] = (100 * shown[col]).round(2)
     with atomic_path(summary_md) as tmp:
         tmp.write_text("# IG-Defense analysis: relative activation change (%) by channel group\n\n"
-                       f"{notes}\n\n{shown.to_markdown(index=False)}\n")
+                       f"{notes}\n\n{markdown_table(shown, '.2f')}\n")
     _figure(per_image, model_name, spec.describe(), figure_png)
     write_json(metadata("ig_defense_analysis", {"model": str(model_path), "attack": attack, "n_images": n_images},
                         seed=seed, n_attacked=len(labels), n_fooled=n_fooled, restored_by_defense=restored, k=k),

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .markdown import markdown_table
 from .psn import ActivationRecorder, read_scores, scored_layers, select_images, top_units_table
 
 PERTURBATIONS = ("noise", "pgd")
@@ -109,7 +110,7 @@ def _save_table(table: pd.DataFrame, csv_path, md_path=None, floatfmt=".4f"):
         table.to_csv(tmp, index=False)
     if md_path is not None:
         with atomic_path(md_path) as tmp:
-            tmp.write_text(table.to_markdown(index=False, floatfmt=floatfmt) + "\n")
+            tmp.write_text(markdown_table(table, floatfmt) + "\n")
 
 
 def _save_figure(fig, path):
@@ -341,7 +342,7 @@ def attack_psns(model_path: Path, test_path: Path, scores_path: Path, n_images: 
     from .runtime import atomic_path
 
     with atomic_path(out_md) as tmp:
-        tmp.write_text(wide.to_markdown(index=False, floatfmt=".4f") + "\n")
+        tmp.write_text(markdown_table(wide, ".4f") + "\n")
     plt, sns = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     sns.lineplot(data=table, x="ratio_percent", y="accuracy", hue="group", marker="o", ax=ax)

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .markdown import markdown_table
 from .attacks import AttackSpec, adaptive_note, attack_target, eval_mode
 from .runtime import atomic_path, device, generator, model_device
 
@@ -315,7 +316,7 @@ def accuracy_table(records: pd.DataFrame, columns: list[tuple[str, str]],
 
 
 def _write_markdown(frame: pd.DataFrame, path: Path, title: str, notes: str = "") -> None:
-    text = f"# {title}\n\n" + (notes.strip() + "\n\n" if notes.strip() else "") + frame.to_markdown(index=False) + "\n"
+    text = f"# {title}\n\n" + (notes.strip() + "\n\n" if notes.strip() else "") + markdown_table(frame, ".2f") + "\n"
     with atomic_path(path) as tmp:
         tmp.write_text(text)
 

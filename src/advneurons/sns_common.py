@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .markdown import markdown_table
 from .runtime import atomic_path
 
 # Name the analyses give to the penultimate representation (VGG: pool5 flattened; ResNet: global average pool).
@@ -143,7 +144,7 @@ def write_table(frame: pd.DataFrame, csv_path: Path | None, md_path: Path | None
         with atomic_path(csv_path) as tmp:
             frame.to_csv(tmp, index=False)
     if md_path is not None:
-        body = frame.to_markdown(index=False, floatfmt=".4g")
+        body = markdown_table(frame, ".4g")
         text = f"# {title}\n\n" + (notes.strip() + "\n\n" if notes.strip() else "") + body + "\n"
         with atomic_path(md_path) as tmp:
             tmp.write_text(text)

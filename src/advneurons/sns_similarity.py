@@ -20,6 +20,7 @@ import pandas as pd
 from rapidfuzz.distance import Levenshtein
 from scipy import stats
 
+from .markdown import markdown_table
 from .runtime import metadata, write_json
 from .sensitivity import top_channels
 from .sns_common import PENULTIMATE, plotting, save_figure, write_table
@@ -198,8 +199,8 @@ def importance_sensitivity_report(
         "sets (ECCV Eq 6). Paper: VGG16 on CIFAR-10."
     )
     md = (
-        f"# {heading}\n\n{notes}\n\n## Summary\n\n{summary.to_markdown(index=False, floatfmt='.3f')}\n\n"
-        f"## Per target class\n\n{per_class.to_markdown(index=False, floatfmt='.3f')}\n"
+        f"# {heading}\n\n{notes}\n\n## Summary\n\n{markdown_table(summary, '.3f')}\n\n"
+        f"## Per target class\n\n{markdown_table(per_class, '.3f')}\n"
     )
     from .runtime import atomic_path
 

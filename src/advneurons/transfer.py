@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from .markdown import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -121,5 +122,5 @@ def transfer_table(row_csvs: list[Path], labels: dict[str, str], out_csv: Path, 
              "a white-box gain that disappears in *bounded_gain* is gradient masking, not robustness.\n\n"
              + "\n".join(f"- {r.model}: {r.description}" for r in frame.itertuples()))
     with atomic_path(out_md) as tmp:
-        tmp.write_text(f"# Transfer check of the defenses\n\n{notes}\n\n{shown.to_markdown(index=False)}\n")
+        tmp.write_text(f"# Transfer check of the defenses\n\n{notes}\n\n{markdown_table(shown, '.1f')}\n")
     return frame

@@ -28,8 +28,13 @@ def autoattack(
     version: str = "standard",
     attacks: list[str] | None = None,
     generator: torch.Generator | None = None,
+    apgd_restarts: int | None = None,
 ) -> torch.Tensor:
-    """Perturbed images from AutoAttack (`attacks` picks a subset, e.g. ["apgd-ce"], with version="custom")."""
+    """Perturbed images from AutoAttack (`attacks` picks a subset, e.g. ["apgd-ce"], with version="custom").
+
+    `apgd_restarts` overrides APGD-CE's restart count. The authors' code runs APGD-CE with 1 restart in the
+    standard version but keeps its default of 5 in a custom one, so a custom APGD-CE equals the standard
+    ensemble's first stage only with `apgd_restarts=1` (and the same seed)."""
     try:
         from pyautoattack import AutoAttack
     except ImportError as exc:  # pragma: no cover - the package is a dependency
@@ -44,5 +49,7 @@ def autoattack(
             model, eps=eps, norm=NORMS[norm], version=version, seed=seed, device=x.device,
             attacks=attacks if version == "custom" else None,
         )
+        if apgd_restarts is not None:
+            adversary.apgd.n_restarts = int(apgd_restarts)
         x_adv, _ = adversary.run_standard_evaluation(x.detach(), y, batch_size=len(x))
     return x_adv.detach().clamp(0.0, 1.0)
