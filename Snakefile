@@ -2,7 +2,12 @@
 # -> robustness tables, SNS analyses, propagation-sensitive neurons (PSN). All logic lives in the `advneurons` package (src/); rules are wiring.
 
 
-configfile: "config.yaml"
+# config.yaml is the default run (digits). A config file named on the command line replaces it whole, so a
+# preset runs exactly what it states and no digits value leaks into it; several command-line files still
+# merge in order (`--configfile config.yaml mine.yaml` adds your changes to the default run).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 report: "report/workflow.rst"

@@ -19,7 +19,10 @@ MODELS = settings.model_entries(config)  # analysed models: every stage runs on 
 DEFENSE_MODELS = settings.defense_entries(
     config
 )  # defenses: trained, evaluated, measured
-ALL_MODELS = {**MODELS, **DEFENSE_MODELS}  # every trained model
+ALL_MODELS = {**MODELS, **DEFENSE_MODELS}  # every analysed and defense model
+LAYER_RANGE = settings.sns_layer_range_models(config)  # SNS by fine-tuned layer range
+LAYER_RANGE_MODELS = settings.sns_layer_range_entries(config)  # its extra fine-tunings
+TRAINED = {**ALL_MODELS, **LAYER_RANGE_MODELS}  # every model train_model makes
 IG_DEFENDED = settings.ig_defense_entries(config)  # IG-Defense around trained models
 DEFENDED = {
     **settings.meansparse_entries(config),
@@ -35,7 +38,8 @@ SWEEP_ID = settings.sweep_id(config)
 SNS = config["sns"]
 SNS_ID = settings.sns_ids(config)
 ARCHS = config["models"]["architectures"]
-SENSITIVITY_FORM = config["sensitivity"]["form"]
+# "<form>_<site>", e.g. tip_bn: the formula (TIP Eq 1 or ECCV) and where each conv layer is read
+SENSITIVITY_FORM = f'{config["sensitivity"]["form"]}_{config["sensitivity"]["site"]}'
 PSN = config["psn"]
 PSN_BATCH_SIZE = PSN["batch_size"]
 SENSITIVITY_ATTACK = ATTACK_ID[
@@ -56,7 +60,7 @@ wildcard_constraints:
     ratios=r"ratios~[0-9a-f]{8}",
     arch="|".join(ARCHS),
     k=r"[0-9]+",
-    form=r"tip|eccv",
+    form=r"(tip|eccv)_(conv|bn|relu)",
     percent=r"[0-9]+(\.[0-9]+)?",
     percents=r"[0-9.]+(-[0-9.]+)*",
     psn=r"psn~[0-9a-f]{8}",
@@ -70,6 +74,15 @@ wildcard_constraints:
 def code_version(module):
     """Fingerprint of the package code behind a step; editing that code re-runs the step (provenance.py)."""
     return code_fingerprint(f"advneurons.{module}")
+
+
+def sensitivity_normalised(wildcards):
+    """TIP Eq 1 divides by the feature-map size; the ECCV form does not."""
+    return wildcards.form.split("_")[0] == "tip"
+
+
+def sensitivity_site(wildcards):
+    return wildcards.form.split("_")[1]
 
 
 def split_file(split):
@@ -88,7 +101,7 @@ def dataset_settings(wildcards):
 
 
 def model_settings(wildcards):
-    return ALL_MODELS[wildcards.model]
+    return TRAINED[wildcards.model]
 
 
 def training_inputs(wildcards):
@@ -97,7 +110,7 @@ def training_inputs(wildcards):
         "train": f"results/{wildcards.data}/data/train.npz",
         "val": f"results/{wildcards.data}/data/val.npz",
     }
-    entry = ALL_MODELS[wildcards.model]
+    entry = TRAINED[wildcards.model]
     base = settings.base_model_id(config, entry)
     if base is not None:
         files["base"] = f"results/{wildcards.data}/models/{base}/model.pt"
@@ -213,6 +226,8 @@ def transfer_labels(wildcards):
 def defense_findings_inputs(wildcards):
     out = {
         "final": "results/tables/final_robustness.csv",
+        "settings": "results/tables/final_robustness_settings.csv",
+        "records": final_table_records(),  # per-image results for the paired tests
         "sensitivity": expand(
             "results/figures/sensitivity_by_training_{arch}.csv", arch=ARCHS
         ),
@@ -228,7 +243,8 @@ def pairs_path(model_id, attack_id):
 
 def model_label(model_id):
     """Display name of a model in tables and figures, e.g. vgg16-pat."""
-    return f"{EVALUATED[model_id]['arch']}-{EVALUATED[model_id]['training_name']}"
+    entry = EVALUATED.get(model_id) or LAYER_RANGE_MODELS[model_id]
+    return f"{entry['arch']}-{entry['training_name']}"
 
 
 def model_name(wildcards):
@@ -523,7 +539,30 @@ def defense_outputs():
     files += [f"results/figures/sensitivity_by_training_{arch}.png" for arch in ARCHS]
     if transfer_rows():
         files.append("results/tables/transfer_check.md")
+    if LAYER_RANGE:
+        files.append("results/tables/sns_layer_range.md")
     return files + ig_defense_outputs()
+
+
+def layer_range_records():
+    """Records of every model of the SNS layer-range sweep under its attacks."""
+    return [
+        f"results/{DATA_ID}/robustness/{m['model_id']}/{ROBUSTNESS_ID[name]}.csv"
+        for m in LAYER_RANGE
+        for name in config["sns_layer_range"]["attacks"]
+    ]
+
+
+def layer_range_models(wildcards):
+    """Model label -> {arch, first_layer, n_layers} of the layer-range sweep, in table order."""
+    return {
+        model_label(m["model_id"]): {
+            "arch": m["arch"],
+            "first_layer": m["first_layer"],
+            "n_layers": len(m["layers"]),
+        }
+        for m in LAYER_RANGE
+    }
 
 
 def final_outputs():

@@ -225,5 +225,46 @@ rule defense_findings:
     params:
         code=code_version("defense_tables"),
         archs=ARCHS,
+        trainings=config["training"],
     script:
         "../workflow_scripts/defense_findings.py"
+
+
+rule sns_layer_range:
+    input:
+        records=layer_range_records(),
+    output:
+        csv="results/tables/sns_layer_range.csv",
+        md="results/tables/sns_layer_range.md",
+        png=report(
+            "results/figures/sns_layer_range.png",
+            caption="../report/sns_layer_range.rst",
+            category="Defenses",
+        ),
+    log:
+        "logs/sns_layer_range.log",
+    benchmark:
+        "benchmarks/sns_layer_range.tsv"
+    conda:
+        "../envs/advneurons.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        code=code_version("sns_layer_range"),
+        models=layer_range_models,
+        attacks={
+            name: next(
+                (
+                    label
+                    for label, n in config["robustness"]["table_iii"].items()
+                    if n == name
+                ),
+                name,
+            )
+            for name in config["sns_layer_range"]["attacks"]
+        },
+        training=config["sns_layer_range"]["training"],
+    script:
+        "../workflow_scripts/sns_layer_range.py"

@@ -27,6 +27,8 @@ rule neuron_sensitivity:
     params:
         code=code_version("sensitivity"),
         batch_size=config["sensitivity"]["batch_size"],
+        normalise=sensitivity_normalised,
+        site=sensitivity_site,
     script:
         "../workflow_scripts/neuron_sensitivity.py"
 

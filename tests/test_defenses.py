@@ -9,10 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from advneurons import checkpoint
-from advneurons.models import build_model
+from advneurons.models import build_model, layer_channels
 from advneurons.sns_training import (
     StabilityLoss,
-    stabilised_outputs,
     choose_channels,
     freeze_below,
     selected_layers,
@@ -72,11 +71,12 @@ def test_channel_choices_per_variant():
     assert list(layers) == [f"conv{i}" for i in range(8, 14)]
     x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
     gen = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
+    counts = layer_channels(model)
     every = choose_channels(model, layers, "all", 10, x, y, 0.1, 2, None, gen(0))
-    assert all(len(c) == layers[n].out_channels for n, c in every.items())
+    assert all(len(c) == counts[n] for n, c in every.items())
     sen = choose_channels(model, layers, "sen", 10, x, y, 0.1, 2, None, gen(0))
     assert sen.keys() == layers.keys()
-    assert all(len(c) == max(1, -(-layers[n].out_channels // 10)) for n, c in sen.items())
+    assert all(len(c) == max(1, -(-counts[n] // 10)) for n, c in sen.items())
     again = choose_channels(model, layers, "sen", 10, x, y, 0.1, 2, None, gen(0))
     assert all(torch.equal(sen[n], again[n]) for n in sen)  # seeded PGD: same sets
     r1 = choose_channels(model, layers, "rand", 25, x, y, 0.1, 2, None, gen(1))
@@ -90,8 +90,7 @@ def test_channel_choices_per_variant():
 
 def test_freezing_keeps_the_lower_layers_and_their_statistics():
     model = build_model("resnet18", "digits", width=0.0625)
-    layers = selected_layers(model, "resnet18", None)
-    frozen_bn = freeze_below(model, layers["l3b2c1"])
+    frozen_bn = freeze_below(model, "l3b2c1")
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert not any(n.startswith(("conv1", "bn1", "layer1", "layer2")) for n in trainable)
     assert any("layer3" in n for n in trainable) and any(n.startswith("fc") for n in trainable)
@@ -267,34 +266,61 @@ def test_final_table_leaves_declared_cells_empty_and_refuses_undeclared_gaps(tmp
                                "digits", models, *out)
 
 
-def test_defense_claims_compare_sns_with_pat_alp_and_meansparse_with_its_base(tmp_path):
-    from advneurons.defense_tables import defense_claims
+TRAININGS = {
+    "vanilla": {"method": "vanilla"}, "pat": {"method": "pat"}, "alp": {"method": "alp"},
+    "nat": {"method": "nat"}, "eat": {"method": "eat"},
+    **{f"sns_{v}": {"method": "sns", "variant": v} for v in ("sen", "all", "dyn", "cls")},
+    **{f"sns_rand_{i}": {"method": "sns", "variant": "rand", "repeat": i} for i in range(3)},
+}
 
-    cols = ["arch", "model", "training", "method", "Clean", "L-inf PGD", "FGSM", "AutoAttack"]
+
+def test_defense_claims_take_the_papers_signs_and_decide_with_paired_tests(tmp_path):
+    from advneurons.defense_tables import defense_claims
+    from claim_helpers import write_claim_inputs
+
+    columns = ["L-inf PGD", "FGSM", "AutoAttack"]
     rows = [
         ["vgg16", "vgg16-vanilla", "vanilla", "vanilla", 99.0, 1.0, 20.0, 0.0],
         ["vgg16", "vgg16-pat", "pat", "pat", 98.0, 70.0, 80.0, 60.0],
-        ["vgg16", "vgg16-alp", "alp", "alp", 97.0, 75.0, 81.0, 61.0],
-        ["vgg16", "vgg16-sns_sen", "sns_sen", "sns", 98.5, 72.0, 82.0, 50.0],
+        ["vgg16", "vgg16-alp", "alp", "alp", 97.0, 80.0, 85.0, 70.0],
+        ["vgg16", "vgg16-nat", "nat", "nat", 97.0, 20.0, 60.0, 10.0],
+        ["vgg16", "vgg16-sns_sen", "sns_sen", "sns", 98.5, 80.0, 85.0, 70.0],
+        ["vgg16", "vgg16-sns_all", "sns_all", "sns", 98.5, 79.75, 85.0, 70.0],  # one image of 400 in one column
+        *[["vgg16", f"vgg16-sns_rand_{i}", f"sns_rand_{i}", "sns", 98.0, 60.0 + i, 70.0, 50.0] for i in range(3)],
+        ["vgg16", "vgg16-sns_dyn", "sns_dyn", "sns", 98.5, 80.0, 85.0, 70.0],
+        ["vgg16", "vgg16-sns_cls", "sns_cls", "sns", 98.0, 40.0, 70.0, 30.0],
         ["vgg16", "vgg16-pat_meansparse", "pat_meansparse", "meansparse", 97.5, 74.0, 80.0, 55.0],
-        ["vgg16", "vgg16-pat_igdefense", "pat_igdefense", "ig_defense", 97.0, 69.0, None, 62.0],
+        ["vgg16", "vgg16-pat_igdefense", "pat_igdefense", "ig_defense", 97.0, 70.25, None, 62.0],
     ]
-    pd.DataFrame(rows, columns=cols).to_csv(tmp_path / "final.csv", index=False)
+    files = write_claim_inputs(tmp_path, rows, columns, n=400)
     sens = pd.DataFrame({
         "training": ["vanilla", "pat", "sns_sen"] * 2, "depth": [7, 7, 7, 12, 12, 12],
         "layer": ["conv8"] * 3 + ["conv13"] * 3, "sensitivity": [1.0, 0.2, 0.1, 2.0, 0.6, 0.5],
     })
     sens.to_csv(tmp_path / "sens.csv", index=False)
-    (section,) = defense_claims(tmp_path / "final.csv", {"vgg16": tmp_path / "sens.csv"})
-    verdicts = {c.text: c.supported for c in section.claims}
-    assert verdicts["sns_sen is more robust than pat under L-inf PGD"] is True
-    assert verdicts["sns_sen is more robust than alp under L-inf PGD"] is False
-    assert verdicts["MeanSparse raises the L-inf PGD accuracy of pat"] is True
-    assert verdicts["MeanSparse raises the AutoAttack accuracy of pat"] is False  # the PGD gain does not hold up
-    assert verdicts["IG-Defense raises the L-inf PGD accuracy of pat"] is False
-    assert verdicts["IG-Defense raises the AutoAttack accuracy of pat"] is True
-    assert verdicts["sns_sen has lower neuron sensitivity than vanilla in the fine-tuned layers"] is True
-    assert verdicts["sns_sen has lower neuron sensitivity than pat in the fine-tuned layers"] is True  # 0.3 vs 0.4
+    (section,) = defense_claims(files["final"], {"vgg16": tmp_path / "sens.csv"}, files["records"],
+                                files["settings"], TRAININGS)
+    verdicts = {c.text.split(":")[0]: c.verdict for c in section.claims}
+    suite = " over the attack suite"
+    assert verdicts["SNS-sen beats PAT"] == "supported"
+    assert verdicts["SNS-sen beats ALP"] == "within noise"  # identical results
+    assert verdicts["SNS-sen beats SNS-all"] == "within noise"  # one image of 1200 pooled pairs
+    assert verdicts["SNS-sen beats the mean of SNS-rand"] == "supported"
+    assert verdicts['SNS-rand is worse than PAT ("behaves even worse than the original PAT model")'] == "supported"
+    assert verdicts["SNS-dyn is about as robust as SNS-sen"] == "supported"  # identical, interval within 2 points
+    assert verdicts["SNS-cls beats NAT"] == "supported" and verdicts["SNS-cls stays below PAT"] == "supported"
+    assert "SNS-cls beats EAT" not in verdicts  # no EAT model in this table
+    assert verdicts["PAT is at least as robust as ALP"] == "contradicted"
+    assert verdicts["MeanSparse raises the L-inf PGD accuracy of pat"] == "supported"  # 16 of 400 images, one way
+    assert verdicts["MeanSparse raises the AutoAttack accuracy of pat"] == "contradicted"
+    assert verdicts["IG-Defense raises the L-inf PGD accuracy of pat"] == "within noise"  # one image
+    assert verdicts["IG-Defense raises the AutoAttack accuracy of pat"] == "supported"
+    assert verdicts["sns_sen has lower neuron sensitivity than vanilla in the fine-tuned layers"] == "supported"
+    rand = next(c for c in section.claims if c.text.startswith("SNS-rand is worse"))
+    assert "vgg16-sns_rand_0 + vgg16-sns_rand_1 + vgg16-sns_rand_2 vs vgg16-pat" + suite in rand.text
+    assert "pooled over 3 repeats" in rand.evidence and "exact McNemar" in rand.evidence
+    sen_pat = next(c for c in section.claims if c.text.startswith("SNS-sen beats PAT"))
+    assert all(f"{col} " in sen_pat.evidence for col in columns) and "pooled over 3 column(s)" in sen_pat.evidence
 
 
 def test_stability_loss_ignores_forward_passes_outside_the_training_step():
@@ -311,16 +337,14 @@ def test_stability_loss_ignores_forward_passes_outside_the_training_step():
     assert l_sns.item() == 0.0  # identical clean and adversarial halves
 
 
-def test_the_stabilised_features_are_the_batch_normalised_conv_outputs():
-    for arch, first, expected in (("vgg16", "conv8", "bn8"), ("resnet18", "l3b2c1", "bn1")):
+def test_the_stabilised_features_are_the_batch_normalised_conv_outputs_by_default():
+    for arch, first in (("vgg16", "conv8"), ("resnet18", "l3b2c1")):
         model = build_model(arch, "digits", width=0.0625)
         layers = selected_layers(model, arch, None)
-        outputs = stabilised_outputs(model, layers)
-        assert list(outputs) == list(layers)
-        assert all(isinstance(m, torch.nn.BatchNorm2d) for m in outputs.values())
-        assert outputs[first].num_features == layers[first].out_channels
+        assert all(isinstance(m, torch.nn.BatchNorm2d) for m in layers.values())
+        assert layers[first].num_features == layer_channels(model)[first]
     vgg = build_model("vgg16", "digits", width=0.0625)
-    assert stabilised_outputs(vgg, selected_layers(vgg, "vgg16", ["conv8"]))["conv8"] is vgg.features.bn8
+    assert selected_layers(vgg, "vgg16", ["conv8"])["conv8"] is vgg.features.bn8
     res = build_model("resnet18", "digits", width=0.0625)
     block = dict(res.blocks())["l4b2"]
-    assert stabilised_outputs(res, selected_layers(res, "resnet18", ["l4b2c2"]))["l4b2c2"] is block.bn2
+    assert selected_layers(res, "resnet18", ["l4b2c2"])["l4b2c2"] is block.bn2

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from workflow_helpers import ROOT, SNAKEMAKE, snakemake
+from workflow_helpers import ROOT, SNAKEMAKE, overlay, snakemake
 
 BAD_CONFIGS = {
     "wrong type": ({"seed": "zero"}, "seed"),
@@ -30,7 +30,7 @@ def test_bad_config_is_refused_before_any_job(tmp_path, name):
     override, key = BAD_CONFIGS[name]
     shutil.copy(ROOT / ".test" / "config.yaml", tmp_path / "config.yaml")
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(override))
-    proc = snakemake(tmp_path, "all", "--configfile", str(tmp_path / "bad.yaml"))
+    proc = snakemake(tmp_path, "all", *overlay(tmp_path, tmp_path / "bad.yaml"))
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert f"config key '{key}'" in out, out[-2000:]
@@ -88,5 +88,5 @@ def test_killed_training_job_resumes_to_the_same_weights_and_tables(tmp_path):
         pd.testing.assert_frame_equal(
             pd.read_csv(reference / "results" / "tables" / table), pd.read_csv(tmp_path / "results" / "tables" / table)
         )
-    for ref_csv in (reference / "results").rglob("sensitivity_tip.csv"):
+    for ref_csv in (reference / "results").rglob("sensitivity_tip_bn.csv"):
         pd.testing.assert_frame_equal(pd.read_csv(ref_csv), pd.read_csv(tmp_path / ref_csv.relative_to(reference)))

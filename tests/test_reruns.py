@@ -14,7 +14,7 @@ import shutil
 import pytest
 import yaml
 
-from workflow_helpers import planned_jobs, snakemake
+from workflow_helpers import overlay, planned_jobs, snakemake
 
 PER_MODEL = {  # jobs that exist once per model
     "train_model": 1, "attack_pairs": 2, "neuron_sensitivity": 1, "sensitive_channels": 2, "evaluate_attack": 7,
@@ -182,7 +182,7 @@ def with_findings(expected: dict) -> dict:
 @pytest.mark.parametrize("name", list(CHANGES))
 def test_one_change_plans_exactly_its_downstream_jobs(tiny_run, tmp_path, name):
     change, expected = CHANGES[name]
-    assert planned_jobs(tiny_run, "--configfile", _override(tmp_path, change)) == with_findings(expected)
+    assert planned_jobs(tiny_run, *overlay(tiny_run, _override(tmp_path, change))) == with_findings(expected)
 
 
 def test_undoing_a_change_reuses_earlier_results(tiny_run, tmp_path):
@@ -194,9 +194,9 @@ def test_undoing_a_change_reuses_earlier_results(tiny_run, tmp_path):
     # two settings that name their outputs' paths (top-k files, the suppression id); cheap to run for real
     override = _override(tmp_path, {"sensitivity": {"top_percent": [10, 25]},
                                     "sns": {"suppression": {"betas": [1.0, 0.7]}}})
-    proc = snakemake(workdir, "all", "--configfile", override)
+    proc = snakemake(workdir, "all", *overlay(workdir, override))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert planned_jobs(workdir, "--configfile", override) == {}
+    assert planned_jobs(workdir, *overlay(workdir, override)) == {}
     # Back to the original config: both the old and the new results are on disk. Only the summaries kept
     # at fixed paths (results/tables, results/findings.md) are rebuilt, from the reused results.
     assert set(planned_jobs(workdir)) <= {"robustness_table", "robustness_table_i", "final_robustness_table",

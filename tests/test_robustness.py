@@ -74,8 +74,27 @@ def test_evaluate_robustness_writes_records_that_match_a_direct_computation(tmp_
     idx = torch.from_numpy(select_subset(len(labels), 16, 3))
     x, y = images[idx], labels[idx]
     for name, cfg in ATTACKS.items():
-        acc = robustness.robust_accuracy(tiny_vgg, x, y, AttackSpec.from_config(cfg), 5, robustness.attack_generator(3))
+        spec = AttackSpec.from_config(cfg)
+        acc = robustness.robust_accuracy(tiny_vgg, x, y, spec, 5, robustness.attack_generator(3))
         assert rec.loc[rec.attack == name, "accuracy"].item() == pytest.approx(acc)
+        # per-image records: the same images, in the subset's order, and they add up to the accuracy
+        by_hand = robustness.robust_correct(tiny_vgg, x, y, spec, 5, robustness.attack_generator(3)).numpy()
+        stored = robustness.decode_correct(rec.loc[rec.attack == name, "correct_by_image"].item())
+        assert (stored == by_hand).all() and stored.mean() == pytest.approx(acc)
+    clean = robustness.decode_correct(rec.loc[rec.attack == "clean", "correct_by_image"].item())
+    with torch.no_grad():
+        assert (clean == (tiny_vgg(x).argmax(1) == y).numpy()).all()
+
+
+def test_per_image_records_round_trip_and_refuse_other_text():
+    correct = torch.tensor([True, False, False, True])
+    assert robustness.encode_correct(correct) == "ynny"
+    assert robustness.decode_correct("ynny").tolist() == correct.tolist()
+    assert robustness.decode_correct(float("nan")).size == 0  # a record without per-image results
+    with pytest.raises(ValueError, match="string of y/n"):
+        robustness.decode_correct("1001")
+    with pytest.raises(ValueError, match="do not match"):
+        robustness.accuracy_record("m", "clean", None, 4, 0.75, correct)
 
 
 def test_a_bad_attack_fails_before_the_model_is_loaded(tmp_path):

@@ -53,9 +53,9 @@ def test_streaming_over_batches_equals_one_batch(tiny_vgg):
     assert list(whole) == [f"conv{i}" for i in range(1, 14)] + ["fc"]
     for name in whole:
         np.testing.assert_allclose(whole[name], streamed[name], rtol=1e-5, atol=1e-7)
-    # Brute force for one layer: per-pair channel distances from a plain forward pass.
+    # Brute force for one layer: per-pair channel distances from a plain forward pass, at the default site.
     feats = {}
-    handle = tiny_vgg.features.conv5.register_forward_hook(lambda m, i, o: feats.setdefault("o", []).append(o))
+    handle = tiny_vgg.features.bn5.register_forward_hook(lambda m, i, o: feats.setdefault("o", []).append(o))
     with torch.no_grad():
         tiny_vgg(clean), tiny_vgg(adv)
     handle.remove()

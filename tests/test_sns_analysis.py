@@ -130,14 +130,18 @@ def test_findings_render_and_extension(tmp_path):
         Section("B", [Claim("z holds", None, "no data")], note="a note"),
     ]
     text = render_findings(sections, title="Findings")
-    assert "supported by this run: 1; not supported: 1; not checked: 1" in text
-    assert "- **yes** — x holds (TIP Fig 1). 3 of 3" in text and "- **not checked** — z holds. no data" in text
+    assert "supported by this run: 1; contradicted: 1; within noise: 0; not checked: 1" in text
+    assert "- **supported** — x holds (TIP Fig 1). 3 of 3" in text and "- **contradicted** — y holds" in text and "- **not checked** — z holds. no data" in text
     write_sections_json([Section("Defenses", [Claim("d holds", True, "ok")])], tmp_path / "extra.json")
     full = write_findings(sections, tmp_path / "f.md", tmp_path / "f.json", extra_sections=[tmp_path / "extra.json"])
     assert full.index("## Defenses") > full.index("## B") and (tmp_path / "f.md").read_text() == full
     assert [s.title for s in read_sections_json(tmp_path / "f.json")] == ["A", "B", "Defenses"]
     with pytest.raises(ValueError, match="'supported' must be"):
         Claim.from_dict({"text": "t", "supported": "yes"})
+    with pytest.raises(ValueError, match="outcome must be one of"):
+        Claim("t", None, "", outcome="maybe")
+    noisy = Claim("w holds", None, "2 vs 1 discordant", outcome="within noise")
+    assert Claim.from_dict(noisy.to_dict()).verdict == "within noise"
 
 
 def test_claims_suppression_verdicts():
@@ -249,6 +253,6 @@ def test_sns_findings_wires_every_section(tmp_path):
         sensitivity_summaries={"vgg16": tmp_path / "sens.csv"},
     )
     assert "## Suppressing sensitive neurons — m" in text and "## Sensitivity ratios — vgg16" in text
-    assert "- **yes** — Error amplification: under linf_pgd at the largest strength the ratio of the sensitive" in text
-    assert "- **yes** — pat has lower mean neuron sensitivity than vanilla in every layer" in text
-    assert "- **no** — Suppressing sensitive channels lowers clean accuracy faster" in text  # equal, not lower
+    assert "- **supported** — Error amplification: under linf_pgd at the largest strength the ratio of the sensitive" in text
+    assert "- **supported** — pat has lower mean neuron sensitivity than vanilla in every layer" in text
+    assert "- **contradicted** — Suppressing sensitive channels lowers clean accuracy faster" in text  # equal, not lower

@@ -31,9 +31,9 @@ def test_every_stage_produced_its_outputs(tiny_run):
 
 def test_sensitivity_outputs_cover_every_layer(tiny_run):
     (data_dir,) = [p for p in (tiny_run / "results").iterdir() if p.name.startswith("digits~")]
-    tables = sorted((data_dir / "sensitivity").glob("*/pgd~*/sensitivity_tip.csv"))
+    tables = sorted((data_dir / "sensitivity").glob("*/pgd~*/sensitivity_tip_bn.csv"))
     assert len(tables) == 4 + 8  # the defense models' feed the sensitivity-by-training figure
-    tables = [t for t in tables if t.with_name("top10pct_tip.csv").exists()]
+    tables = [t for t in tables if t.with_name("top10pct_tip_bn.csv").exists()]
     assert len(tables) == 4
     for table_path in tables:
         table = pd.read_csv(table_path)
@@ -43,8 +43,8 @@ def test_sensitivity_outputs_cover_every_layer(tiny_run):
         else:
             assert {"conv1", "l1b1c1", "l4b2c2", "fc"} <= set(table.layer)
         assert (table.sensitivity >= 0).all() and table.sensitivity.max() > 0
-        top10 = pd.read_csv(table_path.with_name("top10pct_tip.csv"))
-        top50 = pd.read_csv(table_path.with_name("top50pct_tip.csv"))
+        top10 = pd.read_csv(table_path.with_name("top10pct_tip_bn.csv"))
+        top50 = pd.read_csv(table_path.with_name("top50pct_tip_bn.csv"))
         assert len(top50) > len(top10) >= table.layer.nunique()
         first = table[table.layer == "fc"].sensitivity.max()
         assert top10[top10.layer == "fc"].sensitivity.iloc[0] == pytest.approx(first)
@@ -90,11 +90,11 @@ def test_sns_analyses_and_findings(tiny_run):
         assert table.spearman.between(-1, 1).all() and table.levenshtein_similarity.between(0, 1).all()
     assert len(list(sns.glob("*/targeted~*/layer_similarity_top10pct.csv"))) == 4
     # suppression on the vanilla models only; ratio reports and Fig 10 curves per architecture
-    assert sorted(p.parent.parent.name.split("~")[0] for p in sns.glob("*/pgd~*-tip/suppression~*_summary.csv")) == [
+    assert sorted(p.parent.parent.name.split("~")[0] for p in sns.glob("*/pgd~*-tip_bn/suppression~*_summary.csv")) == [
         "resnet18-vanilla", "vgg16-vanilla"]
     for arch in ("vgg16", "resnet18"):
-        assert len(list((sns / arch).glob("pgd~*-tip/ratios~*_table_ii.csv"))) == 1
-        assert len(list((sns / arch).glob("pgd~*/sensitivity_curves_tip.png"))) == 1
+        assert len(list((sns / arch).glob("pgd~*-tip_bn/ratios~*_table_ii.csv"))) == 1
+        assert len(list((sns / arch).glob("pgd~*/sensitivity_curves_tip_bn.png"))) == 1
     findings = (tiny_run / "results" / "findings.md").read_text()
     assert "Claims supported by this run" in findings and "vgg16" in findings and "resnet18" in findings
 
@@ -127,7 +127,7 @@ def test_psn_scores_and_analyses_on_the_vanilla_models(tiny_run):
         (heatmap,) = d.glob("heatmaps~*/*.png")
         assert heatmap.stem == {"vgg16": "conv13", "resnet18": "l4b2add"}[arch]
         assert heatmap.read_bytes()[:4] == b"\x89PNG"
-        (agreement,) = d.glob("agreement_pgd~*-tip_top10pct.csv")
+        (agreement,) = d.glob("agreement_pgd~*-tip_bn_top10pct.csv")
         agree = pd.read_csv(agreement)
         assert agree.jaccard.between(0, 1).all() and len(agree) == len(PSN_LAYERS[arch])
 
@@ -208,9 +208,9 @@ def test_html_report_holds_every_table_with_its_caption(tiny_run):
     html = (tiny_run / "report.html").read_text()
     assert "robustness.csv" in html and "Accuracy (%) of every model on the digits test split" in html
     assert "robustness_settings.csv" in html and "pgd_sweep_steps.png" in html and "pgd_sweep_eps.png" in html
-    assert "findings.md" in html and "sensitivity_curves_tip.png" in html
-    assert html.count("sensitivity_tip.csv") >= 4 and "divided by the map size (TIP Eq 1)" in html
-    assert "top10pct_tip.csv" in html and "top50pct_tip.csv" in html
+    assert "findings.md" in html and "sensitivity_curves_tip_bn.png" in html
+    assert html.count("sensitivity_tip_bn.csv") >= 4 and "divided by the map size (TIP Eq 1)" in html
+    assert "top10pct_tip_bn.csv" in html and "top50pct_tip_bn.csv" in html
     assert "top1-10pct.csv.gz" in html and "propagation-sensitive units" in html
     assert "final_robustness.csv" in html and "sensitivity_by_training_vgg16.png" in html
     assert "IG-Defense analysis" in html and "relative change (adversarial vs clean)" in html

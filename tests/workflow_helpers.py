@@ -1,5 +1,6 @@
 """Running the real snakemake command line on the workflow from tests."""
 
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -30,3 +31,21 @@ def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
         elif in_table and parts and parts[0] == "total":
             break
     return counts
+
+
+def effective_config(workdir: Path, *configfiles: Path) -> dict:
+    """The config the workflow runs with, as Snakemake itself builds it (Snakefile parsed, schema defaults
+    filled) when started in `workdir` with `--configfile` *configfiles (none: the workflow's config.yaml)."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
+
+    with SnakemakeApi(OutputSettings(quiet=None)) as api:
+        workflow = api.workflow(ResourceSettings(), ConfigSettings(configfiles=[Path(p) for p in configfiles]),
+                                snakefile=ROOT / "Snakefile", workdir=Path(workdir))
+        return copy.deepcopy(workflow._workflow.config)
+
+
+def overlay(workdir: Path, override: Path | str) -> list[str]:
+    """Command-line options that run `workdir`'s config.yaml with `override` merged on top: a config file on
+    the command line replaces config.yaml, so both are named, in order (the README's way to combine files)."""
+    return ["--configfile", str(Path(workdir) / "config.yaml"), str(override)]

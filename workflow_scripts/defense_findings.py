@@ -7,7 +7,10 @@ smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])
 defense_findings(
     final_csv=smk.input.final,
+    settings_csv=smk.input.settings,
+    record_csvs=list(smk.input.records),
     sensitivity_csvs=dict(zip(smk.params.archs, smk.input.sensitivity)),
+    trainings=smk.params.trainings,
     out_json=smk.output[0],
     transfer_csv=smk.input.get("transfer"),
 )

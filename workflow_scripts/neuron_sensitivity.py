@@ -9,8 +9,9 @@ runtime.setup(smk.threads)
 sensitivity_from_pairs(
     model_path=smk.input.model,
     pairs_path=smk.input.pairs,
-    normalise=smk.wildcards.form == "tip",
+    normalise=smk.params.normalise,
     batch_size=smk.params.batch_size,
     out_csv=smk.output.table,
     meta_path=smk.output.meta,
+    site=smk.params.site,
 )

@@ -63,7 +63,18 @@ def validate_config(config: dict) -> dict:
         lines = [f"config key '{_path_of(e)}': {e.message}" for e in errors[:10]]
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
     check_references(config)
+    _sns_site_from_sensitivity(config)
     return config
+
+
+def _sns_site_from_sensitivity(config: dict) -> None:
+    """An SNS training without its own `site` chooses and stabilises channels where the run measures
+    sensitivity (sensitivity.site), so the channels it stabilises are the ones the analyses call sensitive.
+    Filled in like a schema default, so the site is part of the model's settings and of its id."""
+    site = config["sensitivity"]["site"]
+    for training in config["training"].values():
+        if training["method"] == "sns":
+            training.setdefault("site", site)
 
 
 def check_references(config: dict) -> None:
@@ -109,6 +120,9 @@ def check_references(config: dict) -> None:
             raise ConfigError(f"config key 'defenses.training[{i}]': training {name!r} is not defined under 'training'")
     for name, training in config["training"].items():
         _check_training(config, name, training)
+    layer_range = config.get("sns_layer_range", {})
+    if layer_range.get("enabled", False):
+        _check_sns_layer_range(layer_range, config)
     ms = config.get("meansparse", {})
     if ms.get("enabled", False):
         known = set(config["models"]["training"]) | set(config.get("defenses", {}).get("training", []))
@@ -136,7 +150,8 @@ CONV_LAYERS = {
     "vgg16": [f"conv{i}" for i in range(1, 14)],
     "resnet18": ["conv1"] + [f"l{s}b{b}c{c}" for s in range(1, 5) for b in (1, 2) for c in (1, 2)],
 }
-SNS_ONLY = ("base", "variant", "sns_lambda", "sns_layers", "top_percent", "select_images", "dyn_images", "repeat")
+SNS_ONLY = ("base", "variant", "sns_lambda", "sns_layers", "top_percent", "select_images", "dyn_images", "repeat",
+            "site")
 
 
 def _check_training(config: dict, name: str, training: dict) -> None:
@@ -236,6 +251,24 @@ def _check_transfer(config: dict) -> None:
                               f"{', '.join(ig['attacks'])}), so there is no white-box cell to compare with")
 
 
+def _check_sns_layer_range(layer_range: dict, config: dict) -> None:
+    name = layer_range["training"]
+    if name not in config.get("defenses", {}).get("training", []):
+        raise ConfigError(f"config key 'sns_layer_range.training': {name!r} is not in defenses.training")
+    if config["training"][name]["method"] != "sns":
+        raise ConfigError(f"config key 'sns_layer_range.training': {name!r} is not an SNS training (method sns)")
+    for arch in config["models"]["architectures"]:
+        firsts = layer_range["first_layers"].get(arch)
+        if not firsts:
+            raise ConfigError(f"config key 'sns_layer_range.first_layers': no first layers for architecture {arch!r}")
+        for i, layer in enumerate(firsts):
+            if layer not in CONV_LAYERS[arch]:
+                raise ConfigError(f"config key 'sns_layer_range.first_layers.{arch}[{i}]': {layer!r} is not a conv "
+                                  f"layer of {arch} ({', '.join(CONV_LAYERS[arch])})")
+    for i, attack in enumerate(layer_range["attacks"]):
+        _check_attack(config["attacks"], attack, f"sns_layer_range.attacks[{i}]")
+
+
 def _check_attack(attacks: dict, name: str, key: str) -> None:
     if name not in attacks:
         raise ConfigError(f"config key '{key}': attack {name!r} is not defined under 'attacks' "
@@ -315,6 +348,42 @@ def defense_entries(config: dict) -> dict[str, dict]:
     trained, evaluated in the final robustness tables, measured for the sensitivity figure."""
     names = [n for n in config.get("defenses", {}).get("training", []) if n not in config["models"]["training"]]
     return _entries(config, names)
+
+
+def sns_layer_range_models(config: dict) -> list[dict]:
+    """The models of the SNS layer-range sweep, one per (architecture, first stabilised layer), in order:
+    {model_id, arch, first_layer, layers, entry}. `entry` is None for the range of the swept training itself
+    (its model is the defense model of that training); otherwise the settings of an extra fine-tuning."""
+    from .sns_training import DEFAULT_LAYERS
+
+    sweep = config.get("sns_layer_range", {})
+    if not sweep.get("enabled", False):
+        return []
+    name = sweep["training"]
+    training = config["training"][name]
+    out = []
+    for arch in config["models"]["architectures"]:
+        own = list((training.get("sns_layers") or {}).get(arch) or DEFAULT_LAYERS[arch])
+        order = CONV_LAYERS[arch]
+        for first in sorted(sweep["first_layers"][arch], key=order.index):
+            layers = order[order.index(first):]
+            if layers == own:
+                params = _model_params(config, arch, name)
+                out.append({"model_id": make_id(f"{arch}-{name}", params), "arch": arch, "first_layer": first,
+                            "layers": layers, "entry": None})
+                continue
+            variant = {**training, "sns_layers": {arch: layers}}
+            train_name = f"{name}_from_{first}"
+            params = {"arch": arch, "width": config["architectures"][arch]["width"], "training": variant,
+                      "seed": config["seed"], "base": _model_params(config, arch, training["base"])}
+            out.append({"model_id": make_id(f"{arch}-{train_name}", params), "arch": arch, "first_layer": first,
+                        "layers": layers, "entry": {**params, "training_name": train_name}})
+    return out
+
+
+def sns_layer_range_entries(config: dict) -> dict[str, dict]:
+    """model id -> settings of the extra fine-tunings of the SNS layer-range sweep (trained like defense models)."""
+    return {m["model_id"]: m["entry"] for m in sns_layer_range_models(config) if m["entry"] is not None}
 
 
 def meansparse_entries(config: dict) -> dict[str, dict]:

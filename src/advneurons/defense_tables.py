@@ -153,14 +153,112 @@ def _row(final: pd.DataFrame, arch: str, training: str) -> pd.Series | None:
     return rows.iloc[0] if len(rows) else None
 
 
-def _compare(better: pd.Series, worse: pd.Series, column: str) -> tuple[bool, str]:
-    a, b = float(better[column]), float(worse[column])
-    return a > b, f"{column}: {better['model']} {a:.2f}% vs {worse['model']} {b:.2f}%"
+class PerImage:
+    """Per-image results behind the cells of the final table: (model label, column label) -> bool vector.
+
+    The final table's settings file names the attack of every cell; the evaluate_attack records hold the
+    per-image results of that attack (robustness.RECORD_COLUMNS, correct_by_image)."""
+
+    def __init__(self, records: pd.DataFrame, settings: pd.DataFrame):
+        from .robustness import CLEAN, decode_correct
+
+        by_attack = {(r.model, r.attack): decode_correct(r.correct_by_image) for r in records.itertuples()}
+        self.cells = {}
+        for r in settings.itertuples():
+            vector = by_attack.get((r.model, r.attack))
+            if vector is not None and len(vector):
+                self.cells[(r.model, r.column)] = vector
+        for (model, attack), vector in by_attack.items():
+            if attack == CLEAN and len(vector):
+                self.cells.setdefault((model, "Clean"), vector)
+
+    def get(self, model: str, column: str):
+        return self.cells.get((model, column))
+
+    def shared_columns(self, models: list[str], columns: list[str]) -> list[str]:
+        """Columns where every model has per-image results on the same number of images."""
+        out = []
+        for column in columns:
+            vectors = [self.get(m, column) for m in models]
+            if all(v is not None for v in vectors) and len({len(v) for v in vectors}) == 1:
+                out.append(column)
+        return out
 
 
-def _transfer_claims(transfer: pd.DataFrame, defended: pd.Series, label: str) -> list:
-    """Whether a defended model's gain over its base model survives the base model's transferred examples."""
+def paired_claim(text: str, source: str, claim: str, a_models: list[str], b_model: str, columns: list[str],
+                 per_image: PerImage, final: pd.DataFrame):
+    """One claim comparing model(s) A with model B over every attack column both were evaluated under,
+    decided by an exact McNemar test on the shared test images (advneurons.paired_stats).
+
+    The verdict pools the columns (and, for a group of repeats such as SNS-rand, the repeats) as paired
+    observations; the evidence gives each column's accuracies and verdict. `claim` is a paired_stats claim
+    ("a_better", "b_better", "a_not_worse", "about_equal")."""
+    import numpy as np
+
     from .findings import Claim
+    from .paired_stats import decide, decide_pooled
+
+    shared = per_image.shared_columns([*a_models, b_model], columns)
+    if not shared:
+        return Claim(text, None, f"no per-image results shared by {', '.join(a_models)} and {b_model}", source)
+    acc = final.set_index("model")
+    parts = []
+    for column in shared:
+        a_vectors = [per_image.get(m, column) for m in a_models]
+        b_vector = per_image.get(b_model, column)
+        verdict = (decide(a_vectors[0], b_vector, claim) if len(a_models) == 1
+                   else decide_pooled(a_vectors, b_vector, claim))
+        a_acc = np.mean([acc.loc[m, column] for m in a_models])
+        parts.append(f"{column} {a_acc:.1f} vs {acc.loc[b_model, column]:.1f} ({verdict.label})")
+    a_all = [np.concatenate([per_image.get(m, c) for c in shared]) for m in a_models]
+    b_all = np.concatenate([per_image.get(b_model, c) for c in shared])
+    verdict = decide(a_all[0], b_all, claim) if len(a_models) == 1 else decide_pooled(a_all, b_all, claim)
+    a_name = a_models[0] if len(a_models) == 1 else f"mean of {', '.join(a_models)}"
+    clean = ""
+    if "Clean" in acc.columns:
+        clean = f"; clean {np.mean([acc.loc[m, 'Clean'] for m in a_models]):.1f} vs {acc.loc[b_model, 'Clean']:.1f}"
+    evidence = f"{a_name} vs {b_model} (%): " + "; ".join(parts) + clean + f"; pooled over {len(shared)} column(s)"
+    return Claim.decided(text, verdict, evidence, source)
+
+
+def _variant_models(block: pd.DataFrame, trainings: dict, variant: str) -> list[str]:
+    return [r.model for r in block.itertuples() if (trainings.get(r.training) or {}).get("method") == "sns"
+            and (trainings.get(r.training) or {}).get("variant", "sen") == variant]
+
+
+def _method_models(block: pd.DataFrame, method: str) -> list[str]:
+    return [r.model for r in block.itertuples() if r.method == method]
+
+
+# The defense claims with the papers' signs: (A variant or method, relation, B, source, wording).
+# "a_better": A beats B; "b_better": B beats A; "a_not_worse": A >= B; "about_equal": A ~ B.
+PAPER_DEFENSE_CLAIMS = (
+    (("sns", "sen"), "a_better", ("method", "pat"), "TIP V-C, Table III", "SNS-sen beats PAT"),
+    (("sns", "sen"), "a_better", ("method", "alp"), "TIP V-C, Table III", "SNS-sen beats ALP"),
+    (("sns", "sen"), "a_better", ("sns", "all"), "TIP V-C, Table III", "SNS-sen beats SNS-all"),
+    (("sns", "rand"), "b_better", ("sns", "sen"), "TIP V-C, Table III", "SNS-sen beats the mean of SNS-rand"),
+    (("sns", "rand"), "b_better", ("method", "pat"), "TIP V-C, Table III",
+     "SNS-rand is worse than PAT (\"behaves even worse than the original PAT model\")"),
+    (("sns", "dyn"), "about_equal", ("sns", "sen"), "TIP V-C, Table III", "SNS-dyn is about as robust as SNS-sen"),
+    (("sns", "cls"), "a_better", ("method", "nat"), "ECCV Table 1", "SNS-cls beats NAT"),
+    (("sns", "cls"), "a_better", ("method", "eat"), "ECCV Table 1", "SNS-cls beats EAT"),
+    (("sns", "cls"), "b_better", ("method", "pat"), "ECCV Table 1", "SNS-cls stays below PAT"),
+    (("method", "pat"), "a_not_worse", ("method", "alp"), "TIP Table III", "PAT is at least as robust as ALP"),
+)
+
+
+def _members(block: pd.DataFrame, trainings: dict, kind: tuple[str, str]) -> list[str]:
+    family, name = kind
+    return _variant_models(block, trainings, name) if family == "sns" else _method_models(block, name)
+
+
+def _transfer_claims(transfer: pd.DataFrame, defended: pd.Series, label: str, per_image: PerImage) -> list:
+    """Whether a defended model's gain over its base model survives the base model's transferred examples:
+    per image, the defended model counts as robust only if it resists both its own white-box attack and the
+    base model's examples; that is compared with the base model's white-box results (exact McNemar)."""
+    from .findings import Claim
+    from .paired_stats import decide
+    from .robustness import decode_correct
 
     claims = []
     for row in transfer[transfer.model == defended["model"]].itertuples():
@@ -168,58 +266,68 @@ def _transfer_claims(transfer: pd.DataFrame, defended: pd.Series, label: str) ->
                     f"{100 * row.defended_whitebox:.2f}%, on {row.base}'s adversarial examples "
                     f"{100 * row.defended_transfer:.2f}% ({row.n_transfer} images); gain {100 * row.whitebox_gain:+.2f} "
                     f"points white-box, {100 * row.bounded_gain:+.2f} at the lower of the two")
-        claims.append(Claim(
-            f"{label}'s {row.column} gain over {row.base} survives the adversarial examples transferred from "
-            f"{row.base} (read as: the lower of its white-box and transfer accuracies is above {row.base}'s)",
-            bool(row.bounded_gain > 0), evidence, "transfer check (gradient masking)"))
+        text = (f"{label}'s {row.column} gain over {row.base} survives the adversarial examples transferred from "
+                f"{row.base} (an image counts as robust only if both attacks fail on it)")
+        whitebox = per_image.get(row.model, row.column)
+        base = per_image.get(row.base, row.column)
+        transferred = decode_correct(getattr(row, "transfer_correct_by_image", None))
+        if whitebox is None or base is None or len(transferred) != len(whitebox) or len(base) != len(whitebox):
+            claims.append(Claim(text, None, evidence + "; per-image results do not line up: not tested",
+                                "transfer check (gradient masking)"))
+            continue
+        claims.append(Claim.decided(text, decide(whitebox & transferred, base, "a_better"), evidence,
+                                    "transfer check (gradient masking)"))
     return claims
 
 
-def defense_claims(final_csv: Path, sensitivity_csvs: dict[str, Path], robust_column: str = "L-inf PGD",
-                   sns_layers: dict[str, list[str]] | None = None, transfer_csv: Path | None = None) -> list:
-    """Findings sections (advneurons.findings) on the defenses, from the final table, the per-layer
-    sensitivity of every model (architecture -> sensitivity_by_training CSV) and, when given, the transfer
-    check of the defended models (advneurons.transfer)."""
+def defense_claims(final_csv: Path, sensitivity_csvs: dict[str, Path], record_csvs: list[Path], settings_csv: Path,
+                   trainings: dict, sns_layers: dict[str, list[str]] | None = None,
+                   transfer_csv: Path | None = None) -> list:
+    """Findings sections (advneurons.findings) on the defenses: the papers' defense claims with their signs,
+    each decided by a paired test on the shared test images over every attack column of the final table;
+    the post-training defenses against their base models; and the per-layer sensitivity of the fine-tuned
+    layers. `trainings` is the config's training section (to know each SNS variant)."""
     from .findings import Claim, Section
     from .sns_training import DEFAULT_LAYERS
 
     final = pd.read_csv(final_csv)
+    final = final[final.training.astype(str) != ""].dropna(subset=["training"])  # drop group mean/std rows
+    per_image = PerImage(read_records([Path(p) for p in record_csvs]), pd.read_csv(settings_csv))
     transfer = pd.read_csv(transfer_csv) if transfer_csv is not None else None
     layers = sns_layers or DEFAULT_LAYERS
     sections = []
-    attack_columns = [c for c in final.columns[4:] if c != "Clean"]  # means skip empty (not run) cells
+    attack_columns = [c for c in final.columns[4:] if c != "Clean"]
     for arch in dict.fromkeys(final.arch):
         claims = []
         block = final[final.arch == arch]
-        pat, alp = _row(final, arch, "pat"), _row(final, arch, "alp")
-        sns_rows = block[block.method == "sns"]
-        for _, sns in sns_rows.iterrows():
-            for other, source in ((pat, "TIP Table III"), (alp, "TIP Table III")):
-                if other is None:
-                    continue
-                ok, evidence = _compare(sns, other, robust_column)
-                mean_sns = sns[attack_columns].mean()
-                mean_other = other[attack_columns].mean()
-                evidence += (f"; mean over the attack suite ({', '.join(attack_columns)}): "
-                             f"{mean_sns:.2f}% vs {mean_other:.2f}%; clean {sns['Clean']:.2f}% vs {other['Clean']:.2f}%")
-                claims.append(Claim(f"{sns['training']} is more robust than {other['training']} under {robust_column}",
-                                    ok, evidence, source))
+        for a_kind, relation, b_kind, source, wording in PAPER_DEFENSE_CLAIMS:
+            a_models, b_models = _members(block, trainings, a_kind), _members(block, trainings, b_kind)
+            if not a_models or not b_models:
+                continue
+            # a group of repeats (SNS-rand) is pooled; other kinds have one model per architecture
+            groups = [a_models] if a_kind == ("sns", "rand") else [[m] for m in a_models]
+            for a_group in groups:
+                for b_model in b_models:
+                    if b_kind == ("sns", "rand"):
+                        continue
+                    claims.append(paired_claim(f"{wording}: {' + '.join(a_group)} vs {b_model} over the attack suite",
+                                               source, relation, a_group, b_model, attack_columns, per_image, final))
         for method, (label, suffix) in DEFENDED_METHODS.items():
             for _, defended in block[block.method == method].iterrows():
                 base = _row(final, arch, defended["training"].removesuffix(suffix))
                 if base is None:
                     continue
-                drop = float(base["Clean"]) - float(defended["Clean"])
                 # AutoAttack too where it was run: a gain under PGD alone can be gradient masking.
-                for column in dict.fromkeys([robust_column, "AutoAttack"]):
+                for column in ("L-inf PGD", "AutoAttack"):
                     if column not in final.columns or pd.isna(defended[column]) or pd.isna(base[column]):
                         continue
-                    ok, evidence = _compare(defended, base, column)
-                    claims.append(Claim(f"{label} raises the {column} accuracy of {base['training']}", ok,
-                                        f"{evidence}; clean accuracy drop {drop:.2f} points", label))
+                    claims.append(paired_claim(f"{label} raises the {column} accuracy of {base['training']}", label,
+                                               "a_better", [defended["model"]], base["model"], [column], per_image,
+                                               final))
                 if transfer is not None:
-                    claims += _transfer_claims(transfer, defended, label)
+                    claims += _transfer_claims(transfer, defended, label, per_image)
         sens_path = sensitivity_csvs.get(arch)
+        sns_rows = block[block.method == "sns"]
         if sens_path is not None and len(sns_rows):
             sens = pd.read_csv(sens_path)
             top = sens[sens.layer.isin(layers.get(arch, []))]
@@ -233,16 +341,20 @@ def defense_claims(final_csv: Path, sensitivity_csvs: dict[str, Path], robust_co
                             f"mean sensitivity over {', '.join(layers.get(arch, []))}: {means[training]:.4g} vs "
                             f"{means[other]:.4g}", "TIP Fig 17"))
         sections.append(Section(f"Defenses — {arch}", claims, note=(
-            "From results/tables/final_robustness.csv (accuracy %, same test images per column for every model) and "
-            "the per-layer sensitivity figures. One run, one seed per model: small differences are within noise.")))
+            "Accuracy comparisons are decided on the shared test images: exact McNemar test on the images one "
+            "model gets right and the other wrong (alpha 0.05), pooled over the attack columns both models were "
+            "evaluated under (and over the SNS-rand repeats); each column's verdict is in the evidence. "
+            "\"About equal\" needs the 95% interval of the paired difference inside +/-2 points. Pooled p-values "
+            "are approximate: the same images appear in every column.")))
     return sections
 
 
-def defense_findings(final_csv: Path, sensitivity_csvs: dict[str, Path], out_json: Path,
-                     robust_column: str = "L-inf PGD", transfer_csv: Path | None = None) -> list:
+def defense_findings(final_csv: Path, settings_csv: Path, record_csvs: list[Path], sensitivity_csvs: dict[str, Path],
+                     trainings: dict, out_json: Path, transfer_csv: Path | None = None) -> list:
     """Workflow step: the defense claims as a findings sections file (appended to results/findings.md)."""
     from .findings import write_sections_json
 
-    sections = defense_claims(final_csv, sensitivity_csvs, robust_column, transfer_csv=transfer_csv)
+    sections = defense_claims(final_csv, sensitivity_csvs, record_csvs, settings_csv, trainings,
+                              transfer_csv=transfer_csv)
     write_sections_json(sections, out_json)
     return sections

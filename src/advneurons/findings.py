@@ -17,16 +17,34 @@ from typing import Iterable, Sequence
 from .runtime import atomic_path, write_json
 
 
+# What a claim's verdict can be. Claims that compare accuracies on shared images are decided by a paired test
+# (advneurons.paired_stats) and may read "within noise"; a claim decided otherwise is supported or contradicted.
+VERDICTS = ("supported", "contradicted", "within noise", "not checked")
+
+
 @dataclass
 class Claim:
     text: str  # the paper's claim as this run tests it
-    supported: bool | None  # None: not checkable with the data at hand
-    evidence: str  # the numbers behind the verdict
+    supported: bool | None  # None: not checked, or within noise when `outcome` says so
+    evidence: str  # the numbers behind the verdict (with the test statistic where one decided it)
     source: str = ""  # where the paper makes the claim, e.g. "TIP Fig 9"
+    outcome: str | None = None  # one of VERDICTS; None: read from `supported`
+
+    def __post_init__(self):
+        if self.outcome is not None and self.outcome not in VERDICTS:
+            raise ValueError(f"claim {self.text!r}: outcome must be one of {', '.join(VERDICTS)}, got {self.outcome!r}")
 
     @property
     def verdict(self) -> str:
-        return {True: "yes", False: "no", None: "not checked"}[self.supported]
+        if self.outcome is not None:
+            return self.outcome
+        return {True: "supported", False: "contradicted", None: "not checked"}[self.supported]
+
+    @classmethod
+    def decided(cls, text: str, verdict, evidence: str, source: str = "") -> "Claim":
+        """A claim decided by a paired test: `verdict` is an advneurons.paired_stats.Verdict."""
+        supported = {"supported": True, "contradicted": False}.get(verdict.label)
+        return cls(text, supported, f"{evidence}; {verdict.statistic}", source, verdict.label)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -41,6 +59,7 @@ class Claim:
             supported=supported,
             evidence=str(data.get("evidence", "")),
             source=str(data.get("source", "")),
+            outcome=data.get("outcome"),
         )
 
 
@@ -63,7 +82,7 @@ class Section:
 
 
 def verdict_counts(sections: Iterable[Section]) -> dict[str, int]:
-    counts = {"yes": 0, "no": 0, "not checked": 0}
+    counts = dict.fromkeys(VERDICTS, 0)
     for section in sections:
         for claim in section.claims:
             counts[claim.verdict] += 1
@@ -77,8 +96,10 @@ def render_findings(sections: Sequence[Section], title: str = "Findings", preamb
     if preamble.strip():
         lines += [preamble.strip(), ""]
     lines += [
-        f"Claims supported by this run: {counts['yes']}; not supported: {counts['no']}; "
-        f"not checked: {counts['not checked']}.",
+        f"Claims supported by this run: {counts['supported']}; contradicted: {counts['contradicted']}; "
+        f"within noise: {counts['within noise']}; not checked: {counts['not checked']}. Claims that compare "
+        "accuracies are decided on the shared test images with an exact McNemar test (alpha 0.05) or a paired "
+        "interval; the statistic follows each.",
         "",
     ]
     for section in sections:

@@ -2,8 +2,14 @@
 
 Every model takes images in [0, 1] and normalises them itself, so attacks work in pixel space.
 Layers carry the names the papers use (VGG: conv1..conv13, fc; ResNet: conv1, l1b1c1..l4b2c2, fc),
-and `model.layers()` maps those names to modules, so analyses address layers by name. The ReLU after
+and `model.layers(site)` maps those names to modules, so analyses address layers by name. The ReLU after
 each scored layer is a module of its own so that hooks can read activations after it.
+
+A layer's output can be read at three measurement sites (`SITES`): the bias-free conv output ("conv"),
+its BatchNorm output ("bn") or the ReLU after it ("relu"). The names stay the same at every site; only
+the module whose output is read changes. The conv output has no fixed scale: BatchNorm divides any
+per-channel scale of the conv weights away, so distances measured there (neuron sensitivity, SNS's
+stability loss) depend on an arbitrary weight scale. "bn" is therefore the default measurement site.
 
 No Dropout anywhere: the papers' CIFAR nets need none and auto_LiRPA 0.3 cannot parse it.
 """
@@ -24,6 +30,24 @@ NORMALISATION = {
 }
 
 _VGG16_PLAN = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+SITES = ("conv", "bn", "relu")
+DEFAULT_SITE = "bn"
+
+
+def check_site(site: str) -> str:
+    """`site` if it is one of `SITES`, else a ValueError naming them."""
+    if site not in SITES:
+        raise ValueError(f"unknown measurement site {site!r}; choose one of {', '.join(SITES)}")
+    return site
+
+
+def layer_channels(model: nn.Module) -> "OrderedDict[str, int]":
+    """Channel count of every named layer (output units for fc); the same at every site."""
+    return OrderedDict(
+        (name, module.out_channels if isinstance(module, nn.Conv2d) else module.out_features)
+        for name, module in model.layers("conv").items()
+    )
 
 
 def scaled(channels: int, width: float) -> int:
@@ -70,8 +94,13 @@ class VGG16(nn.Module):
     def forward(self, x):
         return self.fc(self.flatten(self.features(self.normalize(x))))
 
-    def layers(self) -> "OrderedDict[str, nn.Module]":
-        named = OrderedDict((f"conv{i}", getattr(self.features, f"conv{i}")) for i in range(1, 14))
+    def layers(self, site: str = "conv") -> "OrderedDict[str, nn.Module]":
+        """convK -> features.convK, features.bnK or features.reluK by `site`; fc -> fc at every site.
+
+        The default is the conv modules themselves, for callers that need their weights or channel counts.
+        """
+        check_site(site)
+        named = OrderedDict((f"conv{i}", getattr(self.features, f"{site}{i}")) for i in range(1, 14))
         named["fc"] = self.fc
         return named
 
@@ -140,14 +169,24 @@ class ResNet18(nn.Module):
             for b, block in enumerate(getattr(self, f"layer{stage}"), start=1):
                 yield f"l{stage}b{b}", block
 
-    def layers(self) -> "OrderedDict[str, nn.Module]":
-        named = OrderedDict(conv1=self.conv1)
+    def layers(self, site: str = "conv") -> "OrderedDict[str, nn.Module]":
+        """The named layers' modules at `site`; the default is the conv modules themselves, for callers that
+        need their weights or channel counts.
+
+        conv1 (stem) -> conv1 / bn1 / relu1; l{s}b{b}c1 -> block.conv1 / bn1 / relu1; l{s}b{b}c2 ->
+        block.conv2 / bn2 / relu2, where relu2 acts after the residual add, so the relu site of c2 is the
+        block's output (shortcut included); l{s}b1sc (the shortcut's 1x1 projection) -> shortcut.conv /
+        shortcut.bn / shortcut.bn, as the projection has no ReLU of its own (its BatchNorm output enters the
+        add); fc -> fc at every site.
+        """
+        check_site(site)
+        named = OrderedDict(conv1=getattr(self, f"{site}1"))
         for prefix, block in self.blocks():
-            named[f"{prefix}c1"] = block.conv1
-            named[f"{prefix}c2"] = block.conv2
+            named[f"{prefix}c1"] = getattr(block, f"{site}1")
+            named[f"{prefix}c2"] = getattr(block, f"{site}2")
             if not isinstance(block.shortcut, nn.Identity):
                 # Not named in the papers; "sc" marks the 1x1 projection of the shortcut.
-                named[f"{prefix}sc"] = block.shortcut.conv
+                named[f"{prefix}sc"] = block.shortcut.conv if site == "conv" else block.shortcut.bn
         named["fc"] = self.fc
         return named
 

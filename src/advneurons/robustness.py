@@ -35,8 +35,11 @@ log = logging.getLogger(__name__)
 CLEAN = "clean"
 RECORD_COLUMNS = (
     "model", "attack", "attack_type", "threat", "eps_255", "steps", "step_size_255", "description", "config",
-    "n_images", "accuracy",
+    "n_images", "accuracy", "correct_by_image",
 )
+# correct_by_image: one character per evaluated image, in the order of the seeded test subset, "y" where the
+# model still classifies the image correctly, "n" where not (letters, so that no CSV reader takes it for a number). Models evaluated with the same subset size and seed see the same
+# images, so two records can be compared image by image (paired tests in the claims).
 # TIP Table III: column label -> attack type that fills it.
 TABLE_III_TYPES = {
     "C&W": "cw_l2",
@@ -46,6 +49,8 @@ TABLE_III_TYPES = {
     "SPSA": "spsa",
     "NAttack": "nattack",
     "AutoAttack": "autoattack",  # not in the paper's table; the standard reference evaluation today
+    "Step-LL": "step_ll",  # ECCV Tables 1-2
+    "MI-FGSM": "mifgsm",  # ECCV Tables 1-2
 }
 LAYOUTS = ("table_iii", "table_i")
 SWEEP_COLUMNS = ("model", "sweep", "eps_255", "steps", "step_size_255", "n_images", "accuracy")
@@ -57,8 +62,25 @@ class TableError(ValueError):
 
 # --------------------------------------------------------------------------------------------- accuracy
 @torch.no_grad()
-def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
-    return int((model(x).argmax(dim=1) == y).sum())
+def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per image: is it classified correctly? (bool, on the CPU)"""
+    return (model(x).argmax(dim=1) == y).cpu()
+
+
+def encode_correct(correct: torch.Tensor) -> str:
+    """Per-image correctness as a string of y/n (the records' correct_by_image column)."""
+    return "".join("y" if c else "n" for c in correct.tolist())
+
+
+def decode_correct(text) -> "np.ndarray":
+    """The inverse of :func:`encode_correct` (an empty array for a record without per-image results)."""
+    import numpy as np
+
+    if not isinstance(text, str):  # NaN: no per-image results in this record
+        return np.zeros(0, dtype=bool)
+    if set(text) - {"y", "n"}:
+        raise ValueError(f"per-image results must be a string of y/n, got {text[:20]!r}...")
+    return np.frombuffer(text.encode(), dtype=np.uint8) == ord("y")
 
 
 def _on_model_device(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
@@ -66,11 +88,16 @@ def _on_model_device(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
     return x.to(dev), y.to(dev)
 
 
-def clean_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> float:
+def clean_correct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Per image: is the unattacked image classified correctly?"""
     with eval_mode(model):
-        correct = sum(_correct(model, *_on_model_device(model, images[i : i + batch_size], labels[i : i + batch_size]))
-                      for i in range(0, len(labels), batch_size))
-    return correct / max(1, len(labels))
+        parts = [_correct(model, *_on_model_device(model, images[i : i + batch_size], labels[i : i + batch_size]))
+                 for i in range(0, len(labels), batch_size)]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
+
+
+def clean_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> float:
+    return float(clean_correct(model, images, labels, batch_size).sum()) / max(1, len(labels))
 
 
 def robust_accuracy(
@@ -87,17 +114,31 @@ def robust_accuracy(
     Images the model already gets wrong count as errors, so this is accuracy under attack, never more
     than the clean accuracy for an attack that only ever moves images further from the label.
     """
+    correct = robust_correct(model, images, labels, spec, batch_size, generator, progress)
+    return float(correct.sum()) / max(1, len(labels))
+
+
+def robust_correct(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    spec: AttackSpec,
+    batch_size: int = 256,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Per image: is it still classified correctly after `spec` perturbs it? (bool tensor, CPU)"""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    correct = 0
+    correct = []
     target = attack_target(model)  # a randomised defense is attacked through its expected logits (EOT)
     starts = range(0, len(labels), batch_size)
     for start in tqdm(starts, desc=spec.describe(), disable=not progress, leave=False, mininterval=5.0):
         x, y = _on_model_device(model, images[start : start + batch_size], labels[start : start + batch_size])
         x_adv = spec.run(target, x, y, generator=generator)  # the generator stays on the CPU: same draws anywhere
         with eval_mode(model):
-            correct += _correct(model, x_adv, y)
-    return correct / max(1, len(labels))
+            correct.append(_correct(model, x_adv, y))
+    return torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
 
 
 def attack_generator(seed: int) -> torch.Generator:
@@ -107,10 +148,12 @@ def attack_generator(seed: int) -> torch.Generator:
 
 
 def accuracy_record(
-    model: str, attack: str, settings: dict | AttackSpec | None, n_images: int, accuracy: float
+    model: str, attack: str, settings: dict | AttackSpec | None, n_images: int, accuracy: float,
+    correct: torch.Tensor | None = None,
 ) -> dict:
     """One record (RECORD_COLUMNS): `settings` is the attack's config entry (1/255 units) or AttackSpec;
-    None (with attack 'clean') is the unattacked accuracy. `accuracy` is a fraction."""
+    None (with attack 'clean') is the unattacked accuracy. `accuracy` is a fraction; `correct`, when given,
+    the per-image results behind it."""
     if settings is None:
         if attack != CLEAN:
             raise ValueError(f"attack {attack!r} needs its settings; only '{CLEAN}' has none")
@@ -122,7 +165,11 @@ def accuracy_record(
         described = {**spec.settings(), "config": json.dumps(spec.to_config(), sort_keys=True)}
     if not 0.0 <= accuracy <= 1.0:
         raise ValueError(f"accuracy is a fraction in [0, 1], got {accuracy}")
-    return {"model": model, "attack": attack, **described, "n_images": int(n_images), "accuracy": float(accuracy)}
+    if correct is not None and (len(correct) != n_images or abs(int(correct.sum()) - accuracy * n_images) > 0.01):
+        raise ValueError(f"per-image results ({len(correct)} images) do not match n_images={n_images}, "
+                         f"accuracy={accuracy}")
+    return {"model": model, "attack": attack, **described, "n_images": int(n_images), "accuracy": float(accuracy),
+            "correct_by_image": encode_correct(correct) if correct is not None else None}
 
 
 def records_frame(records: list[dict]) -> pd.DataFrame:
@@ -146,11 +193,14 @@ def evaluate_model(
     specs = {name: AttackSpec.from_config(cfg) for name, cfg in attacks.items()}  # fail before any work
     if CLEAN in specs:
         raise ValueError(f"'{CLEAN}' is reserved for the unattacked accuracy; rename that attack")
-    rows = [accuracy_record(model_name, CLEAN, None, len(labels), clean_accuracy(model, images, labels, batch_size))]
+    n = len(labels)
+    clean = clean_correct(model, images, labels, batch_size)
+    rows = [accuracy_record(model_name, CLEAN, None, n, float(clean.sum()) / max(1, n), clean)]
     for name, spec in specs.items():
-        acc = robust_accuracy(model, images, labels, spec, batch_size, attack_generator(seed), progress=True)
+        correct = robust_correct(model, images, labels, spec, batch_size, attack_generator(seed), progress=True)
+        acc = float(correct.sum()) / max(1, n)
         log.info("%s / %s: %.4f (%s)", model_name, name, acc, spec.describe())
-        rows.append(accuracy_record(model_name, name, spec, len(labels), acc))
+        rows.append(accuracy_record(model_name, name, spec, n, acc, correct))
     frame = records_frame(rows)
     note = adaptive_note(model)
     if note:  # the table's settings say how a randomised defense was attacked

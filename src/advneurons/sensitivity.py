@@ -7,6 +7,10 @@ For channel m of layer l and pairs (x, x'):
 where F_l^m(x) is the channel's feature map (H x W for a conv layer, a scalar for a linear layer). The ECCV
 version omits the division by dim; `normalise=False` gives it. Forward hooks on all layers accumulate
 per-channel sums while batches stream through, so memory does not grow with the number of pairs.
+
+F_l is read at a measurement site (`models.SITES`), by default the BatchNorm output: the bias-free conv
+output before it has an arbitrary per-channel scale (BatchNorm divides it away), so sensitivities
+measured there rank channels, and compare models, by weight scale as much as by the input change.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .models import DEFAULT_SITE
 from .runtime import model_device
 
 
@@ -88,11 +93,18 @@ def neuron_sensitivity(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     layers: "OrderedDict[str, nn.Module] | None" = None,
     normalise: bool = True,
+    site: str | None = None,
 ) -> "OrderedDict[str, np.ndarray]":
-    """Sensitivity per channel of every layer (default: `model.layers()`), streaming over (clean, perturbed) batches."""
+    """Sensitivity per channel of every layer, streaming over (clean, perturbed) batches.
+
+    The layers are `model.layers(site)` (`site` defaults to `models.DEFAULT_SITE`), or the modules
+    `layers` gives; giving both is an error, as the site could not apply to modules chosen elsewhere.
+    """
+    if layers is not None and site is not None:
+        raise ValueError("give the layers to hook or a measurement site, not both")
     model.eval()
     dev = model_device(model)
-    layers = layers if layers is not None else model.layers()
+    layers = layers if layers is not None else model.layers(DEFAULT_SITE if site is None else site)
     with SensitivityAccumulator(layers, normalise) as acc:
         for clean, perturbed in batches:
             if clean.shape != perturbed.shape:
@@ -129,19 +141,26 @@ def top_channels(table: pd.DataFrame, percent: float) -> pd.DataFrame:
 
 
 def sensitivity_from_pairs(
-    model_path: Path, pairs_path: Path, normalise: bool, batch_size: int, out_csv: Path, meta_path: Path
+    model_path: Path,
+    pairs_path: Path,
+    normalise: bool,
+    batch_size: int,
+    out_csv: Path,
+    meta_path: Path,
+    *,
+    site: str = DEFAULT_SITE,
 ) -> pd.DataFrame:
-    """Workflow step: per-channel sensitivity of every layer of a model over one pair set."""
+    """Workflow step: per-channel sensitivity of every layer of a model over one pair set, read at `site`."""
     from .checkpoint import load_model
+    from .models import check_site
     from .pairs import open_pairs
-    from .runtime import atomic_path, metadata, write_json
+    from .runtime import atomic_path, device, metadata, write_json
 
-    from .runtime import device
-
+    check_site(site)  # before loading anything
     model, _ = load_model(model_path)
     model.to(device())
     pairs = open_pairs(pairs_path)
-    sens = neuron_sensitivity(model, pairs.batches(batch_size, desc="sensitivity"), normalise=normalise)
+    sens = neuron_sensitivity(model, pairs.batches(batch_size, desc="sensitivity"), normalise=normalise, site=site)
     table = sensitivity_table(sens)
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False)
@@ -149,7 +168,8 @@ def sensitivity_from_pairs(
     write_json(
         metadata(
             "neuron_sensitivity",
-            {"normalise": normalise, "batch_size": batch_size, "pairs": str(pairs_path), "model": str(model_path)},
+            {"normalise": normalise, "site": site, "batch_size": batch_size, "pairs": str(pairs_path),
+             "model": str(model_path)},
             n_pairs=len(pairs),
             per_layer=summary,
         ),

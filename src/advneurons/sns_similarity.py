@@ -121,6 +121,8 @@ def importance_vs_sensitivity(sensitivity: pd.DataFrame, importance: pd.DataFram
         sigma, votes = sens["sensitivity"].to_numpy(), imp["votes"].to_numpy()
         omega, gamma = ranked_by(sigma, k), ranked_by(votes, k)
         rho, p = spearman(sigma, votes)
+        # The papers' importance itself (mean phi over the set), next to the vote-based ranking of Gamma.
+        rho_phi, p_phi = spearman(sigma, imp["mean_phi"].to_numpy()) if "mean_phi" in imp else (np.nan, np.nan)
         rows.append(
             {
                 "target": int(target),
@@ -129,6 +131,8 @@ def importance_vs_sensitivity(sensitivity: pd.DataFrame, importance: pd.DataFram
                 "k": len(omega),
                 "spearman": rho,
                 "spearman_p": p,
+                "spearman_mean_phi": rho_phi,
+                "spearman_mean_phi_p": p_phi,
                 "levenshtein_similarity": levenshtein_similarity(gamma, omega),
                 "jaccard": jaccard(gamma, omega),
                 "gamma": " ".join(map(str, gamma)),

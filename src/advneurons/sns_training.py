@@ -5,11 +5,18 @@ A trained model (the *base*, normally the vanilla one) is fine-tuned on
     L = L_adv(x, x', y) + lambda * L_sns,   L_sns = sum over selected layers l, sensitive channels m of
                                                     ||F_l^m(x) - F_l^m(x')||_1 / dim(F_l^m)
 
-(averaged over the batch), where x' is an L-inf PGD example of the current model, F_l^m channel m of the
-batch-normalised output of conv layer l (see :func:`stabilised_outputs`; the channels are chosen by the
-conv's neuron sensitivity), and L_adv the PAT loss (clean and adversarial cross-entropy, 1:1 in one
-BatchNorm batch). Only the selected layers and everything after
-them are trained; the layers below stay frozen (weights and BatchNorm statistics).
+(averaged over the batch), where x' is an L-inf PGD example of the current model, F_l^m channel m of layer l
+read at the measurement site ``site`` (`models.SITES`, default the BatchNorm output), and L_adv the PAT loss
+(clean and adversarial cross-entropy, 1:1 in one BatchNorm batch). The sensitive channels are chosen by
+neuron sensitivity measured at the same site, so that the channels stabilised are the ones found sensitive
+there. Only the selected layers and everything after them are trained; the layers below stay frozen
+(weights and BatchNorm statistics).
+
+Why the BatchNorm output is the default site: the convs have no bias and feed a BatchNorm, so their raw
+outputs can be shrunk at will; in training mode BatchNorm undoes the scale, so shrinking conv weights lowers
+L_sns at the conv site at no cost to the training loss, but at inference the running statistics lag and the
+model breaks. On digits at eps 32/255 with lambda 5, stabilising the conv outputs sent both architectures
+to chance accuracy (measured: 10% / 16.7% clean). ``site="conv"`` is kept to reproduce that comparison.
 
 Which channels are stabilised (``variant``):
 
@@ -32,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attacks import pgd_linf
+from .models import DEFAULT_SITE, layer_channels
 from .sensitivity import PairHooks, channel_distance, neuron_sensitivity
 
 VARIANTS = ("sen", "all", "rand", "dyn", "cls")
@@ -44,43 +52,29 @@ DEFAULT_LAYERS = {
 DEFAULT_LAMBDA = {"vgg16": 5.0, "resnet18": 6.0}
 
 
-def selected_layers(model: nn.Module, arch: str, names: list[str] | None) -> "OrderedDict[str, nn.Module]":
+def selected_layers(model: nn.Module, arch: str, names: list[str] | None,
+                    site: str = DEFAULT_SITE) -> "OrderedDict[str, nn.Module]":
+    """The modules of the SNS layers (``names``, default the papers') at measurement site ``site``: the
+    modules whose outputs both the channel choice and L_sns read."""
     names = list(names) if names else DEFAULT_LAYERS.get(arch)
     if not names:
         raise ValueError(f"no default SNS layers for architecture {arch!r}; set sns_layers")
-    layers = model.layers()
+    layers = model.layers(site)
     unknown = [n for n in names if n not in layers]
     if unknown:
         raise ValueError(f"SNS layers {unknown} are not layers of {arch} ({', '.join(layers)})")
     return OrderedDict((n, layers[n]) for n in names)
 
 
-def stabilised_outputs(model: nn.Module, layers: "OrderedDict[str, nn.Module]") -> "OrderedDict[str, nn.Module]":
-    """The module whose output L_sns compares, per selected conv: its BatchNorm (sibling ``bnK`` of
-    ``convK``), else the conv itself.
+def freeze_below(model: nn.Module, first: str) -> list[nn.Module]:
+    """Freeze every parameter registered before those of layer ``first``'s conv (forward order for our
+    models) and return the frozen modules that carry BatchNorm statistics, which must stay in eval mode
+    while training.
 
-    Why the BN output: these convs have no bias and feed a BatchNorm, so their raw outputs can be shrunk at
-    will; in training mode BatchNorm undoes the scale, so shrinking conv weights lowers L_sns at no cost to
-    the training loss, but at inference the running statistics lag and the model breaks. On digits at
-    eps 32/255 with lambda 5 that sent both architectures to chance accuracy (measured: 10% / 16.7% clean).
+    Addressed by layer name, not module, so that the conv itself stays trainable whichever measurement
+    site the SNS loss reads (its BatchNorm or ReLU comes after it).
     """
-    parent_of = {}
-    for parent in model.modules():
-        for attr, child in parent.named_children():
-            parent_of[id(child)] = (parent, attr)
-    out = OrderedDict()
-    for name, conv in layers.items():
-        parent, attr = parent_of[id(conv)]
-        bn = getattr(parent, attr.replace("conv", "bn", 1), None) if attr.startswith("conv") else None
-        ok = isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.num_features == _out_channels(conv)
-        out[name] = bn if ok else conv
-    return out
-
-
-def freeze_below(model: nn.Module, first: nn.Module) -> list[nn.Module]:
-    """Freeze every parameter registered before ``first``'s (forward order for our models) and return
-    the frozen modules that carry BatchNorm statistics, which must stay in eval mode while training."""
-    first_params = {id(p) for p in first.parameters()}
+    first_params = {id(p) for p in model.layers("conv")[first].parameters()}
     frozen_ids = set()
     for p in model.parameters():
         if id(p) in first_params:
@@ -100,12 +94,14 @@ def choose_channels(model: nn.Module, layers: "OrderedDict[str, nn.Module]", var
                     gen: torch.Generator, batch_size: int = 256) -> "OrderedDict[str, torch.Tensor]":
     """Channel indices per selected layer for ``variant`` (see the module docstring).
 
-    ``x, y``: the images the sensitive sets are measured on (PGD pairs of ``model``, random start from
-    ``gen``); unused by ``all`` and ``rand``.
+    ``layers``: named modules of ``model`` (:func:`selected_layers`); the sensitive sets are measured at
+    their outputs. ``x, y``: the images the sensitive sets are measured on (PGD pairs of ``model``, random
+    start from ``gen``); unused by ``all`` and ``rand``.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown SNS variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    counts = OrderedDict((n, _out_channels(m)) for n, m in layers.items())
+    channels = layer_channels(model)
+    counts = OrderedDict((n, channels[n]) for n in layers)
     if variant == "all":
         return OrderedDict((n, torch.arange(c)) for n, c in counts.items())
     k = OrderedDict((n, max(1, int(math.ceil(c * top_percent / 100.0)))) for n, c in counts.items())
@@ -126,17 +122,9 @@ def choose_channels(model: nn.Module, layers: "OrderedDict[str, nn.Module]", var
     )
 
 
-def _out_channels(module: nn.Module) -> int:
-    if isinstance(module, nn.Conv2d):
-        return module.out_channels
-    if isinstance(module, nn.Linear):
-        return module.out_features
-    raise TypeError(f"cannot stabilise a {type(module).__name__}")
-
-
 class StabilityLoss(PairHooks):
-    """Forward hooks on the stabilised modules that compute L_sns from the clean and adversarial halves of
-    each training batch (the model is fed ``torch.cat([x, x_adv])``)."""
+    """Forward hooks on the stabilised modules (:func:`selected_layers` at the SNS site) that compute L_sns
+    from the clean and adversarial halves of each training batch (the model is fed ``torch.cat([x, x_adv])``)."""
 
     def __init__(self, layers: "OrderedDict[str, nn.Module]", channels: "OrderedDict[str, torch.Tensor]"):
         super().__init__(layers)

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from . import checkpoint as ckpt_io
 from .attacks import from_255, pgd_linf
 from .data import load_split
-from .models import build_model
+from .models import DEFAULT_SITE, build_model, check_site
 from .runtime import atomic_path, device, generator, metadata, model_device, write_json
 
 log = logging.getLogger(__name__)
@@ -71,9 +71,10 @@ class TrainConfig:
     sns_lambda: float | dict | None = None  # None: the papers' (VGG16 5, ResNet18 6); or arch -> lambda
     sns_layers: dict | None = None  # arch -> layer names; None: the papers'
     top_percent: float = 10.0
-    select_images: int = 1000
+    select_images: int | None = 1000  # None: the whole training split, as the papers
     dyn_images: int = 200
     repeat: int = 0
+    site: str = DEFAULT_SITE  # measurement site (models.SITES) of both the channel choice and L_sns
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -87,6 +88,7 @@ class TrainConfig:
 
             if self.variant not in VARIANTS:
                 raise ValueError(f"unknown SNS variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
+            check_site(self.site)
             if not self.base:
                 raise ValueError("SNS fine-tuning needs `base`: the training whose model it starts from")
         if self.method != "eat" and self.static:
@@ -271,8 +273,8 @@ def train_model(
     if cfg.method == "sns":
         from .sns_training import freeze_below, selected_layers
 
-        layers = selected_layers(model, arch, cfg.layers_for(arch))
-        frozen_bn = freeze_below(model, next(iter(layers.values())))
+        layers = selected_layers(model, arch, cfg.layers_for(arch), cfg.site)
+        frozen_bn = freeze_below(model, next(iter(layers)))
         sns = [None, cfg.lam(arch), frozen_bn, layers]
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
@@ -314,9 +316,9 @@ def train_model(
         if sns is not None:
             if channels is None or cfg.variant == "dyn":
                 channels = _sns_channels(model, sns[3], cfg, x_train, y_train, gen)
-            from .sns_training import StabilityLoss, stabilised_outputs
+            from .sns_training import StabilityLoss
 
-            with StabilityLoss(stabilised_outputs(model, sns[3]), channels) as stability:
+            with StabilityLoss(sns[3], channels) as stability:
                 sns[0] = stability
                 row.update(_train_epoch(model, optimizer, scheduler, cfg, x_train, y_train, gen, sns))
         else:
@@ -344,7 +346,7 @@ def train_model(
     params = {"arch": arch, "dataset": dataset, "width": width, "num_classes": num_classes, "training": asdict(cfg)}
     extra = {}
     if sns is not None:
-        extra = {"base": base_info, "sns_lambda": sns[1], "sns_layers": list(sns[3]),
+        extra = {"base": base_info, "sns_lambda": sns[1], "sns_layers": list(sns[3]), "sns_site": cfg.site,
                  "frozen_parameters": sum(p.numel() for p in model.parameters() if not p.requires_grad),
                  "stabilised_channels": {n: c.tolist() for n, c in channels.items()}}
     if static:
@@ -373,11 +375,12 @@ def _static_model(path: Path, dataset: str, num_classes: int) -> nn.Module:
 
 def _sns_channels(model, layers, cfg: TrainConfig, x, y, gen):
     """The channels SNS stabilises: chosen once before the first epoch (from the base model's PGD pairs
-    on ``select_images`` training images), or each epoch from ``dyn_images`` images for ``dyn``."""
+    on ``select_images`` training images, all of them if None), or each epoch from ``dyn_images`` images for
+    ``dyn``; measured at the outputs of ``layers``, the modules of the SNS site."""
     from .sns_training import choose_channels
 
     n = cfg.dyn_images if cfg.variant == "dyn" else cfg.select_images
-    pick = torch.randperm(len(x), generator=gen)[: min(n, len(x))]
+    pick = torch.randperm(len(x), generator=gen)[:n]  # a slice past the end (or to None) takes every image
     if cfg.variant == "rand":  # the repeat index seeds the random sets
         rand_gen = generator(10_000 + cfg.repeat)
         return choose_channels(model, layers, "rand", cfg.top_percent, x[:0], y[:0], 0.0, 1, None, rand_gen)

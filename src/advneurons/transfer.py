@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ("model", "base", "attack", "description", "n_transfer", "base_clean", "base_whitebox",
            "defended_clean", "defended_whitebox", "defended_transfer", "n_whitebox", "upper_bound",
-           "whitebox_gain", "bounded_gain")
+           "whitebox_gain", "bounded_gain", "transfer_correct_by_image")
+# transfer_correct_by_image: per image of the pair set, "y" where the defended model classifies the transferred
+# example correctly ("n" where not) (the paired test of the transfer claim combines it with the white-box records).
 
 
 def predictions(model: torch.nn.Module, images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -56,7 +58,8 @@ def transfer_row(defended: torch.nn.Module, pairs, defended_whitebox: float, bas
         raise ValueError(f"the pair set of {base_name} under {attack} is empty: nothing to transfer")
     labels = np.asarray(pairs.label)
     defended_clean = float((predictions(defended, pairs.clean, batch_size) == labels).mean())
-    defended_transfer = float((predictions(defended, pairs.perturbed, batch_size) == labels).mean())
+    transfer_correct = predictions(defended, pairs.perturbed, batch_size) == labels
+    defended_transfer = float(transfer_correct.mean())
     base_clean, base_on_pairs = pairs.accuracy()
     if abs(base_on_pairs - base_whitebox) > 1e-9 and len(pairs) == n_whitebox:
         # Same attack, seed and images: the pair set must reproduce the base model's table cell.
@@ -68,7 +71,8 @@ def transfer_row(defended: torch.nn.Module, pairs, defended_whitebox: float, bas
             "base_clean": base_clean, "base_whitebox": base_whitebox, "defended_clean": defended_clean,
             "defended_whitebox": defended_whitebox, "defended_transfer": defended_transfer, "n_whitebox": n_whitebox,
             "upper_bound": bound, "whitebox_gain": defended_whitebox - base_whitebox,
-            "bounded_gain": bound - base_whitebox}
+            "bounded_gain": bound - base_whitebox,
+            "transfer_correct_by_image": "".join("y" if c else "n" for c in transfer_correct)}
 
 
 def transfer_check(model_path: Path, pairs_path: Path, whitebox_csv: Path, base_whitebox_csv: Path, attack: str,
@@ -112,8 +116,9 @@ def transfer_table(row_csvs: list[Path], labels: dict[str, str], out_csv: Path, 
     frame.insert(3, "column", frame.attack.map(lambda a: labels.get(a, a)))
     with atomic_path(out_csv) as tmp:
         frame.to_csv(tmp, index=False)
-    shown = frame.drop(columns=["description"]).copy()
-    pct = [c for c in COLUMNS if c not in ("model", "base", "attack", "description", "n_transfer", "n_whitebox")]
+    shown = frame.drop(columns=["description", "transfer_correct_by_image"]).copy()
+    pct = [c for c in COLUMNS if c not in ("model", "base", "attack", "description", "n_transfer", "n_whitebox",
+                                           "transfer_correct_by_image")]
     shown[pct] = (100 * shown[pct]).round(1)
     notes = ("Accuracy (%) of each defended model and its undefended base model. *white-box*: the attack run on the "
              "model itself (adaptive, through the expected logits, for a randomised defense); *transfer*: the base "

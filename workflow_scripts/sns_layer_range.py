@@ -1,0 +1,16 @@
+"""Rule sns_layer_range: SNS by fine-tuned layer range, table and figure (advneurons.sns_layer_range)."""
+
+from advneurons import runtime
+from advneurons.sns_layer_range import sns_layer_range
+
+smk = snakemake  # noqa: F821 -- injected by Snakemake
+runtime.configure_logging(smk.log[0])
+sns_layer_range(
+    record_csvs=list(smk.input.records),
+    models=smk.params.models,
+    attacks=smk.params.attacks,
+    training=smk.params.training,
+    out_csv=smk.output.csv,
+    out_md=smk.output.md,
+    out_png=smk.output.png,
+)
