@@ -48,6 +48,7 @@ rule targeted_neurons:
     params:
         code=code_version("sns_analysis"),
         batch_size=SNS["batch_size"],
+        site=config["sensitivity"]["site"],
     script:
         "../workflow_scripts/targeted_neurons.py"
 

@@ -14,4 +14,5 @@ targeted_neuron_tables(
     sensitivity_csv=smk.output.sensitivity,
     importance_csv=smk.output.importance,
     meta_path=smk.output.meta,
+    site=smk.params.site,
 )

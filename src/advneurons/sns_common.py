@@ -125,10 +125,10 @@ def named_modules_for(model: nn.Module, names: list[str]) -> "OrderedDict[str, n
     return out
 
 
-def layers_with_penultimate(model: nn.Module) -> "OrderedDict[str, nn.Module]":
-    """`model.layers()` with the penultimate representation inserted just before fc (depth order)."""
+def layers_with_penultimate(model: nn.Module, site: str = "conv") -> "OrderedDict[str, nn.Module]":
+    """`model.layers(site)` with the penultimate representation inserted just before fc (depth order)."""
     out: "OrderedDict[str, nn.Module]" = OrderedDict()
-    for name, module in model.layers().items():
+    for name, module in model.layers(site).items():
         if name == "fc":
             out[PENULTIMATE] = model.penultimate()
         out[name] = module

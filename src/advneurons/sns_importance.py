@@ -30,6 +30,7 @@ from tqdm import tqdm
 from .pairs import FIELDS, PairSet, open_pairs, predict
 from .runtime import atomic_path, generator, metadata, write_json
 from .sensitivity import SensitivityAccumulator
+from .models import DEFAULT_SITE
 from .sns_common import PENULTIMATE, layers_with_penultimate
 
 log = logging.getLogger(__name__)
@@ -233,18 +234,19 @@ def targeted_pair_set(
 # ---------------------------------------------------------------------------------- per-target neurons
 @torch.no_grad()
 def targeted_neurons(
-    model: nn.Module, pairs: PairSet, target: np.ndarray, k: int = DEFAULT_K, batch_size: int = 256
+    model: nn.Module, pairs: PairSet, target: np.ndarray, k: int = DEFAULT_K, batch_size: int = 256,
+    site: str = DEFAULT_SITE,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per target class: sensitivity of every channel of every layer, and penultimate importance votes.
 
     Returns (sensitivity, importance):
       sensitivity: target, layer, depth, channel, sensitivity, n_pairs (TIP Eq 1, every layer of
-        `model.layers()` plus "penultimate" before fc);
+        `model.layers(site)` plus "penultimate" before fc);
       importance: target, channel, votes, mean_phi, n_pairs (votes from each pair's top-k by phi).
     Classes without successful pairs are absent from both tables.
     """
     model.eval()
-    layers = layers_with_penultimate(model)
+    layers = layers_with_penultimate(model, site)
     weight = model.fc.weight.detach()
     n_channels = weight.shape[1]
     sens_rows, imp_rows = [], []
@@ -309,8 +311,10 @@ def targeted_neuron_tables(
     sensitivity_csv: Path,
     importance_csv: Path,
     meta_path: Path,
+    site: str = DEFAULT_SITE,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Workflow step: per-target sensitivity of every layer (incl. penultimate) and importance votes.
+    """Workflow step: per-target sensitivity of every layer (incl. penultimate), read at `site`, and
+    importance votes.
 
     Inputs: a model and its targeted pair file (`targeted_pair_set`). Outputs: `sensitivity_csv`
     (target, layer, depth, channel, sensitivity, n_pairs), `importance_csv` (target, channel, votes,
@@ -322,7 +326,7 @@ def targeted_neuron_tables(
         raise ValueError(f"k must be positive, got {k}")
     model, _ = load_model(model_path)
     pairs, target = open_targeted_pairs(targeted_pairs_path)
-    sensitivity, importance = targeted_neurons(model, pairs, target, k, batch_size)
+    sensitivity, importance = targeted_neurons(model, pairs, target, k, batch_size, site)
     with atomic_path(sensitivity_csv) as tmp:
         sensitivity.to_csv(tmp, index=False)
     with atomic_path(importance_csv) as tmp:
@@ -331,7 +335,8 @@ def targeted_neuron_tables(
     write_json(
         metadata(
             "targeted_neurons",
-            {"k": k, "batch_size": batch_size, "model": str(model_path), "pairs": str(targeted_pairs_path)},
+            {"k": k, "batch_size": batch_size, "model": str(model_path), "pairs": str(targeted_pairs_path),
+             "site": site},
             n_pairs=len(pairs),
             pairs_per_target=per_class,
             penultimate_name=PENULTIMATE,
