@@ -21,6 +21,7 @@ from advneurons.attacks import (
     AttackSpec,
     QueryOracle,
     autoattack,
+    eval_mode,
     cw_loss,
     l2_norms,
     linf_norms,
@@ -68,8 +69,8 @@ def trained():
 
 
 def correct(model, x, y) -> torch.Tensor:
-    """Per-image: does the model classify x correctly?"""
-    with torch.no_grad():
+    """Per-image: does the model classify x correctly? (in eval mode, whatever mode earlier tests left it in)"""
+    with torch.no_grad(), eval_mode(model):
         return model(x).argmax(1) == y
 
 
