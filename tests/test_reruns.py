@@ -17,7 +17,7 @@ import yaml
 from workflow_helpers import overlay, planned_jobs, snakemake
 
 PER_MODEL = {  # jobs that exist once per model
-    "train_model": 1, "attack_pairs": 2, "neuron_sensitivity": 1, "sensitive_channels": 2, "evaluate_attack": 7,
+    "train_model": 1, "attack_pairs": 2, "neuron_sensitivity": 1, "sensitive_channels": 2, "evaluate_attack": 9,
     "pgd_sweep": 1, "sensitivity_ratios": 1, "targeted_pairs": 1, "targeted_neurons": 1, "importance_report": 1,
     "layer_similarity": 1,
 }
@@ -29,14 +29,16 @@ PER_PSN_MODEL = {  # jobs that exist once per PSN-scored model (psn.training: th
     "psn_scores": 1, "psn_top_units": 1, "psn_deviation": 1, "psn_attack": 1, "psn_heatmaps": 1, "psn_agreement": 1,
 }
 PER_DEFENSE_MODEL = {  # defenses (alp, nat, eat, sns_sen x 2 architectures): trained, pair set for sensitivity, suite
-    "train_model": 1, "attack_pairs": 1, "neuron_sensitivity": 1, "evaluate_attack": 5,
+    "train_model": 1, "attack_pairs": 1, "neuron_sensitivity": 1, "evaluate_attack": 7,
 }
 DEFENSE_SUMMARIES = {"final_robustness_table": 1, "sensitivity_by_training": 2}
-MEANSPARSE_PER_MODEL = {"meansparse_model": 1, "evaluate_attack": 5}  # the PAT models, defended
+MEANSPARSE_PER_MODEL = {"meansparse_model": 1, "evaluate_attack": 7}  # the PAT models, defended
 IG_PER_MODEL = {"ig_defense_model": 1, "ig_defense_analysis": 1, "evaluate_attack": 2}  # the PAT models, defended
 # the transfer check (defenses.transfer: pgd) of a defended model, and the table gathering them
 TRANSFER_PER_DEFENDED = {"transfer_check": 1}
 TRANSFER_TABLE = {"transfer_table": 1}
+# the SNS layer-range sweep: two extra fine-tunings (one per architecture), their pgd cell, the table
+LAYER_RANGE = {"train_model": 2, "evaluate_attack": 2, "sns_layer_range": 1}
 
 
 def _sum(*dicts):
@@ -51,7 +53,8 @@ EVERYTHING = _sum({"prepare_dataset": 1}, {k: 4 * v for k, v in PER_MODEL.items(
                   {"suppression_study": 2}, {k: 2 * v for k, v in PER_PSN_MODEL.items()},
                   {k: 8 * v for k, v in PER_DEFENSE_MODEL.items()}, DEFENSE_SUMMARIES,
                   {k: 2 * v for k, v in MEANSPARSE_PER_MODEL.items()}, {k: 2 * v for k, v in IG_PER_MODEL.items()},
-                  {k: 4 * v for k, v in TRANSFER_PER_DEFENDED.items()}, TRANSFER_TABLE, {"defense_findings": 1})
+                  {k: 4 * v for k, v in TRANSFER_PER_DEFENDED.items()}, TRANSFER_TABLE, {"defense_findings": 1},
+                  LAYER_RANGE)
 ALL_TRANSFERS = _sum({k: 4 * v for k, v in TRANSFER_PER_DEFENDED.items()}, TRANSFER_TABLE)
 TWO_TRANSFERS = _sum({k: 2 * v for k, v in TRANSFER_PER_DEFENDED.items()}, TRANSFER_TABLE)
 # Two of the four models (both PAT or both ResNet) are retrained: everything computed from them follows.
@@ -74,7 +77,9 @@ CHANGES = {
             # MeanSparse sweeps pgd: new defended models, all their cells
             {k: 2 * v for k, v in MEANSPARSE_PER_MODEL.items()},
             # the PAT models' pgd pair sets and every white-box pgd cell feed the transfer checks
-            ALL_TRANSFERS),
+            ALL_TRANSFERS,
+            # the layer-range models' pgd cells and their table
+            {"evaluate_attack": 2, "sns_layer_range": 1}),
     ),
     "PAT epochs": (
         {"training": {"pat": {"epochs": 2}}},
@@ -91,13 +96,24 @@ CHANGES = {
         {"neuron_sensitivity": 4 + 8, "sensitive_channels": 8, "sensitivity_curves": 2, "suppression_study": 2,
          "ratio_report": 2, "findings": 1, "all": 1, "psn_agreement": 2, "sensitivity_by_training": 2},
     ),
+    "sensitivity site": (
+        {"sensitivity": {"site": "conv"}},
+        # every sensitivity file (new paths) and what reads it; the targeted sets; and the SNS fine-tunings,
+        # which choose and stabilise channels at the site: both SNS-sen models and the layer-range models
+        _sum({"neuron_sensitivity": 4 + 8, "sensitive_channels": 8, "sensitivity_curves": 2, "suppression_study": 2,
+              "ratio_report": 2, "findings": 1, "all": 1, "psn_agreement": 2, "targeted_neurons": 4,
+              "importance_report": 4, "layer_similarity": 4},
+             {k: 2 * v for k, v in PER_DEFENSE_MODEL.items() if k != "neuron_sensitivity"}, DEFENSE_SUMMARIES,
+             LAYER_RANGE),
+    ),
     "ResNet width": (
         {"architectures": {"resnet18": {"width": 0.125}}},
         # one architecture: its per-architecture summaries, its vanilla model's PSN jobs, its four defenses,
         # and the other architecture's EAT model, whose static sources include the ResNet's vanilla model
         _sum({**TWO_MODELS, "suppression_study": 1, "sensitivity_curves": 1, "ratio_report": 1,
               "sensitivity_by_training": 2}, PER_PSN_MODEL,
-             {k: 5 * v for k, v in PER_DEFENSE_MODEL.items()}, MEANSPARSE_PER_MODEL, IG_PER_MODEL, TWO_TRANSFERS),
+             {k: 5 * v for k, v in PER_DEFENSE_MODEL.items()}, MEANSPARSE_PER_MODEL, IG_PER_MODEL, TWO_TRANSFERS,
+             {"train_model": 1, "evaluate_attack": 1, "sns_layer_range": 1}),  # its layer-range model
     ),
     "images per pair set": (
         {"evaluation": {"n_images": 16}},
@@ -110,8 +126,8 @@ CHANGES = {
         {"robustness": {"n_images": 16}},
         # spsa keeps its own subset size (n_images_by_attack); defense models run the table_iii attacks,
         # IG-Defense its two
-        _sum({"evaluate_attack": 24 + 8 * 4 + 2 * 4 + 2 * 2, "robustness_table": 1, "robustness_table_i": 1,
-              "final_robustness_table": 1, "all": 1}, ALL_TRANSFERS),
+        _sum({"evaluate_attack": 4 * 8 + 8 * 6 + 2 * 6 + 2 * 2, "robustness_table": 1, "robustness_table_i": 1,
+              "final_robustness_table": 1, "all": 1}, ALL_TRANSFERS, {"evaluate_attack": 2, "sns_layer_range": 1}),
     ),
     "sweep eps values": (
         {"sweeps": {"eps_values": [8, 16, 32]}},
@@ -128,7 +144,8 @@ CHANGES = {
     ),
     "SNS lambda": (
         {"training": {"sns_sen": {"sns_lambda": 1.0}}},
-        _sum({k: 2 * v for k, v in PER_DEFENSE_MODEL.items()}, DEFENSE_SUMMARIES, {"all": 1}),
+        # both SNS-sen models and the layer-range models fine-tuned like them
+        _sum({k: 2 * v for k, v in PER_DEFENSE_MODEL.items()}, DEFENSE_SUMMARIES, {"all": 1}, LAYER_RANGE),
     ),
     "MeanSparse alphas": (
         {"meansparse": {"alphas": [0, 0.5, 1.0]}},

@@ -54,10 +54,10 @@ def test_robustness_tables_have_the_papers_columns_and_trace_every_cell(tiny_run
     tables = tiny_run / "results" / "tables"
     table = pd.read_csv(tables / "robustness.csv")
     assert sorted(table.model) == ["resnet18-pat", "resnet18-vanilla", "vgg16-pat", "vgg16-vanilla"]
-    assert list(table.columns) == ["model", "Clean", "C&W", "L2 PGD", "L-inf PGD", "FGSM", "SPSA"]
+    assert list(table.columns) == ["model", "Clean", "C&W", "L2 PGD", "L-inf PGD", "FGSM", "SPSA", "Step-LL", "MI-FGSM"]
     assert ((table.drop(columns="model") >= 0) & (table.drop(columns="model") <= 100)).all().all()
     settings = pd.read_csv(tables / "robustness_settings.csv")
-    assert len(settings) == 4 * 6  # every cell but the model names
+    assert len(settings) == 4 * 8  # every cell but the model names
     spsa = settings[settings.column == "SPSA"]
     assert set(spsa.n_images) == {8} and set(settings[settings.column == "FGSM"].n_images) == {24}
     assert set(settings[settings.column == "L-inf PGD"].eps_255) == {32}
@@ -65,8 +65,9 @@ def test_robustness_tables_have_the_papers_columns_and_trace_every_cell(tiny_run
     assert list(table_i.columns) == ["model", "Clean", "PGD eps=32/255", "Gaussian s=1", "Gaussian s=5"]
     # One evaluation job per model and attack, reused by both tables (pgd appears in both).
     (data_dir,) = [p for p in (tiny_run / "results").iterdir() if p.name.startswith("digits~")]
-    # analysed models x 7, defenses and MeanSparse x the 5 of table_iii, IG-Defense x its 2 (ig_defense.attacks)
-    assert len(list((data_dir / "robustness").glob("*/*.csv"))) == 4 * 7 + 8 * 5 + 2 * 5 + 2 * 2
+    # analysed models x 9, defenses and MeanSparse x the 7 of table_iii, IG-Defense x its 2 (ig_defense.attacks),
+    # the two extra layer-range models x pgd
+    assert len(list((data_dir / "robustness").glob("*/*.csv"))) == 4 * 9 + 8 * 7 + 2 * 7 + 2 * 2 + 2
     assert "vgg16-pat" in (tables / "robustness.md").read_text()
 
 
@@ -143,12 +144,12 @@ def test_defenses_trained_and_compared_with_every_model(tiny_run):
     tables = tiny_run / "results" / "tables"
     final = pd.read_csv(tables / "final_robustness.csv")
     assert list(final.columns[:4]) == ["arch", "model", "training", "method"]
-    assert list(final.columns[4:]) == ["Clean", "C&W", "L2 PGD", "L-inf PGD", "FGSM", "SPSA"]
+    assert list(final.columns[4:]) == ["Clean", "C&W", "L2 PGD", "L-inf PGD", "FGSM", "SPSA", "Step-LL", "MI-FGSM"]
     assert list(final.arch.unique()) == ["vgg16", "resnet18"] and len(final) == 16
     assert set(final.method) == {"vanilla", "pat", "alp", "nat", "eat", "sns", "meansparse", "ig_defense"}
     # IG-Defense runs the attacks of ig_defense.attacks (pgd, fgsm) adaptively; the other cells stay empty
     ig = final[final.method == "ig_defense"]
-    assert ig[["Clean", "L-inf PGD", "FGSM"]].notna().all().all() and ig[["C&W", "L2 PGD", "SPSA"]].isna().all().all()
+    assert ig[["Clean", "L-inf PGD", "FGSM"]].notna().all().all() and ig[["C&W", "L2 PGD", "SPSA", "Step-LL", "MI-FGSM"]].isna().all().all()
     settings = pd.read_csv(tables / "final_robustness_settings.csv")
     ig_cells = settings[settings.model.isin(ig.model) & (settings.column != "Clean")]
     assert len(ig_cells) == 4 and ig_cells.description.str.contains("EOT over 2 noise draws").all()
@@ -215,3 +216,26 @@ def test_html_report_holds_every_table_with_its_caption(tiny_run):
     assert "final_robustness.csv" in html and "sensitivity_by_training_vgg16.png" in html
     assert "IG-Defense analysis" in html and "relative change (adversarial vs clean)" in html
     assert "Attacking PSNs" in html and "Focus regions" in html and "PSN vs neuron sensitivity" in html
+
+
+def test_layer_range_sweep_and_paired_claims(tiny_run):
+    tables = tiny_run / "results" / "tables"
+    sweep = pd.read_csv(tables / "sns_layer_range.csv")
+    assert set(zip(sweep.arch, sweep.first_layer)) == {("vgg16", "conv8"), ("vgg16", "conv13"),
+                                                      ("resnet18", "l3b2c1"), ("resnet18", "l4b2c1")}
+    assert set(sweep.column) == {"Clean", "L-inf PGD"} and (sweep.ci_low_pct <= sweep.accuracy_pct).all()
+    # the papers' range is the SNS-sen model itself: its cell equals the final table's
+    final = pd.read_csv(tables / "final_robustness.csv").set_index("model")
+    own = sweep[(sweep.first_layer == "conv8") & (sweep.column == "L-inf PGD")].iloc[0]
+    assert own.model == "vgg16-sns_sen" and own.accuracy_pct == pytest.approx(final.loc["vgg16-sns_sen", "L-inf PGD"], abs=0.01)
+    assert (tiny_run / "results" / "figures" / "sns_layer_range.png").stat().st_size > 0
+    # every evaluation stores its per-image results; the defense claims are decided on them
+    data_dir = next((tiny_run / "results").glob("digits~*"))
+    for records_csv in (data_dir / "robustness").rglob("*.csv"):
+        records = pd.read_csv(records_csv)
+        for row in records.itertuples():
+            assert len(row.correct_by_image) == row.n_images
+            assert row.correct_by_image.count("y") == pytest.approx(row.accuracy * row.n_images)
+    findings = (tiny_run / "results" / "findings.md").read_text()
+    assert "SNS-sen beats PAT" in findings and "exact McNemar" in findings
+    assert "**yes**" not in findings and "**no**" not in findings
