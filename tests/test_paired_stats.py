@@ -218,3 +218,17 @@ def test_pooled_rejects_repeats_of_other_length():
         decide_pooled([other, other[:-1]], other, "a_better")
     with pytest.raises(ValueError):
         decide_pooled([], other, "a_better")
+
+
+def test_decide_by_intervals_needs_separated_wilson_intervals():
+    from advneurons.paired_stats import decide_by_intervals
+
+    # 80/100 vs 50/100: Wilson [71.1, 86.7] vs [40.4, 59.6] separate
+    assert decide_by_intervals(0.8, 100, 0.5, 100, "a_better").label == "supported"
+    assert decide_by_intervals(0.8, 100, 0.5, 100, "b_better").label == "contradicted"
+    # 55/100 vs 50/100 overlap
+    assert decide_by_intervals(0.55, 100, 0.5, 100, "a_better").label == "within noise"
+    verdict = decide_by_intervals(0.2, 100, 0.5, 300, "a_better")
+    assert verdict.label == "contradicted" and "of 300" in verdict.statistic
+    with pytest.raises(ValueError, match="a_better and b_better"):
+        decide_by_intervals(0.5, 10, 0.5, 10, "about_equal")

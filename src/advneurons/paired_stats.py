@@ -217,3 +217,26 @@ def decide_pooled(group_corrects: list, other_correct, claim: str, **kwargs) -> 
         statistic=f"{verdict.statistic}; pooled over {repeats} repeats (images repeat, p approximate)",
         result=dataclasses.replace(verdict.result, pooled_repeats=repeats),
     )
+
+
+@dataclass(frozen=True)
+class IntervalVerdict:
+    label: str  # one of LABELS
+    statistic: str
+
+
+def decide_by_intervals(a_accuracy: float, a_n: int, b_accuracy: float, b_n: int, claim: str,
+                        confidence: float = 0.95) -> IntervalVerdict:
+    """Verdict on "A beats B" ("a_better") or "B beats A" ("b_better") where no per-image results exist: each
+    accuracy gets its Wilson interval, and only intervals that do not overlap decide (a conservative test).
+    Supported if they separate in the claimed direction, contradicted if in the opposite one, else within noise."""
+    if claim not in ("a_better", "b_better"):
+        raise ValueError(f"decide_by_intervals handles a_better and b_better, not {claim!r}")
+    a_low, a_high = wilson_interval(int(round(a_accuracy * a_n)), a_n, confidence)
+    b_low, b_high = wilson_interval(int(round(b_accuracy * b_n)), b_n, confidence)
+    a_above, b_above = a_low > b_high, b_low > a_high
+    claimed, against = (a_above, b_above) if claim == "a_better" else (b_above, a_above)
+    label = "supported" if claimed else "contradicted" if against else "within noise"
+    statistic = (f"Wilson {confidence:.0%} intervals: A [{100 * a_low:.1f}, {100 * a_high:.1f}]% of {a_n}, "
+                 f"B [{100 * b_low:.1f}, {100 * b_high:.1f}]% of {b_n}")
+    return IntervalVerdict(label, statistic)

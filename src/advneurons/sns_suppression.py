@@ -186,6 +186,8 @@ def suppression_summary(curves: pd.DataFrame) -> pd.DataFrame:
     summary["mean"] = 100 * summary["mean"]
     summary["std"] = 100 * summary["std"].fillna(0.0)
     summary = summary.rename(columns={"mean": "accuracy_pct", "std": "std_pct", "count": "n_repeats"})
+    # images per evaluation (the same for every cell): the claims put intervals on these accuracies
+    summary["n_images"] = int(curves["n_images"].iloc[0]) if len(curves) else 0
     return summary.sort_values(["perturbation", "selection", "beta"], ascending=[True, True, False], kind="stable")
 
 
