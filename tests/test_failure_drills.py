@@ -48,6 +48,7 @@ def test_killed_training_job_resumes_to_the_same_weights_and_tables(tmp_path):
     cfg["sns"] = {"enabled": False}
     cfg["psn"] = {"enabled": False}
     cfg["defenses"] = {"training": [], "final_table": False}
+    cfg["sns_layer_range"] = {"enabled": False}
     cfg["meansparse"] = {"enabled": False}
     cfg["ig_defense"] = {"enabled": False}
     reference = tmp_path / "reference"

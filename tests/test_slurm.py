@@ -37,6 +37,7 @@ def one_model_config() -> dict:
     cfg["sns"] = {"enabled": False}
     cfg["psn"] = {"enabled": False}
     cfg["defenses"] = {"training": [], "final_table": False}
+    cfg["sns_layer_range"] = {"enabled": False}
     cfg["meansparse"] = {"enabled": False}
     cfg["ig_defense"] = {"enabled": False}
     return cfg
