@@ -27,7 +27,7 @@ def tiny_run(tmp_path_factory):
 
     workdir = tmp_path_factory.mktemp("tiny")
     shutil.copy(ROOT / ".test" / "config.yaml", workdir / "config.yaml")
-    # 221 jobs: about 20 minutes on 2 cores, so the default 20-minute limit of `snakemake` is too tight
+    # 226 jobs: about 20 minutes on 2 cores, so the default 20-minute limit of `snakemake` is too tight
     proc = snakemake(workdir, "all", timeout=3000)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return workdir
