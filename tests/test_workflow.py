@@ -14,7 +14,10 @@ def test_every_stage_produced_its_outputs(tiny_run):
     results = tiny_run / "results"
     (data_dir,) = [p for p in results.iterdir() if p.name.startswith("digits~")]
     models = sorted(p.name.split("~")[0] for p in (data_dir / "models").iterdir())
-    assert models == [f"{a}-{t}" for a in ("resnet18", "vgg16") for t in ("alp", "eat", "nat", "pat", "sns_sen", "vanilla")]
+    # every training of both architectures, and the layer-range sweep's extra fine-tuning of each
+    expected = [f"{a}-{t}" for a in ("resnet18", "vgg16") for t in ("alp", "eat", "nat", "pat", "sns_sen", "vanilla")]
+    expected += ["resnet18-sns_sen_from_l4b2c1", "vgg16-sns_sen_from_conv13"]
+    assert models == sorted(expected)
     for model_dir in (data_dir / "models").iterdir():
         metrics = pd.read_csv(model_dir / "metrics.csv")
         assert metrics.epoch.tolist() == [1]
