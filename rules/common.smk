@@ -553,6 +553,14 @@ def layer_range_records():
     ]
 
 
+def layer_range_attack_labels():
+    """Attack name -> column label of the layer-range table (its Table III label where it has one)."""
+    labels = {name: label for label, name in config["robustness"]["table_iii"].items()}
+    return {
+        name: labels.get(name, name) for name in config["sns_layer_range"]["attacks"]
+    }
+
+
 def layer_range_models(wildcards):
     """Model label -> {arch, first_layer, n_layers} of the layer-range sweep, in table order."""
     return {

@@ -254,17 +254,7 @@ rule sns_layer_range:
     params:
         code=code_version("sns_layer_range"),
         models=layer_range_models,
-        attacks={
-            name: next(
-                (
-                    label
-                    for label, n in config["robustness"]["table_iii"].items()
-                    if n == name
-                ),
-                name,
-            )
-            for name in config["sns_layer_range"]["attacks"]
-        },
+        attacks=layer_range_attack_labels(),
         training=config["sns_layer_range"]["training"],
     script:
         "../workflow_scripts/sns_layer_range.py"
