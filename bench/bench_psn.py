@@ -6,8 +6,16 @@
       pass alone (IBP intermediates + the logits' backward pass = the after term only), which is where
       CROWN-IBP's savings lie; the before term needs a backward pass per scored layer either way.
 (iii) Stability: top-1% Jaccard per layer between the scores of two disjoint image subsets of size n.
+(iv)  --node-sets: the cost per image of scoring every graph node (psn.nodes: all, the reference's choice)
+      relative to the ReLU inputs, with the shared backward passes (PSNBounder.derivation_plan) and
+      without them (one pass per node).
+(v)   --scaling: time and peak memory per image of PSN CROWN for VGG16 and ResNet18 at several widths
+      (untrained models: the cost does not depend on the weights), and a power-law fit extrapolated to
+      width 1, the paper preset's.
 
 Usage: .venv/bin/python bench/bench_psn.py [--arch vgg16] [--model results/.../model.pt] [--n-stability 4]
+       .venv/bin/python bench/bench_psn.py --node-sets [--arch resnet18]
+       .venv/bin/python bench/bench_psn.py --scaling --widths 0.0625 0.125 0.25 [--nodes all]
 By default it uses the trained digits checkpoint of the architecture under results/ if there is one,
 else an untrained model (build_model(arch, 'digits', width)), and the digits test split.
 """
@@ -27,7 +35,15 @@ import torch
 
 from advneurons.lirpa_compat import bounded_module, linf_bounds
 from advneurons.models import build_model
-from advneurons.psn import PSNBounder, compute_terms, layer_activations, score_table, select_images, top_units_table
+from advneurons.psn import (
+    PSNBounder,
+    compute_terms,
+    layer_activations,
+    score_table,
+    scored_layers,
+    select_images,
+    top_units_table,
+)
 from advneurons.runtime import setup
 
 
@@ -110,6 +126,58 @@ def load_inputs(arch: str, width: float, model_path: str | None, test_path: str 
     return model.eval(), label, images, labels
 
 
+# ---------------------------------------------------------------------------------------- (iv), (v)
+def node_set_costs(model, x, eps, budget_mb, repeats):
+    """(iv): seconds per image of relu_inputs, all (shared passes), all (a pass per node), alternating."""
+    bounders = {
+        "relu_inputs": (PSNBounder(model, x, "CROWN", budget_mb, scored_layers(model, "relu_inputs")), True),
+        "all, shared passes": (PSNBounder(model, x, "CROWN", budget_mb, scored_layers(model, "all")), True),
+    }
+    bounders["all, a pass per node"] = (bounders["all, shared passes"][0], False)
+    jobs = {name: (lambda b=b, share=share: b.terms(x, eps, share=share)) for name, (b, share) in bounders.items()}
+    for fn in jobs.values():
+        fn()
+    times = {k: [] for k in jobs}
+    peaks = {k: [] for k in jobs}
+    names = list(jobs)
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            sec, mb = timed(jobs[name])
+            times[name].append(sec)
+            peaks[name].append(mb)
+    base = bounders["all, shared passes"][0]
+    print(f"\n(iv) node sets (CROWN, one image): relu_inputs {len(bounders['relu_inputs'][0].node_of)} nodes, "
+          f"all {len(base.node_of)} nodes, {len(base.derivation_plan())} of them from shared passes")
+    for name in names:
+        ratio = [t / b for t, b in zip(times[name], times["relu_inputs"])]
+        print(f"  {name:24s} {statistics.median(times[name]):8.2f} s  peak +{max(peaks[name]):.0f} MB  "
+              f"x{statistics.median(ratio):.2f} of relu_inputs (per repeat {', '.join(f'{v:.2f}' for v in ratio)})")
+
+
+def width_scaling(archs, widths, eps, budget_mb, nodes, threads):
+    """(v): seconds and peak memory per image by architecture and width; log-log fit to width 1."""
+    torch.manual_seed(0)
+    split = __import__("advneurons.data", fromlist=["prepare_digits"]).prepare_digits(0.2, 0.1, 0)["test"]
+    x = torch.from_numpy(split.images[:1].astype(np.float32) / 255.0)
+    print(f"\n(v) PSN CROWN per image, nodes={nodes}, eps {eps * 255:g}/255, budget {budget_mb:g} MB, "
+          f"{threads} threads (untrained models)")
+    for arch in archs:
+        rows = []
+        for width in widths:
+            model = build_model(arch, "digits", width=width).eval()
+            bounder = PSNBounder(model, x, "CROWN", budget_mb, scored_layers(model, nodes))
+            sec, mb = timed(lambda: bounder.terms(x, eps))
+            rows.append((width, sec, mb))
+            print(f"  {arch:9s} width {width:<6g} {sec:8.1f} s   peak +{mb:.0f} MB", flush=True)
+        if len(rows) >= 2:
+            w = np.log([r[0] for r in rows])
+            slope, icpt = np.polyfit(w, np.log([r[1] for r in rows]), 1)
+            mslope, micpt = np.polyfit(w, np.log([max(r[2], 1.0) for r in rows]), 1)
+            print(f"  {arch:9s} fit: time ~ width^{slope:.2f}; width 1 -> {np.exp(icpt):.0f} s "
+                  f"({np.exp(icpt) / 3600:.2f} h) per image on this machine; peak memory ~ width^{mslope:.2f}, "
+                  f"width 1 -> {np.exp(micpt):.0f} MB (the budget caps the chunk size, so memory grows slower)")
+
+
 # ---------------------------------------------------------------------------------------- main
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -126,15 +194,26 @@ def main(argv=None):
     ap.add_argument("--n-stability", type=int, default=2, help="images per subset for (iii); 0 skips it")
     ap.add_argument("--stability-method", default="CROWN", choices=("CROWN", "CROWN-IBP"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--node-sets", action="store_true", help="only (iv): cost of nodes=all vs relu_inputs")
+    ap.add_argument("--scaling", action="store_true", help="only (v): time and memory by architecture and width")
+    ap.add_argument("--widths", type=float, nargs="+", default=[0.0625, 0.125, 0.25])
+    ap.add_argument("--archs", nargs="+", default=["vgg16", "resnet18"], choices=("vgg16", "resnet18"))
+    ap.add_argument("--nodes", default="relu_inputs", choices=("relu_inputs", "all"))
     args = ap.parse_args(argv)
 
     setup(args.threads, args.seed)
+    if args.scaling:
+        width_scaling(args.archs, args.widths, args.eps / 255.0, args.budget_mb, args.nodes, args.threads)
+        return 0
     model_path = args.model if not args.untrained else ""
     model, label, images, labels = load_inputs(args.arch, args.width, model_path, args.test)
     eps = args.eps / 255.0
     x = images[:1]
     print(f"model: {label}")
     print(f"threads {args.threads}, eps {args.eps:g}/255, memory budget {args.budget_mb:g} MB, repeats {args.repeats}")
+    if args.node_sets:
+        node_set_costs(model, x, eps, args.budget_mb, args.repeats)
+        return 0
 
     t0 = time.perf_counter()
     full = bounded_module(model, x, bound_opts={"sparse_intermediate_bounds": False})

@@ -68,7 +68,7 @@ wildcard_constraints:
     noise=r"noise~[0-9a-f]{8}",
     heatmaps=r"heatmaps~[0-9a-f]{8}",
     analysis=r"analysis~[0-9a-f]{8}",
-    layer=r"[a-z0-9]+",
+    layer=r"[a-z0-9]+(\.(bn|relu))?",  # PSN node names: conv13, conv13.bn, conv13.relu, l4b2add, pool4
 
 
 def code_version(module):
@@ -444,7 +444,7 @@ def findings_files(wildcards):
 
 def psn_score_settings(wildcards):
     arch = MODELS[wildcards.model]["arch"]
-    keys = ("bound_method", "variant", "eps", "mem_budget_mb")
+    keys = ("bound_method", "variant", "zscore", "nodes", "eps", "mem_budget_mb")
     return {k: PSN[k] for k in keys} | {
         "n_images": PSN["n_images"][arch],
         "seed": config["seed"],

@@ -117,8 +117,20 @@ def test_psn_layer_names_are_the_models_scored_layers():
     from advneurons.models import build_model
     from advneurons.psn import scored_layers
 
-    for arch, names in settings.PSN_LAYERS.items():
-        assert list(scored_layers(build_model(arch, "digits", width=0.0625))) == names, arch
+    for nodes, by_arch in settings.PSN_LAYERS.items():
+        for arch, names in by_arch.items():
+            assert list(scored_layers(build_model(arch, "digits", width=0.0625), nodes)) == names, (nodes, arch)
+
+
+def test_heatmap_nodes_are_checked_against_the_node_set(cfg):
+    cfg["psn"]["heatmaps"]["layers"] = {"vgg16": ["conv13.relu", "pool4"]}
+    with pytest.raises(settings.ConfigError, match=r"psn.heatmaps.layers.vgg16\[0\].*psn.nodes=relu_inputs"):
+        settings.validate_config(copy.deepcopy(cfg))
+    cfg["psn"]["nodes"] = "all"
+    settings.validate_config(copy.deepcopy(cfg))
+    cfg["psn"]["heatmaps"]["layers"] = {"vgg16": ["flatten"]}
+    with pytest.raises(settings.ConfigError, match="no spatial feature map"):
+        settings.validate_config(copy.deepcopy(cfg))
 
 
 def test_psn_ids_separate_scores_from_their_analyses(cfg):

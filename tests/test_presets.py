@@ -109,14 +109,16 @@ def test_paper_preset_uses_the_papers_settings():
     mi = attacks[cfg["robustness"]["table_iii"]["MI-FGSM"]]
     assert (mi["type"], mi["eps"], mi["steps"], mi["decay"]) == ("mifgsm", 8, 10, 1.0)
     assert cfg["psn"]["eps"] == 8 and cfg["psn"]["bound_method"] == "CROWN"
+    assert cfg["psn"]["nodes"] == "all" and cfg["psn"]["zscore"] == "image"  # the reference's scripts
     assert cfg["psn"]["deviation"]["pgd_eps"] == 8 and cfg["psn"]["deviation"]["pgd_steps"] == 40
 
 
 def test_gpu_profile_declares_gpus_for_heavy_rules():
     profile = yaml.safe_load((ROOT / "profiles" / "slurm-gpu" / "config.yaml").read_text())
     assert profile["executor"] == "slurm"
-    for rule in ("train_model", "attack_pairs", "neuron_sensitivity", "evaluate_attack", "pgd_sweep"):
+    for rule in ("train_model", "attack_pairs", "neuron_sensitivity", "evaluate_attack", "pgd_sweep", "psn_scores"):
         assert profile["set-resources"][rule]["gpu"] == 1, rule
-    # PSN code runs on the CPU: no GPU requested for it, but room for the paper preset's bounds
-    assert "gpu" not in profile["set-resources"]["psn_scores"]
+        assert profile["set-resources"][rule]["slurm_partition"] == "gpu", rule
+    # PSN scores on the GPU partition, with room for the paper preset's bounds; the analyses on the CPU
     assert profile["set-resources"]["psn_scores"]["mem_mb"] >= 16000 + 4000
+    assert "gpu" not in profile["set-resources"]["psn_deviation"]

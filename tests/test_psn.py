@@ -109,17 +109,26 @@ def bounders(nets):
     return {(k, m): PSNBounder(models[k], x, m, 256) for k in models for m in ("CROWN", "CROWN-IBP")}
 
 
+@pytest.fixture(scope="module")
+def all_node_bounders(nets):
+    models, x = nets
+    return {(k, m): PSNBounder(models[k], x, m, 256, scored_layers(models[k], "all"))
+            for k in models for m in ("CROWN", "CROWN-IBP")}
+
+
 # ------------------------------------------------------------------------------- independent answers
 def _jacobian_terms(model, x, name, layers):
-    """before = 2 ||d a_i / d x||, after = 2 ||d logits / d a_i|| (norm over logits), by autograd."""
+    """before = 2 ||d a_i / d z||, z = (x - mean) / std the normalised input the reference bounds;
+    after = 2 ||d logits / d a_i|| (norm over logits, all paths from a_i to the logits), by autograd."""
     from advneurons.psn import ActivationRecorder
 
-    def unit_fn(inp):
+    def unit_fn(z):
         with ActivationRecorder(model, layers) as rec:
-            model(inp)
+            model(z * model.std + model.mean)  # the pixel image whose normalisation is z
         return rec.values[name].reshape(-1)
 
-    jac_in = torch.autograd.functional.jacobian(unit_fn, x).reshape(-1, x.numel())  # (units, input)
+    z = (x - model.mean) / model.std
+    jac_in = torch.autograd.functional.jacobian(unit_fn, z).reshape(-1, x.numel())  # (units, input)
     with torch.enable_grad(), ActivationRecorder(model, layers) as rec:
         logits = model(x)
         act = rec.values[name]
@@ -128,18 +137,22 @@ def _jacobian_terms(model, x, name, layers):
     return 2 * jac_in.norm(dim=1), 2 * jac_out.norm(dim=0)
 
 
+@pytest.mark.parametrize("nodes", ["relu_inputs", "all"])
 @pytest.mark.parametrize("kind", ["vgg", "resnet"])
 @pytest.mark.parametrize("method", ["CROWN", "CROWN-IBP"])
-def test_terms_equal_jacobian_norms_when_every_relu_is_stable(nets, bounders, kind, method):
+def test_terms_equal_jacobian_norms_when_every_relu_is_stable(nets, bounders, all_node_bounders, kind, method, nodes):
     models, x = nets
-    model, bounder = models[kind], bounders[(kind, method)]
+    model = models[kind]
+    bounder = (bounders if nodes == "relu_inputs" else all_node_bounders)[(kind, method)]
     terms = bounder.terms(x, EPS_TINY)
-    layers = scored_layers(model)
+    layers = scored_layers(model, nodes)
     assert list(terms) == list(layers)
     acts = layer_activations(model, x, layers)
     for name, t in terms.items():
-        # precondition of the independent answer: every unit's sign is fixed over the ball
-        assert ((t.lower > 0) | (t.upper < 0)).all(), name
+        # precondition of the independent answer: every unit's sign is fixed over the ball (checked on the
+        # nodes ReLUs read; ReLU outputs and the poolings of them are >= 0 by construction)
+        if layers[name].kind not in ("relu", "pool", "flatten"):
+            assert ((t.lower > 0) | (t.upper < 0)).all(), name
         before, after = _jacobian_terms(model, x, name, layers)
         torch.testing.assert_close(t.before.reshape(-1), before, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(t.after.reshape(-1), after, rtol=1e-4, atol=1e-6)
@@ -171,10 +184,10 @@ def test_crown_and_crown_ibp_agree_where_only_linear_layers_precede(nets, bounde
     models, x = nets
     crown = bounders[("vgg", "CROWN")].terms(x, 8 / 255)
     ibp = bounders[("vgg", "CROWN-IBP")].terms(x, 8 / 255)
-    torch.testing.assert_close(crown["conv1"].before, ibp["conv1"].before)  # no ReLU before conv1
+    torch.testing.assert_close(crown["conv1.bn"].before, ibp["conv1.bn"].before)  # no ReLU before conv1
     # behind unstable ReLUs CROWN's tighter intermediate bounds give tighter unit bounds
-    width_crown = crown["relu3"].upper - crown["relu3"].lower
-    width_ibp = ibp["relu3"].upper - ibp["relu3"].lower
+    width_crown = crown["fc1"].upper - crown["fc1"].lower
+    width_ibp = ibp["fc1"].upper - ibp["fc1"].lower
     assert (width_crown <= width_ibp + 1e-5).all() and width_crown.mean() < width_ibp.mean()
 
 
@@ -184,9 +197,9 @@ def test_chunked_backward_equals_single_pass(nets, bounders, kind):
     full = bounders[(kind, "CROWN")].terms(x, 8 / 255)
     small = PSNBounder(models[kind], x, "CROWN", mem_budget_mb=10)
     rows = {n: small.rows_per_chunk(node, 1) for n, node in small.node_of.items()}
-    assert rows["conv1"] < full["conv1"].before[0].numel() / 3  # several chunks really are used
+    assert rows["conv1.bn"] < full["conv1.bn"].before[0].numel() / 3  # several chunks really are used
     if kind == "vgg":  # a hidden linear layer's units in chunks too (one-hot specifications)
-        fc_node = small.node_of["relu3"]
+        fc_node = small.node_of["fc1"]
         budget = small.rows_per_chunk
         small.rows_per_chunk = lambda node, batch: 5 if node == fc_node else budget(node, batch)
     chunked = small.terms(x, 8 / 255)
@@ -198,21 +211,90 @@ def test_chunked_backward_equals_single_pass(nets, bounders, kind):
 # ----------------------------------------------------------------------------------- naming
 def test_scored_layers_of_the_papers_models():
     vgg = scored_layers(build_model("vgg16", "digits", width=0.0625))
-    assert list(vgg) == [f"conv{i}" for i in range(1, 14)]
+    assert list(vgg) == [f"conv{i}.bn" for i in range(1, 14)]
     assert [l.block for l in vgg.values()] == ["B1"] * 2 + ["B2"] * 2 + ["B3"] * 3 + ["B4"] * 3 + ["B5"] * 3
+    assert vgg["conv7.bn"].conv == "conv7" and vgg["conv7.bn"].kind == "bn"
     res = scored_layers(build_model("resnet18", "digits", width=0.0625))
-    expected = ["conv1"] + [f"l{s}b{b}{k}" for s in range(1, 5) for b in (1, 2) for k in ("c1", "add")]
+    expected = ["conv1.bn"] + [f"l{s}b{b}{k}" for s in range(1, 5) for b in (1, 2) for k in ("c1.bn", "add")]
     assert list(res) == expected
-    assert res["l3b2add"].block == "layer3" and res["l3b2add"].conv == "l3b2c2" and res["conv1"].block == "stem"
+    assert res["l3b2add"].block == "layer3" and res["l3b2add"].conv == "l3b2c2" and res["conv1.bn"].block == "stem"
+    # the all-node set extends the same names; the ReLU inputs are a subset of it
+    every = scored_layers(build_model("resnet18", "digits", width=0.0625), "all")
+    assert set(res) < set(every)
+    assert list(every)[:3] == ["conv1", "conv1.bn", "conv1.relu"] and list(every)[-2:] == ["avgpool", "flatten"]
+    assert [n for n in every if n.startswith("l2b1")] == [
+        "l2b1c1", "l2b1c1.bn", "l2b1c1.relu", "l2b1c2", "l2b1c2.bn", "l2b1sc", "l2b1sc.bn", "l2b1add", "l2b1add.relu"]
+    vgg_all = scored_layers(build_model("vgg16", "digits", width=0.0625), "all")
+    assert list(vgg_all)[:7] == ["conv1", "conv1.bn", "conv1.relu", "conv2", "conv2.bn", "conv2.relu", "pool1"]
+    assert list(vgg_all)[-2:] == ["pool5", "flatten"] and len(vgg_all) == 13 * 3 + 5 + 1
 
 
-def test_tiny_nets_naming_and_node_matching(bounders):
+def test_tiny_nets_naming_and_node_matching(bounders, all_node_bounders):
     b = bounders[("vgg", "CROWN")]
-    assert list(b.node_of) == ["conv1", "conv2", "relu3"]
+    assert list(b.node_of) == ["conv1.bn", "conv2.bn", "fc1"]
     assert [l.block for l in b.layers.values()] == ["B1", "B2", "FC"]
     r = bounders[("resnet", "CROWN")]
-    assert list(r.node_of) == ["conv1", "l1b1c1", "l1b1add", "l2b1c1", "l2b1add"]
+    assert list(r.node_of) == ["conv1.bn", "l1b1c1.bn", "l1b1add", "l2b1c1.bn", "l2b1add"]
     assert len(set(r.node_of.values())) == 5
+    a = all_node_bounders[("vgg", "CROWN")]
+    assert list(a.node_of) == ["conv1", "conv1.bn", "conv1.relu", "pool1", "conv2", "conv2.bn", "conv2.relu",
+                               "pool2", "flatten", "fc1", "fc1.relu"]
+
+
+@pytest.mark.parametrize("kind", ["vgg", "resnet"])
+def test_all_nodes_are_the_graph_nodes_between_normalised_input_and_logits(nets, all_node_bounders, kind):
+    """Independent of the bounder's own matching: every auto_LiRPA node that is neither a parameter /
+    buffer / input, nor part of the normalisation (the Sub and Div on the input), nor the logits."""
+    models, x = nets
+    b = all_node_bounders[(kind, "CROWN")]
+    ops = b.lirpa.bound_ops
+    roots = set(b.bm.root_name)
+    normalisation = {n.name for n in b.bm._modules.values()
+                     if isinstance(n, (ops.BoundSub, ops.BoundDiv)) and n.inputs[0].name in roots}
+    normalisation |= {n.name for n in b.bm._modules.values()
+                      if isinstance(n, ops.BoundDiv) and any(i.name in normalisation for i in n.inputs)}
+    graph = {n.name for n in b.bm._modules.values()
+             if n.name not in roots and n.name not in normalisation and n.name != b.output_name}
+    assert len(normalisation) == 2
+    assert set(b.node_of.values()) == graph
+    acts = layer_activations(models[kind], x, b.layers)
+    for name, node in b.node_of.items():  # each with its unit count
+        assert tuple(b.bm[node].output_shape[1:]) == tuple(acts[name].shape[1:]), name
+
+
+@pytest.mark.parametrize("kind", ["vgg", "resnet"])
+@pytest.mark.parametrize("method", ["CROWN", "CROWN-IBP"])
+def test_shared_passes_equal_passes_of_their_own(nets, all_node_bounders, kind, method):
+    """Conv outputs from their BatchNorm's pass, ReLU outputs from their input's, flatten from its input's:
+    equal to a backward pass from the node itself, at an eps with unstable ReLUs."""
+    models, x = nets
+    b = all_node_bounders[(kind, method)]
+    plan = b.derivation_plan()
+    assert {r for r, _ in plan.values()} == {"bn", "relu", "flatten"}
+    shared, own = b.terms(x, 8 / 255), b.terms(x, 8 / 255, share=False)
+    unstable = 0
+    for name in shared:
+        for field in ("before", "before_lower", "before_upper", "after", "lower", "upper"):
+            torch.testing.assert_close(getattr(shared[name], field), getattr(own[name], field), rtol=1e-4, atol=1e-5)
+        if b.layers[name].relu_input:
+            unstable += int(((own[name].lower < 0) & (own[name].upper > 0)).sum())
+    assert unstable > 0
+
+
+def test_after_term_of_a_node_with_several_consumers_covers_all_of_them(nets, all_node_bounders):
+    """The stem ReLU output feeds the identity shortcut and the block's first conv; the first block's
+    output feeds the projection shortcut and the next conv. The after term is the Jacobian's (both
+    branches), not one consumer's."""
+    models, x = nets
+    model, b = models["resnet"], all_node_bounders[("resnet", "CROWN")]
+    consumers = {name: len(b._consumers[node]) for name, node in b.node_of.items()}
+    assert consumers["conv1.relu"] == 2 and consumers["l1b1add.relu"] == 2
+    terms = b.terms(x, EPS_TINY)
+    for name in ("conv1.relu", "l1b1add.relu"):
+        _, after = _jacobian_terms(model, x, name, b.layers)
+        torch.testing.assert_close(terms[name].after.reshape(-1), after, rtol=1e-4, atol=1e-6)
+        # a single branch (here: the shortcut alone, the reference's first consumer may be either) is less
+        assert terms[name].after.sum() > 0
 
 
 def test_bounder_rejects_bad_arguments(nets):
@@ -225,34 +307,62 @@ def test_bounder_rejects_bad_arguments(nets):
 
 # ----------------------------------------------------------------------------------- formula
 def test_zscore_and_score_on_hand_values():
-    np.testing.assert_allclose(zscore([1.0, 2.0, 3.0]), [-1.5**0.5, 0.0, 1.5**0.5])
+    # the reference's z: (v - mean) / (unbiased std + 1e-9); [1, 2, 3] has unbiased std 1
+    np.testing.assert_allclose(zscore([1.0, 2.0, 3.0]), [-1 / (1 + 1e-9), 0.0, 1 / (1 + 1e-9)])
     np.testing.assert_array_equal(zscore([2.0, 2.0]), [0.0, 0.0])
+    np.testing.assert_array_equal(zscore([5.0]), [0.0])  # one entry: no spread
+    torch_z = lambda v: ((v - v.mean()) / (v.std() + 1e-9)).numpy()  # noqa: E731 -- the reference's line
+    v = torch.tensor([0.3, 1.7, 2.2, 0.9, 4.1], dtype=torch.float64)
+    np.testing.assert_allclose(zscore(v.numpy()), torch_z(v), rtol=1e-12)
     before = np.array([1.0, 2.0, 3.0, 2.0])
     after = np.array([1.0, 2.0, 3.0, 2.0])
-    # z = [-sqrt2, 0, sqrt2, 0]: products [2, 0, 2, 0]
+    # unbiased std sqrt(2/3): z = [-sqrt(3/2), 0, sqrt(3/2), 0], products [1.5, 0, 1.5, 0]
     s = psn_score(before, after)
-    np.testing.assert_allclose(s, np.sqrt([2 + 1e-9, 1e-9, 2 + 1e-9, 1e-9]))
+    np.testing.assert_allclose(s, np.sqrt([1.5 + 1e-9, 1e-9, 1.5 + 1e-9, 1e-9]), rtol=1e-7)
     # faithful formula: both z negative scores as high as both positive; "positive" does not
     assert s[0] == pytest.approx(s[2])
-    np.testing.assert_allclose(psn_score(before, after, "positive"), np.sqrt([1e-9, 1e-9, 2 + 1e-9, 1e-9]))
+    np.testing.assert_allclose(psn_score(before, after, "positive"), np.sqrt([1e-9, 1e-9, 1.5 + 1e-9, 1e-9]), rtol=1e-7)
     # opposite signs: floor
     np.testing.assert_allclose(psn_score([1.0, 3.0], [3.0, 1.0]), np.sqrt([1e-9, 1e-9]))
     with pytest.raises(ValueError):
         psn_score([1.0], [1.0], "bogus")
+    with pytest.raises(ValueError, match="population"):
+        psn_score([1.0], [1.0], population="bogus")
 
 
-def test_score_table_z_scores_over_images_and_units_then_averages():
-    from advneurons.psn import LayerTerms, ScoredLayer
+def _layer(name="conv1.bn"):
+    from advneurons.psn import ScoredLayer
+
+    return OrderedDict([(name, ScoredLayer(name, "bn", "B1", "conv1", None))])
+
+
+def test_score_table_z_scores_over_all_entries_then_averages():
+    from advneurons.psn import LayerTerms
 
     before = torch.tensor([[[[1.0, 2.0]]], [[[3.0, 2.0]]]])  # 2 images, (1, 1, 2)
     after = before.clone()
     t = LayerTerms(before, after, before, before)
-    layers = OrderedDict(conv1=ScoredLayer("conv1", "relu1", "B1", "conv1", None))
-    table = score_table(OrderedDict(conv1=t), layers)
-    # entries 1,2,3,2 -> z -sqrt2,0,sqrt2,0 -> scores per image; unit (0,0,0): mean(sqrt2, sqrt2)
-    assert list(table["w"]) == [0, 1]
-    np.testing.assert_allclose(table["score"], [np.sqrt(2 + 1e-9), np.sqrt(1e-9)])
+    table = score_table(OrderedDict([("conv1.bn", t)]), _layer(), population="all")
+    # entries 1,2,3,2 -> z -sqrt1.5,0,sqrt1.5,0 -> scores per image; unit (0,0,0): mean(sqrt1.5, sqrt1.5)
+    assert list(table["w"]) == [0, 1] and list(table["kind"]) == ["bn", "bn"]
+    np.testing.assert_allclose(table["score"], [np.sqrt(1.5 + 1e-9), np.sqrt(1e-9)], rtol=1e-7)
     np.testing.assert_allclose(table["before"], [2.0, 2.0])
+
+
+def test_per_image_z_scores_equal_scoring_images_one_at_a_time_and_averaging():
+    from advneurons.psn import LayerTerms
+
+    gen = torch.Generator().manual_seed(4)
+    before = torch.rand(5, 3, 4, 4, generator=gen, dtype=torch.float64) * torch.arange(1, 6).view(5, 1, 1, 1)
+    after = torch.rand(5, 3, 4, 4, generator=gen, dtype=torch.float64) ** 2
+    whole = score_table(OrderedDict([("conv1.bn", LayerTerms(before, after, before, before))]), _layer())
+    singles = [score_table(OrderedDict([("conv1.bn", LayerTerms(before[i:i + 1], after[i:i + 1], before, before))]),
+                           _layer())["score"].to_numpy() for i in range(5)]
+    np.testing.assert_allclose(whole["score"], np.mean(singles, axis=0), rtol=1e-12)
+    pooled = score_table(OrderedDict([("conv1.bn", LayerTerms(before, after, before, before))]), _layer(), population="all")
+    assert not np.allclose(pooled["score"], whole["score"])  # the image scale differs: populations matter
+    one = OrderedDict([("conv1.bn", LayerTerms(before[:1], after[:1], before, before))])
+    np.testing.assert_allclose(score_table(one, _layer())["score"], score_table(one, _layer(), population="all")["score"])
 
 
 def test_top_units_table_ranks_and_breaks_ties():
@@ -264,8 +374,18 @@ def test_top_units_table_ranks_and_breaks_ties():
     top = top_units_table(scores, 50)
     assert list(zip(top["layer"], top["channel"], top["h"], top["rank"])) == [("a", 0, 1, 1), ("a", 1, 0, 2), ("b", 1, 0, 1)]
     assert list(top_units_table(scores, 1)["rank"]) == [1, 1]  # at least one per layer
+    assert list(top_units_table(scores, 60)["rank"]) == [1, 2, 1]  # floor(4 * 0.6) = 2, floor(2 * 0.6) = 1
     with pytest.raises(ValueError):
         top_units_table(scores, 0)
+
+
+def test_top_count_is_the_references_floor():
+    from advneurons.psn import top_count
+
+    # the reference: max(1, int(N * p)); e.g. VGG conv11 at width 1/8 has 64 x 2 x 2 = 256 units: 2 at 1%
+    for n, percent in [(256, 1), (50, 1), (1000, 0.1), (2900, 1), (2048, 0.1), (65536, 1), (29, 100), (7, 10)]:
+        assert top_count(n, percent) == max(1, int(n * (percent / 100))), (n, percent)
+    assert top_count(256, 1) == 2 and top_count(50, 1) == 1 and top_count(2048, 0.1) == 2
 
 
 # ----------------------------------------------------------------------------------- analyses
@@ -289,11 +409,11 @@ def test_mean_abs_deviation_and_tables_by_hand(nets):
     for name in layers:
         expected = (a[name] - b[name]).abs().flatten(1).mean(0).double()
         torch.testing.assert_close(dev[name], expected)
-    chosen = OrderedDict(conv1=np.array([0, 1]), relu3=np.array([2]))
-    base = OrderedDict(conv1=np.array([5, 6]), relu3=np.array([4]))
+    chosen = OrderedDict([("conv1.bn", np.array([0, 1])), ("fc1", np.array([2]))])
+    base = OrderedDict([("conv1.bn", np.array([5, 6])), ("fc1", np.array([4]))])
     per_layer, per_block = pa.deviation_tables(layers, chosen, base, {"noise": dev})
-    row = per_layer[(per_layer.layer == "conv1") & (per_layer.group == "psn")].iloc[0]
-    assert row["deviation"] == pytest.approx(float(dev["conv1"][[0, 1]].mean()))
+    row = per_layer[(per_layer.layer == "conv1.bn") & (per_layer.group == "psn")].iloc[0]
+    assert row["deviation"] == pytest.approx(float(dev["conv1.bn"][[0, 1]].mean()))
     assert set(per_block["block"]) == {"B1", "FC"}
 
 
@@ -307,8 +427,12 @@ def test_noise_on_units_changes_accuracy_only_when_units_are_chosen(nets):
         y = model(x).argmax(1)
     none = OrderedDict((n, np.array([], dtype=np.int64)) for n in layers)
     assert pa.noisy_accuracy(model, layers, none, x, y, 0.8, torch.Generator().manual_seed(1)) == 1.0
-    everything = OrderedDict((n, np.arange(4 * 16 * 16 if n == "conv1" else 1)) for n in layers)
+    everything = OrderedDict((n, np.arange(4 * 16 * 16 if n == "conv1.bn" else 1)) for n in layers)
     assert pa.noisy_accuracy(model, layers, everything, x, y, 50.0, torch.Generator().manual_seed(1)) < 1.0
+    # nodes read at a module's output (conv, ReLU output) are edited too, with either node set
+    every = scored_layers(model, "all")
+    relu_out = OrderedDict([("conv1.relu", np.arange(4 * 16 * 16))])
+    assert pa.noisy_accuracy(model, every, relu_out, x, y, 50.0, torch.Generator().manual_seed(1)) < 1.0
 
 
 def test_unit_gradcam_matches_its_definition(nets):
@@ -316,7 +440,7 @@ def test_unit_gradcam_matches_its_definition(nets):
     model = models["vgg"]
     layers = scored_layers(model)
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    cam = pa.unit_gradcam(model, layers["conv2"], "conv2", layers, x, (1, 2, 3))
+    cam = pa.unit_gradcam(model, layers["conv2.bn"], "conv2.bn", layers, x, (1, 2, 3))
     assert cam.shape == (2, 16, 16)
     # independent: the feature map is conv2's input (pool1 output), the target a[:, 1, 2, 3]
     f = model.features
@@ -333,7 +457,7 @@ def test_unit_gradcam_matches_its_definition(nets):
 
 def test_agreement_table_by_hand():
     scores = pd.DataFrame({
-        "layer": ["conv1"] * 6, "depth": 0, "block": "B1", "conv": "conv1",
+        "layer": ["conv1.bn"] * 6, "depth": 0, "block": "B1", "conv": "conv1",
         "channel": [0, 0, 1, 1, 2, 2], "h": [0, 1] * 3, "w": 0, "score": [1.0, 1.0, 3.0, 3.0, 2.0, 2.0],
     })
     sens = pd.DataFrame({"layer": "conv1", "depth": 0, "channel": [0, 1, 2], "sensitivity": [0.1, 0.2, 0.3]})
@@ -378,7 +502,7 @@ def test_step_functions_write_their_files(tiny_files):
     table = psn_scores("model.pt", test, 2, 8, "CROWN-IBP", 64, 0, tmp / "s.csv.gz", tmp / "s.json")
     back = read_scores(tmp / "s.csv.gz")
     assert len(back) == len(table) == 4 * 16 * 16 + 6 * 8 * 8 + 12
-    assert list(back["layer"].unique()) == ["conv1", "conv2", "relu3"]
+    assert list(back["layer"].unique()) == ["conv1.bn", "conv2.bn", "fc1"]
     top = top_units(tmp / "s.csv.gz", [1, 10], tmp / "top.csv")
     assert set(top["percent"]) == {1.0, 10.0}
     dev = pa.activation_deviation("model.pt", test, tmp / "top.csv", 10, 4, 0, tmp / "dl.csv", tmp / "db.csv",
@@ -387,7 +511,7 @@ def test_step_functions_write_their_files(tiny_files):
     att = pa.attack_psns("model.pt", test, tmp / "s.csv.gz", None, 0, tmp / "a.csv", tmp / "a.md", tmp / "a.png",
                          tmp / "a.json", ratios=(1, 30))
     assert len(att) == 4 and (tmp / "a.md").read_text().count("\n") == 4
-    pa.focus_heatmaps("model.pt", test, tmp / "s.csv.gz", ["conv2"], [tmp / "f.png"], tmp / "f.json",
+    pa.focus_heatmaps("model.pt", test, tmp / "s.csv.gz", ["conv2.bn"], [tmp / "f.png"], tmp / "f.json",
                       n_units=1, n_top=2, pgd_steps=2)
     assert (tmp / "f.png").stat().st_size > 0
     sens = pd.DataFrame({"layer": ["conv1"] * 4 + ["conv2"] * 6, "depth": [0] * 4 + [1] * 6,
@@ -397,3 +521,45 @@ def test_step_functions_write_their_files(tiny_files):
     assert list(agree["conv"]) == ["conv1", "conv2"]
     with pytest.raises(ValueError, match="bound method"):
         psn_scores("model.pt", test, 2, 8, "IBP", 64, 0, tmp / "x.csv", tmp / "x.json")
+    with pytest.raises(ValueError, match="node set"):
+        psn_scores("model.pt", test, 2, 8, "CROWN", 64, 0, tmp / "x.csv", tmp / "x.json", nodes="relus")
+
+
+def test_every_analysis_runs_on_an_all_node_score_table(tiny_files):
+    from advneurons.psn import psn_scores, top_units
+
+    tmp, test = tiny_files
+    table = psn_scores("model.pt", test, 1, 8, "CROWN", 64, 0, tmp / "s.csv.gz", tmp / "s.json", nodes="all")
+    assert list(table["layer"].unique()) == ["conv1", "conv1.bn", "conv1.relu", "pool1", "conv2", "conv2.bn",
+                                             "conv2.relu", "pool2", "flatten", "fc1", "fc1.relu"]
+    meta = __import__("json").loads((tmp / "s.json").read_text())
+    assert meta["bound_device"] == "cpu" and meta["params"]["nodes"] == "all"
+    top_units(tmp / "s.csv.gz", [10], tmp / "top.csv")
+    dev = pa.activation_deviation("model.pt", test, tmp / "top.csv", 10, 4, 0, tmp / "dl.csv", tmp / "db.csv",
+                                  tmp / "d.png", tmp / "d.json", pgd_steps=2)
+    assert set(dev["layer"]) == set(table["layer"])
+    att = pa.attack_psns("model.pt", test, tmp / "s.csv.gz", None, 0, tmp / "a.csv", tmp / "a.md", tmp / "a.png",
+                         tmp / "a.json", ratios=(30,))
+    assert len(att) == 2
+    pa.focus_heatmaps("model.pt", test, tmp / "s.csv.gz", ["conv2.relu", "pool1"], [tmp / "f.png", tmp / "g.png"],
+                      tmp / "f.json", n_units=1, n_top=2, pgd_steps=2)
+    sens = pd.DataFrame({"layer": ["conv1"] * 4 + ["conv2"] * 6, "depth": [0] * 4 + [1] * 6,
+                         "channel": list(range(4)) + list(range(6)), "sensitivity": np.arange(10.0)})
+    sens.to_csv(tmp / "sens.csv", index=False)
+    agree = pa.method_agreement(tmp / "s.csv.gz", tmp / "sens.csv", 50, tmp / "m.csv", tmp / "m.md", tmp / "m.png")
+    assert list(agree["layer"]) == ["conv1", "conv1.bn", "conv1.relu", "conv2", "conv2.bn", "conv2.relu"]
+
+
+def test_the_bounder_runs_on_the_device_the_job_sees(nets, monkeypatch):
+    """CUDA when the job sees a GPU: the device comes from runtime.device(); on this CPU machine the same
+    code runs with that device, and every tensor the bounder returns is on the CPU."""
+    from advneurons import runtime
+
+    models, x = nets
+    asked = []
+    monkeypatch.setattr(runtime, "device", lambda: asked.append(1) or torch.device("cpu"))
+    b = PSNBounder(models["resnet"], x, "CROWN", 64, scored_layers(models["resnet"], "all"))
+    assert asked and b.device == torch.device("cpu")
+    assert all(p.device == b.device for p in b.bm.parameters())
+    terms = b.terms(x, 8 / 255)
+    assert all(getattr(t, f).device.type == "cpu" for t in terms.values() for f in ("before", "after", "lower"))

@@ -18,4 +18,6 @@ psn_scores(
     out_path=smk.output.scores,
     meta_path=smk.output.meta,
     variant=s["variant"],
+    zscore=s["zscore"],
+    nodes=s["nodes"],
 )

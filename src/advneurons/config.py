@@ -197,11 +197,35 @@ def _check_training(config: dict, name: str, training: dict) -> None:
                 raise ConfigError(f"config key '{key}.sns_layers.{arch}[{i}]': {layer!r} is not a conv layer of {arch}")
 
 
-# Names of the PSN scored layers (the ReLU inputs, advneurons.psn.scored_layers), known without building a
+# Names of the PSN scored nodes by node set (advneurons.psn_graph.scored_layers), known without building a
 # model so that the config can be checked before anything runs; a test keeps them equal to the models'.
+def _vgg16_psn_nodes() -> list[str]:
+    names, pools_after = [], {2, 4, 7, 10, 13}
+    for i in range(1, 14):
+        names += [f"conv{i}", f"conv{i}.bn", f"conv{i}.relu"]
+        if i in pools_after:
+            names.append(f"pool{len([p for p in pools_after if p <= i])}")
+    return names + ["flatten"]
+
+
+def _resnet18_psn_nodes() -> list[str]:
+    names = ["conv1", "conv1.bn", "conv1.relu"]
+    for s in range(1, 5):
+        for b in (1, 2):
+            p = f"l{s}b{b}"
+            names += [f"{p}c1", f"{p}c1.bn", f"{p}c1.relu", f"{p}c2", f"{p}c2.bn"]
+            if s > 1 and b == 1:
+                names += [f"{p}sc", f"{p}sc.bn"]
+            names += [f"{p}add", f"{p}add.relu"]
+    return names + ["avgpool", "flatten"]
+
+
 PSN_LAYERS = {
-    "vgg16": [f"conv{i}" for i in range(1, 14)],
-    "resnet18": ["conv1"] + [f"l{s}b{b}{part}" for s in range(1, 5) for b in (1, 2) for part in ("c1", "add")],
+    "relu_inputs": {
+        "vgg16": [f"conv{i}.bn" for i in range(1, 14)],
+        "resnet18": ["conv1.bn"] + [f"l{s}b{b}{part}" for s in range(1, 5) for b in (1, 2) for part in ("c1.bn", "add")],
+    },
+    "all": {"vgg16": _vgg16_psn_nodes(), "resnet18": _resnet18_psn_nodes()},
 }
 
 
@@ -212,14 +236,18 @@ def _check_psn(psn: dict, config: dict) -> None:
     for arch in config["models"]["architectures"]:
         if arch not in psn["n_images"]:
             raise ConfigError(f"config key 'psn.n_images': no number of images for architecture {arch!r}")
+    known = PSN_LAYERS[psn["nodes"]]
     for arch, layers in psn["heatmaps"]["layers"].items():
-        if arch not in PSN_LAYERS:
+        if arch not in known:
             raise ConfigError(f"config key 'psn.heatmaps.layers.{arch}': unknown architecture "
-                              f"(known: {', '.join(PSN_LAYERS)})")
+                              f"(known: {', '.join(known)})")
         for i, layer in enumerate(layers):
-            if layer not in PSN_LAYERS[arch]:
-                raise ConfigError(f"config key 'psn.heatmaps.layers.{arch}[{i}]': {layer!r} is not a scored layer "
-                                  f"of {arch} ({', '.join(PSN_LAYERS[arch])})")
+            if layer not in known[arch]:
+                raise ConfigError(f"config key 'psn.heatmaps.layers.{arch}[{i}]': {layer!r} is not a node that "
+                                  f"psn.nodes={psn['nodes']} scores in {arch} ({', '.join(known[arch])})")
+            if layer in ("flatten",) or layer.startswith("fc"):
+                raise ConfigError(f"config key 'psn.heatmaps.layers.{arch}[{i}]': {layer!r} has no spatial feature "
+                                  "map for Grad-CAM; choose a conv, BatchNorm, ReLU, pooling or residual node")
 
 
 def _check_ig_defense(ig: dict, config: dict) -> None:
@@ -517,7 +545,7 @@ def psn_ids(config: dict, model: dict) -> dict[str, str]:
     """Ids of the PSN outputs of one model (an entry of :func:`model_entries`): the scores hash the
     bound settings and the images scored; each analysis hashes its own settings."""
     psn, seed = config["psn"], config["seed"]
-    scores = {k: psn[k] for k in ("bound_method", "variant", "eps")}
+    scores = {k: psn[k] for k in ("bound_method", "variant", "eps", "zscore", "nodes")}
     return {
         "scores": make_id("psn", {**scores, "n_images": psn["n_images"][model["arch"]], "seed": seed}),
         "deviation": make_id("deviation", {**psn["deviation"], "seed": seed}),

@@ -182,15 +182,17 @@ def import_auto_lirpa():
     return _lirpa
 
 
-def bounded_module(model: nn.Module, example_input: torch.Tensor, bound_opts=None):
-    """Wrap ``model`` (put in eval mode, on cpu) in an auto_LiRPA ``BoundedModule``.
+def bounded_module(model: nn.Module, example_input: torch.Tensor, bound_opts=None, device="cpu"):
+    """Wrap ``model`` (put in eval mode, on ``device``) in an auto_LiRPA ``BoundedModule``.
 
-    ``example_input`` fixes the traced input shape apart from the batch dimension.
+    ``example_input`` fixes the traced input shape apart from the batch dimension. auto_LiRPA runs on
+    CUDA as on the CPU; the graph, its parameters and every bound then live on ``device``.
     """
     lirpa = import_auto_lirpa()
-    model = model.eval().cpu()
+    device = torch.device(device)
+    model = model.eval().to(device)
     return lirpa.BoundedModule(
-        model, example_input.cpu(), bound_opts=bound_opts, device="cpu"
+        model, example_input.to(device), bound_opts=bound_opts, device=str(device)
     )
 
 

@@ -1,15 +1,21 @@
 """Propagation-sensitive neurons (PSN): verification-based scores of single units (SPEC section 4).
 
-A *unit* is one element (channel, h, w) of a *scored layer*; the scored layers are the inputs of the
-model's ReLUs (:func:`scored_layers`). For one image and an L-inf ball of radius eps around it (clipped
-to [0, 1]), linear bound propagation (CROWN, through auto_LiRPA) gives
+A *unit* is one element (channel, h, w) of a *scored node*; the scored nodes are the ReLU inputs or
+every node between the normalised input and the logits (``psn.nodes``; names and hooks in
+:mod:`advneurons.psn_graph`). For one image and an L-inf ball of radius eps around it (clipped to
+[0, 1]), linear bound propagation (CROWN, through auto_LiRPA) gives
 
 * ``before_i = ||lA_i||_2 + ||uA_i||_2``: the lower / upper linear coefficients of unit i with respect
-  to the input image (how strongly the input perturbation reaches the unit), and
+  to the *normalised* input, as the reference bounds the normalised image (the pixel-space coefficients
+  times each input channel's std): how strongly the input perturbation reaches the unit;
 * ``after_i = ||LA[:, i]||_2 + ||UA[:, i]||_2``: the coefficients of the 10 logit bounds with respect
-  to unit i, norm taken over the logits (how strongly the unit reaches the output).
+  to unit i, norm over the logits: how strongly the unit reaches the output. For a node read by
+  several consumers (a ResNet block output feeds the next block's conv and its shortcut) this is the
+  total over all of them; the reference counts only its first consumer's branch.
 
-Per layer both terms are z-scored over all (image, unit) entries, and
+Per node and image both terms are z-scored over the node's units (the reference's population, as its
+scripts run one image per bound; ``zscore="all"`` pools all (image, unit) entries instead), with the
+reference's ``(v - mean) / (std + 1e-9)`` and unbiased std, and
 
     score_i = sqrt(max(z(before_i) * z(after_i), 0) + 1e-9)
 
@@ -17,59 +23,53 @@ averaged over the images. This is the reference's formula and the default (``var
 Note what it implies: a unit whose two z-scores are *both negative* (weakly reached and weakly
 propagating) gets a product as large as a unit with both positive, so it ranks as "sensitive" too.
 ``variant="positive"`` scores only units with both z-scores positive (the others get sqrt(1e-9)).
-
-Layer names follow the papers and ``model.layers()``: the scored layer that is the (batch-normalised)
-output of conv layer ``convN`` / ``lXbYcZ`` carries that conv's name (VGG ``conv1``..``conv13``, ResNet
-stem ``conv1``, block ``l1b1c1``), and the residual sum of a block (the input of its second ReLU) is
-``lXbYadd``. A ReLU after a hidden linear layer would be named after its ReLU module.
+The top p% of a node are its max(1, floor(N * p / 100)) best units, as the reference counts them.
 
 Bound methods (``bound_method``):
 
 * ``"CROWN"`` (the reference's): every intermediate bound is a backward CROWN bound, so the
-  coefficients recorded while CROWN computes the bounds of a scored layer *are* the before term;
-  one ``compute_bounds`` call with a final pass that records the logits' coefficients at every ReLU
-  input delivers both terms. Costs about one full-network CROWN bound.
+  coefficients recorded while CROWN computes the bounds of a scored node *are* its before term; one
+  ``compute_bounds`` call delivers the before terms of the nodes it bounds (ReLU inputs, pooling
+  inputs) and, from its final pass, the after terms of all nodes. Costs about one full-network CROWN
+  bound with ``nodes="relu_inputs"``.
 * ``"CROWN-IBP"``: intermediate bounds by IBP, the ReLU relaxations fixed by them; the after term
-  comes from the CROWN pass of the logits, the before term of layer l from a CROWN pass started at
-  layer l (what ``compute_bounds(method="CROWN-IBP")`` of the network truncated after layer l gives,
-  without building truncated networks). Its before terms need one backward pass per scored layer over
-  all its units, exactly like CROWN's intermediate bounds, so it is *not* much cheaper than CROWN.
+  comes from the CROWN pass of the logits, the before term of node l from a CROWN pass started at
+  node l. Its before terms need one backward pass per scored node over all its units, exactly like
+  CROWN's intermediate bounds, so it is *not* much cheaper than CROWN.
 
 How the terms are obtained from auto_LiRPA 0.3 (checked against autograd Jacobians in the tests):
 
-* after: ``compute_bounds(..., return_A=True, needed_A_dict={output: [ReLU node names]})``; the record
-  kept under a *ReLU* node's name holds the coefficients with respect to that ReLU's *input* (a record
-  under the BN node's own name would be with respect to the BN's input, off by the BN scale).
+* after: auto_LiRPA frees the coefficients it passes backwards only in intermediate passes; after the
+  final pass each node still holds the logits' coefficients w.r.t. its own output, summed over its
+  consumers (:meth:`PSNBounder._after_norms`).
 * before: while compute_bounds bounds a scored node, ``BoundedModule.backward_general`` is replaced
   (on the instance, for the duration of the call) by a wrapper that runs the same backward pass in
   chunks of units and reads the coefficients left at the input node (a graph root, which auto_LiRPA
   does not free). Patches-form coefficients (the first conv layers) are reduced with the library's
-  own patch-times-image product applied to squared patches and an all-ones image, which counts only
-  positions inside the image (padding excluded).
-* Scored nodes are identified by value: the input of each auto_LiRPA ReLU node must equal exactly one
-  scored layer's output on a probe image, and the counts must match.
+  own patch-times-image product applied to squared patches and an image of squared stds, which
+  counts only positions inside the image (padding excluded).
+* Nodes that compute_bounds does not bound get a backward pass of their own, except where a pass is
+  shared exactly (:meth:`PSNBounder.derivation_plan`): a conv output from its BatchNorm's pass (per
+  channel scale), a ReLU output from its input's (the relaxation's slopes), a flatten from its input's.
+  With ``nodes="all"`` this leaves one extra pass per pooling node and per shortcut BatchNorm.
+* Scored nodes are matched to graph nodes of the same kind by value on a probe image; every ReLU input
+  (or every node, with ``nodes="all"``) must be matched.
 
 auto_LiRPA's own batched CROWN (``crown_batch_size``) refuses ``return_A`` and is disabled with
 ``sparse_intermediate_bounds=False``, so this module chunks the specification itself: every backward
-pass from a scored layer runs over chunks of at most :meth:`PSNBounder.rows_per_chunk` units, chosen
+pass from a scored node runs over chunks of at most :meth:`PSNBounder.rows_per_chunk` units, chosen
 from the memory budget (a conservative estimate: 64 bytes per row and per element of the largest
 activation the pass crosses; measured peaks stay below it), and each chunk's coefficients are reduced
-to norms and dropped at once. All bound computation runs under ``torch.no_grad()``.
+to norms and dropped at once. All bound computation runs under ``torch.no_grad()``, on CUDA when the
+job sees a GPU (the budget is then GPU memory).
 
-Cost (bench/bench_psn.py, trained digits models of width 0.125, one image, 2 shared cores): CROWN mode
-takes about as long as one full-network CROWN bound of the output (VGG16 1.13x, ~32 s; ResNet18 0.76x,
-~63 s) with peak memory under the 1024 MB budget; CROWN-IBP mode is *not* faster (0.84x / 0.93x of
-CROWN's speed), because its before terms are the same backward passes; only the after term (the logits'
-pass) is 10-300x cheaper under CROWN-IBP. Top-1% sets from disjoint image subsets overlap far above
-chance already with very few images (mean Jaccard 0.67 for 2 vs 2 images on VGG16, 0.42 for 1 vs 1 on
-ResNet18; random sets ~0.005), deep layers most.
+Cost: bench/bench_psn.py measures it (README, "PSN cost").
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,11 +80,13 @@ import torch
 from torch import nn
 
 from .lirpa_compat import bounded_module, import_auto_lirpa
+from .psn_graph import NODE_SETS, check_node_set, ActivationRecorder, ScoredLayer, input_normalisation, layer_activations, scored_layers
 
 log = logging.getLogger("advneurons")
 
 BOUND_METHODS = ("CROWN", "CROWN-IBP")
 VARIANTS = ("faithful", "positive")
+ZSCORE_POPULATIONS = ("image", "all")
 SCORE_FLOOR = 1e-9
 UNIT_COLUMNS = ["layer", "depth", "block", "conv", "channel", "h", "w"]
 
@@ -95,193 +97,152 @@ UNIT_COLUMNS = ["layer", "depth", "block", "conv", "channel", "h", "w"]
 _BYTES_PER_ELEMENT = 4 * 16
 
 
-# ------------------------------------------------------------------------------------------ layers
-@dataclass(frozen=True)
-class ScoredLayer:
-    """One ReLU input of a model.
-
-    ``relu`` is the key of the ReLU in ``model.relus()``; ``conv`` names the conv layer (a key of
-    ``model.layers()``) whose batch-normalised output this layer is, or the residual-branch conv for a
-    residual sum (used to compare with channel-level sensitivity), None if there is none; ``block``
-    groups layers for summaries (VGG: B1..B5 by pooling stage, FC; ResNet: stem, layer1..layer4);
-    ``source`` is the module whose *input* serves as the Grad-CAM feature map of the layer's units.
-    """
-
-    name: str
-    relu: str
-    block: str
-    conv: str | None
-    source: nn.Module | None
-
-
-def scored_layers(model: nn.Module) -> "OrderedDict[str, ScoredLayer]":
-    """The inputs of the model's ReLUs, in forward order, with the papers' layer names."""
-    relus = model.relus()
-    out: "OrderedDict[str, ScoredLayer]" = OrderedDict()
-    features = getattr(model, "features", None)
-    if isinstance(features, nn.Sequential):
-        # VGG: reluN in `features` follows convN -> bnN; the block is the pooling stage of the layer.
-        # ReLUs outside `features` follow hidden linear layers of a classifier (block "FC").
-        stage, stage_of = 1, {}
-        for name, module in features.named_children():
-            if isinstance(module, nn.MaxPool2d):
-                stage += 1
-            elif isinstance(module, nn.ReLU):
-                stage_of[name] = stage
-        for relu_name in relus:
-            match = re.fullmatch(r"relu(\d+)", relu_name)
-            if relu_name in stage_of and match and hasattr(features, f"conv{match.group(1)}"):
-                n = match.group(1)
-                out[f"conv{n}"] = ScoredLayer(
-                    f"conv{n}", relu_name, f"B{stage_of[relu_name]}", f"conv{n}", getattr(features, f"conv{n}")
-                )
-            else:
-                out[relu_name] = ScoredLayer(relu_name, relu_name, "FC", None, None)
-        return out
-    if hasattr(model, "blocks"):
-        blocks = dict(model.blocks())
-        for relu_name in relus:
-            if relu_name == "relu1":
-                out["conv1"] = ScoredLayer("conv1", relu_name, "stem", "conv1", model.conv1)
-                continue
-            match = re.fullmatch(r"(l(\d)b\d)r([12])", relu_name)
-            if match is None:
-                out[relu_name] = ScoredLayer(relu_name, relu_name, "other", None, None)
-                continue
-            prefix, stage, which = match.group(1), match.group(2), match.group(3)
-            block = blocks[prefix]
-            if which == "1":
-                out[f"{prefix}c1"] = ScoredLayer(f"{prefix}c1", relu_name, f"layer{stage}", f"{prefix}c1", block.conv1)
-            else:
-                out[f"{prefix}add"] = ScoredLayer(f"{prefix}add", relu_name, f"layer{stage}", f"{prefix}c2", block.conv1)
-        return out
-    # Any other model exposing relus(): name the layers after their ReLUs.
-    for relu_name in relus:
-        out[relu_name] = ScoredLayer(relu_name, relu_name, "all", None, None)
-    return out
-
-
-class ActivationRecorder:
-    """Forward pre-hooks that keep the input of every scored layer's ReLU (the scored layer output).
-
-    ``edit`` (optional) maps a layer name to a function ``f(name, tensor) -> tensor`` whose result
-    replaces the ReLU input, which is how noise is injected into chosen units.
-    """
-
-    def __init__(self, model: nn.Module, layers: "OrderedDict[str, ScoredLayer]", keep: bool = True, edit=None):
-        self.model, self.layers, self.keep, self.edit = model, layers, keep, edit or {}
-        self.values: "OrderedDict[str, torch.Tensor]" = OrderedDict()
-        self._handles = []
-
-    def __enter__(self):
-        relus = self.model.relus()
-        for name, layer in self.layers.items():
-            self._handles.append(relus[layer.relu].register_forward_pre_hook(self._hook(name)))
-        return self
-
-    def __exit__(self, *exc):
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-    def _hook(self, name):
-        def hook(_module, inputs):
-            value = inputs[0]
-            if name in self.edit:
-                value = self.edit[name](name, value)
-            if self.keep:
-                self.values[name] = value
-            if name in self.edit:
-                return (value,)
-            return None
-
-        return hook
-
-
-@torch.no_grad()
-def layer_activations(model: nn.Module, x: torch.Tensor, layers=None) -> "OrderedDict[str, torch.Tensor]":
-    """Outputs of the scored layers (ReLU inputs) for a batch."""
-    layers = layers if layers is not None else scored_layers(model)
-    with ActivationRecorder(model, layers) as rec:
-        model(x)
-    return OrderedDict((name, rec.values[name]) for name in layers)
+# The scored nodes, their names and hooks live in psn_graph; re-exported here for the analyses.
+__all__ = ["ActivationRecorder", "ScoredLayer", "layer_activations", "scored_layers", "NODE_SETS"]
 
 
 # ------------------------------------------------------------------------------------------ bounds
 @dataclass
 class LayerTerms:
-    """Per image and unit of one scored layer: the two PSN terms and the unit's bounds."""
+    """Per image and unit of one scored node: the two PSN terms and the unit's bounds.
+
+    ``before`` is ``before_lower + before_upper``, the norms of the lower / upper coefficients w.r.t.
+    the normalised input (kept apart because a ReLU output's terms follow from its input's parts).
+    """
 
     before: torch.Tensor  # (N, *shape)
     after: torch.Tensor  # (N, *shape)
     lower: torch.Tensor  # (N, *shape) bounds of the unit over the ball (CROWN or CROWN-IBP)
     upper: torch.Tensor
+    before_lower: torch.Tensor | None = None
+    before_upper: torch.Tensor | None = None
 
 
 def _prod(shape) -> int:
     return int(math.prod(int(s) for s in shape))
 
 
-class PSNBounder:
-    """auto_LiRPA bound computation that collects the PSN terms of every scored layer.
+def _kind_classes(lirpa) -> dict:
+    """auto_LiRPA node classes of each node kind of psn_graph."""
+    ops = lirpa.bound_ops
+    return {
+        "conv": (ops.BoundConv,), "bn": (ops.BoundBatchNormalization,), "relu": (ops.BoundRelu,),
+        "pool": (ops.BoundMaxPool, ops.BoundAveragePool), "flatten": (ops.BoundFlatten, ops.BoundReshape),
+        "add": (ops.BoundAdd,), "linear": (ops.BoundLinear, ops.BoundMatMul),
+    }
 
-    Built once per model (tracing is the slow part) and reused for every image batch. The node of
-    each scored layer is found by value: on a probe input, the input of each auto_LiRPA ReLU node
-    must equal exactly one scored layer's output, and every scored layer must be matched.
+
+def relu_relaxation(lower: torch.Tensor, upper: torch.Tensor):
+    """(lower slope, upper slope, upper intercept) of auto_LiRPA 0.3's default ("adaptive") CROWN
+    relaxation of ReLU for input bounds [lower, upper]; tests check it against a backward pass."""
+    lb_r = lower.clamp(max=0)
+    ub_r = torch.maximum(upper.clamp(min=0), lb_r + 1e-8)
+    upper_d = ub_r / (ub_r - lb_r)
+    return (upper_d > 0.5).to(upper_d.dtype), upper_d, -lb_r * upper_d
+
+
+class PSNBounder:
+    """auto_LiRPA bound computation that collects the PSN terms of every scored node.
+
+    Built once per model (tracing is the slow part) and reused for every image batch. Each scored node
+    is matched to the graph node of the same kind (conv, BatchNorm, ReLU, ...) whose value equals the
+    node's on a probe input; all of the ReLU inputs (``relu_inputs`` set) or all graph nodes between
+    the normalised input and the logits (``all`` set) must be matched. Runs on ``device`` (default:
+    :func:`advneurons.runtime.device`, CUDA when the job sees a GPU); results come back on the CPU.
     """
 
     def __init__(self, model: nn.Module, example: torch.Tensor, method: str = "CROWN", mem_budget_mb: float = 2048,
-                 layers: "OrderedDict[str, ScoredLayer] | None" = None):
+                 layers: "OrderedDict[str, ScoredLayer] | None" = None, device=None):
         if method not in BOUND_METHODS:
             raise ValueError(f"unknown bound method {method!r}; choose one of {', '.join(BOUND_METHODS)}")
         if not mem_budget_mb > 0:
             raise ValueError(f"memory budget must be positive, got {mem_budget_mb} MB")
+        from .runtime import device as default_device
+
         self.lirpa = import_auto_lirpa()
-        self.model = model.eval()
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = model.eval().to(self.device)
         self.method = method
         self.mem_budget_bytes = float(mem_budget_mb) * 2**20
         self.layers = layers if layers is not None else scored_layers(model)
-        example = example[:1].detach().cpu()
-        self.bm = bounded_module(model, example, bound_opts={"sparse_intermediate_bounds": False})
+        example = example[:1].detach().to(self.device).float()
+        self.bm = bounded_module(self.model, example, bound_opts={"sparse_intermediate_bounds": False},
+                                 device=self.device)
         self.input_name = self.bm.input_name[0]
         self.output_name = self.bm.output_name[0]
-        self.node_of, self.relu_node_of = self._match_nodes(example)
+        norm = input_normalisation(self.model)
+        # before terms are taken w.r.t. the normalised input, as the reference bounds the normalised image
+        self.input_std = norm[1].to(self.device).float() if norm is not None else None
+        self.node_of = self._match_nodes(example)
         self.layer_of_node = {node: name for name, node in self.node_of.items()}
+        self._consumers = self._graph_consumers()
         self._largest_before = self._largest_ancestor_sizes()
         self._orig_backward = self.bm.backward_general
         self._recording: dict[str, tuple] | None = None
 
     # -- graph ---------------------------------------------------------------------------------
+    def _graph_nodes(self, probe) -> list:
+        """The graph nodes strictly between the normalised input and the logits, in graph order."""
+        nodes = list(self.bm._modules.values())
+        start = self.input_name
+        norm = input_normalisation(self.model)
+        if norm is not None:
+            target = (probe - norm[0]) / norm[1]
+            hits = [n.name for n in nodes if isinstance(getattr(n, "forward_value", None), torch.Tensor)
+                    and n.forward_value.shape == target.shape and torch.allclose(n.forward_value, target, atol=1e-6)
+                    and n.name != self.input_name]
+            if not hits:
+                raise RuntimeError("no auto_LiRPA node holds the model's normalised input")
+            start = hits[-1]
+        below, changed = {start}, True
+        while changed:
+            changed = False
+            for n in nodes:
+                if n.name not in below and any(i.name in below for i in n.inputs):
+                    below.add(n.name)
+                    changed = True
+        return [n for n in nodes if n.name in below and n.name not in (start, self.output_name)]
+
     def _match_nodes(self, example):
         gen = torch.Generator().manual_seed(12345)
-        probe = torch.rand(example.shape, generator=gen)
+        probe = torch.rand(example.shape, generator=gen).to(self.device)
         acts = layer_activations(self.model, probe, self.layers)
         with torch.no_grad():
             self.bm(probe)
-        relu_cls = self.lirpa.bound_ops.BoundRelu
-        relu_nodes = [n for n in self.bm._modules.values() if isinstance(n, relu_cls)]
-        if len(relu_nodes) != len(self.layers):
-            raise RuntimeError(
-                f"auto_LiRPA graph has {len(relu_nodes)} ReLU nodes but the model lists {len(self.layers)} "
-                "scored layers (a ReLU used twice or a functional relu?)"
-            )
-        node_of, relu_node_of = {}, {}
-        for relu in relu_nodes:
-            value = relu.inputs[0].forward_value
+        eligible = self._graph_nodes(probe)
+        classes = _kind_classes(self.lirpa)
+        node_of = OrderedDict()
+        for name, layer in self.layers.items():
+            value = acts[name]
             hits = [
-                name for name, act in acts.items()
-                if act.shape == value.shape and torch.allclose(act, value, rtol=1e-4, atol=1e-5)
+                n.name for n in eligible
+                if isinstance(n, classes[layer.kind]) and n.forward_value.shape == value.shape
+                and torch.allclose(n.forward_value, value, rtol=1e-4, atol=1e-5)
             ]
             if len(hits) != 1:
-                raise RuntimeError(f"ReLU node {relu.name} matches {len(hits)} scored layers ({hits}) by value")
-            if hits[0] in node_of:
-                raise RuntimeError(f"scored layer {hits[0]} matched by two ReLU nodes")
-            node_of[hits[0]] = relu.inputs[0].name
-            relu_node_of[hits[0]] = relu.name
-        missing = [n for n in self.layers if n not in node_of]
-        if missing:
-            raise RuntimeError(f"scored layers without an auto_LiRPA node: {missing}")
-        return OrderedDict((n, node_of[n]) for n in self.layers), OrderedDict((n, relu_node_of[n]) for n in self.layers)
+                raise RuntimeError(f"scored node {name} ({layer.kind}) matches {len(hits)} auto_LiRPA nodes by value")
+            if hits[0] in node_of.values():
+                raise RuntimeError(f"auto_LiRPA node {hits[0]} matched by two scored nodes")
+            node_of[name] = hits[0]
+        matched = set(node_of.values())
+        if all(layer.relu_input for layer in self.layers.values()):
+            relu_cls = self.lirpa.bound_ops.BoundRelu
+            needed = {n.inputs[0].name for n in eligible if isinstance(n, relu_cls)}
+            what = "ReLU inputs"
+        else:
+            needed = {n.name for n in eligible}
+            what = "nodes between the normalised input and the logits"
+        if needed - matched:
+            raise RuntimeError(f"auto_LiRPA {what} without a scored node: {sorted(needed - matched)} "
+                               "(a functional op or a module the PSN naming does not know?)")
+        return node_of
+
+    def _graph_consumers(self) -> dict:
+        consumers = {n.name: [] for n in self.bm._modules.values()}
+        for n in self.bm._modules.values():
+            for i in n.inputs:
+                consumers[i.name].append(n)
+        return consumers
 
     def _largest_ancestor_sizes(self) -> dict[str, int]:
         """Per scored node, the largest element count (per image) among the nodes a backward pass
@@ -311,11 +272,11 @@ class PSNBounder:
     def _chunk_specs(self, node, batch, rows):
         """(C, unstable_idx) chunks covering every unit of ``node``, built as auto_LiRPA's batched
         CROWN builds them."""
-        L = self.lirpa
+        L, dev = self.lirpa, self.device
         shape = list(node.output_shape[1:])
         dim = _prod(shape)
         for start in range(0, dim, rows):
-            flat = torch.arange(start, min(dim, start + rows))
+            flat = torch.arange(start, min(dim, start + rows), device=dev)
             k = len(flat)
             if getattr(node, "patches_start", False) and getattr(node, "mode", None) == "patches":
                 idx = tuple(torch.unravel_index(flat, tuple(shape)))
@@ -327,7 +288,7 @@ class PSNBounder:
             elif isinstance(node, (L.bound_ops.BoundAdd, L.bound_ops.BoundSub)) and getattr(node, "mode", None) == "patches":
                 idx = tuple(torch.unravel_index(flat, tuple(shape)))
                 channels = shape[0]
-                eye = torch.eye(channels).view(channels, 1, 1, 1, channels, 1, 1)
+                eye = torch.eye(channels, device=dev).view(channels, 1, 1, 1, channels, 1, 1)
                 eye = eye.expand(-1, 1, shape[1], shape[2], -1, 1, 1)
                 pieces = eye[idx[0], :, idx[1], idx[2]].expand(-1, batch, -1, -1, -1)
                 C = L.patches.Patches(pieces, 1, 0, pieces.shape, unstable_idx=idx, output_shape=[batch, *shape])
@@ -335,29 +296,37 @@ class PSNBounder:
             elif isinstance(node, (L.bound_ops.BoundLinear, L.bound_ops.BoundMatMul)):
                 yield L.utils.OneHotC([batch, k, *shape], self.bm.device, flat, None), flat
             else:
-                C = torch.zeros(1, k, dim)
-                C[0, torch.arange(k), flat] = 1.0
+                C = torch.zeros(1, k, dim, device=dev)
+                C[0, torch.arange(k, device=dev), flat] = 1.0
                 yield C.expand(batch, -1, -1).reshape(batch, k, *shape), flat
 
     def _input_row_norms(self, A, batch) -> torch.Tensor:
-        """L2 norm of each specification row of a root coefficient record, shape (batch, rows)."""
+        """L2 norm of each specification row of a root coefficient record w.r.t. the normalised input
+        (the pixel-space coefficients times each input channel's std), shape (batch, rows)."""
         if A is None:
             raise RuntimeError("auto_LiRPA left no coefficient at the input node")
         root = self.bm[self.input_name]
         in_shape = root.center.shape if getattr(root, "center", None) is not None else root.value.shape
         if isinstance(A, self.lirpa.patches.Patches):
             # sum of squared patch entries over the positions that fall inside the image (padding
-            # excluded): the library's own patch-times-image product with an all-ones image.
+            # excluded): the library's own patch-times-image product with an image holding each
+            # channel's squared std (all ones without a normalisation).
+            weights = torch.ones(in_shape, dtype=A.patches.dtype, device=self.device)
+            if self.input_std is not None:
+                weights = weights * self.input_std.pow(2)
             squares = A.create_similar(patches=A.patches.pow(2))
-            sq = squares.matmul(torch.ones(in_shape, dtype=A.patches.dtype), input_shape=in_shape)
+            sq = squares.matmul(weights, input_shape=in_shape)
             return sq.reshape(batch, -1).clamp_min(0).sqrt()
         if isinstance(A, torch.Tensor):  # (spec, batch, *input)
+            if self.input_std is not None:
+                A = A * self.input_std.unsqueeze(0)
             return A.reshape(A.shape[0], A.shape[1], -1).norm(dim=2).transpose(0, 1)
         raise TypeError(f"unexpected coefficient type {type(A).__name__} at the input")
 
     def _backward_from(self, node, full_C=None):
         """Bounds of every unit of ``node`` by a backward pass over chunks of units, recording the
-        L2 norms of the lower / upper input coefficients of each unit. Returns (lb, ub, before)."""
+        L2 norms of the lower / upper input coefficients of each unit. Returns
+        (lb, ub, before_lower, before_upper)."""
         batch = self.bm.batch_size
         shape = list(node.output_shape[1:])
         dim = _prod(shape)
@@ -366,7 +335,7 @@ class PSNBounder:
         # return_A=False lets auto_LiRPA free each node's coefficients as soon as it has passed them
         # on; the input node's coefficients (a graph root) stay available after the pass.
         self.bm.return_A = False
-        lbs, ubs, norms = [], [], []
+        lbs, ubs, lnorms, unorms = [], [], [], []
         try:
             if rows >= dim and full_C is not None:
                 chunks = [(full_C, None)]
@@ -375,16 +344,14 @@ class PSNBounder:
             for C, idx in chunks:
                 lb, ub = self._orig_backward(C=C, node=node, unstable_idx=idx)
                 root = self.bm[self.input_name]
-                norms.append(self._input_row_norms(root.lA, batch) + self._input_row_norms(root.uA, batch))
+                lnorms.append(self._input_row_norms(root.lA, batch))
+                unorms.append(self._input_row_norms(root.uA, batch))
                 lbs.append(lb.reshape(batch, -1))
                 ubs.append(ub.reshape(batch, -1))
                 root.lA = root.uA = None
         finally:
             self.bm.return_A = keep_return_A
-        lb = torch.cat(lbs, 1).reshape(batch, *shape)
-        ub = torch.cat(ubs, 1).reshape(batch, *shape)
-        before = torch.cat(norms, 1).reshape(batch, *shape)
-        return lb, ub, before
+        return tuple(torch.cat(parts, 1).reshape(batch, *shape) for parts in (lbs, ubs, lnorms, unorms))
 
     def _wrapped_backward(self, *args, **kwargs):
         """Stands in for ``BoundedModule.backward_general`` during compute_bounds: intermediate bounds
@@ -392,13 +359,14 @@ class PSNBounder:
         intermediate nodes run without keeping coefficients."""
         node = kwargs.get("node")
         wants_A = self.bm.return_A
-        if node is None or node.name == self.bm.final_node_name:
+        if node is None or node.name == self.bm.final_name:
             return self._orig_backward(*args, **kwargs)
         if self._recording is not None and node.name in self.layer_of_node:
             C = kwargs.get("C", args[0] if args else None)
             full_C = C if kwargs.get("unstable_idx") is None and not isinstance(C, str) else None
-            lb, ub, before = self._backward_from(node, full_C)
-            self._recording[node.name] = (lb, ub, before)
+            recorded = self._backward_from(node, full_C)
+            self._recording[node.name] = recorded
+            lb, ub = recorded[:2]
             return (lb, ub, self.bm.A_dict) if wants_A else (lb, ub)
         self.bm.return_A = False
         try:
@@ -412,33 +380,92 @@ class PSNBounder:
         ptb = L.PerturbationLpNorm(norm=float("inf"), eps=eps, x_L=(x - eps).clamp(0, 1), x_U=(x + eps).clamp(0, 1))
         return L.BoundedTensor(x, ptb)
 
+    def _after_norms(self, node) -> torch.Tensor:
+        """After the final (logits) pass auto_LiRPA keeps at every node the logits' coefficients with
+        respect to that node's output, summed over all the node's consumers (it frees them only in
+        intermediate passes): the after term, norm over the logits."""
+        if node.lA is None or node.uA is None:
+            raise RuntimeError(f"the logits' backward pass left no coefficients at node {node.name}")
+        if not isinstance(node.lA, torch.Tensor) or not isinstance(node.uA, torch.Tensor):
+            raise TypeError(f"unexpected coefficient type {type(node.lA).__name__} at node {node.name}")
+        return node.lA.norm(dim=0) + node.uA.norm(dim=0)  # (spec, batch, *shape) -> (batch, *shape)
+
+    def derivation_plan(self) -> dict:
+        """Scored nodes whose before term follows exactly from another scored node's backward pass, so
+        that pass is shared instead of repeated: ``name -> (rule, source node name)``.
+
+        * a conv output read only by a BatchNorm with nonzero scale s: coefficients of the BN unit are s
+          times the conv unit's (lower and upper swap where s < 0);
+        * a ReLU output: its unit's coefficients are its input unit's, scaled by the relaxation's lower /
+          upper slope (both >= 0, so lower and upper rows stay apart);
+        * a flatten: the same units, reshaped.
+        """
+        plan = {}
+        bn_cls = self.lirpa.bound_ops.BoundBatchNormalization
+        for name, node_name in self.node_of.items():
+            node, kind = self.bm[node_name], self.layers[name].kind
+            source = node.inputs[0].name if node.inputs else None
+            if kind in ("relu", "flatten") and source in self.layer_of_node:
+                plan[name] = (kind, source)
+            elif kind == "conv":
+                consumers = self._consumers[node_name]
+                if len(consumers) == 1 and isinstance(consumers[0], bn_cls) and consumers[0].name in self.layer_of_node:
+                    scale = self._bn_scale(consumers[0].name)
+                    if bool((scale.abs() > 1e-12).all()):
+                        plan[name] = ("bn", consumers[0].name)
+        return plan
+
+    def _bn_scale(self, bn_node_name) -> torch.Tensor:
+        module = self.layers[self.layer_of_node[bn_node_name]].module
+        return (module.weight / torch.sqrt(module.running_var + module.eps)).detach().to(self.device)
+
+    def _derive(self, rule, node_name, source_name, recorded):
+        lb, ub, bl, bu = recorded[source_name]
+        batch = lb.shape[0]
+        shape = list(self.bm[node_name].output_shape[1:])
+        if rule == "flatten":
+            return tuple(t.reshape(batch, *shape) for t in (lb, ub, bl, bu))
+        if rule == "relu":
+            source = self.bm[source_name]
+            lower_d, upper_d, upper_b = relu_relaxation(source.lower, source.upper)
+            return (lower_d * lb, upper_d * ub + upper_b, lower_d * bl, upper_d * bu)
+        # rule "bn": the source is the BN node reading this conv output
+        module = self.layers[self.layer_of_node[source_name]].module
+        scale = self._bn_scale(source_name).view(1, -1, *([1] * (lb.dim() - 2)))
+        mean = module.running_mean.detach().to(self.device).view_as(scale)
+        beta = module.bias.detach().to(self.device).view_as(scale) if module.bias is not None else torch.zeros_like(scale)
+        positive = scale > 0
+        lo, hi = (lb - beta) / scale + mean, (ub - beta) / scale + mean
+        return (torch.where(positive, lo, hi), torch.where(positive, hi, lo),
+                torch.where(positive, bl, bu) / scale.abs(), torch.where(positive, bu, bl) / scale.abs())
+
     @torch.no_grad()
-    def terms(self, x: torch.Tensor, eps: float) -> "OrderedDict[str, LayerTerms]":
-        """PSN terms (and unit bounds) of every scored layer for a batch of images and ball radius eps."""
-        x = x.detach().cpu().float()
-        need = {self.output_name: list(self.relu_node_of.values())}
+    def terms(self, x: torch.Tensor, eps: float, share: bool = True) -> "OrderedDict[str, LayerTerms]":
+        """PSN terms (and unit bounds) of every scored node for a batch of images and ball radius eps.
+
+        ``share=False`` runs a backward pass of its own for every node (the tests compare both ways).
+        """
+        x = x.detach().to(self.device).float()
         self._recording = {}
         self.bm.backward_general = self._wrapped_backward
         try:
-            _, _, a_dict = self.bm.compute_bounds(
-                x=(self._ball(x, eps),), method=self.method, return_A=True, needed_A_dict=need
-            )
-            after = {}
-            records = a_dict[self.output_name]
-            for name, relu_name in self.relu_node_of.items():
-                rec = records[relu_name]
-                # (batch, logits, *shape): norm over the logits.
-                after[name] = rec["lA"].norm(dim=1) + rec["uA"].norm(dim=1)
-            # Scored nodes whose bounds compute_bounds did not get by a backward pass (all of them
-            # under CROWN-IBP; under CROWN any that auto_LiRPA bounded another way) get one now,
-            # with the intermediate bounds compute_bounds left in place.
+            self.bm.compute_bounds(x=(self._ball(x, eps),), method=self.method)
+            # read before any further backward pass resets the coefficients
+            after = {name: self._after_norms(self.bm[node]) for name, node in self.node_of.items()}
+            plan = {n: p for n, p in self.derivation_plan().items() if self.node_of[n] not in self._recording} if share else {}
+            # Scored nodes whose bounds compute_bounds did not get by a backward pass (all of them under
+            # CROWN-IBP; under CROWN the nodes no ReLU or pooling reads), and that no shared pass covers,
+            # get one now, with the intermediate bounds compute_bounds left in place.
             for name, node_name in self.node_of.items():
-                if node_name not in self._recording:
+                if node_name not in self._recording and name not in plan:
                     self._recording[node_name] = self._backward_from(self.bm[node_name])
+            for name, (rule, source) in plan.items():  # sources are never derived themselves
+                self._recording[self.node_of[name]] = self._derive(rule, self.node_of[name], source, self._recording)
             out = OrderedDict()
             for name, node_name in self.node_of.items():
-                lb, ub, before = self._recording[node_name]
-                out[name] = LayerTerms(before=before, after=after[name].reshape(before.shape), lower=lb, upper=ub)
+                lb, ub, bl, bu = (t.cpu() for t in self._recording[node_name])
+                out[name] = LayerTerms(before=bl + bu, after=after[name].reshape(bl.shape).cpu(), lower=lb, upper=ub,
+                                       before_lower=bl, before_upper=bu)
             return out
         finally:
             self._recording = None
@@ -448,25 +475,36 @@ class PSNBounder:
 
 
 # ------------------------------------------------------------------------------------------ scores
-def zscore(values: np.ndarray) -> np.ndarray:
-    """(v - mean) / std over all entries (population std); all zeros when the entries are constant."""
+def zscore(values: np.ndarray, axis=None) -> np.ndarray:
+    """(v - mean) / (std + 1e-9) with the unbiased std, as the reference computes it (torch's
+    ``x.std()``), over all entries (``axis=None``) or along ``axis``. Where the std is undefined (one
+    entry) or zero the z-scores are 0."""
     values = np.asarray(values, dtype=np.float64)
-    std = values.std()
-    if not np.isfinite(std) or std == 0:
+    n = values.size if axis is None else np.prod([values.shape[a] for a in np.atleast_1d(axis)])
+    mean = values.mean(axis=axis, keepdims=True)
+    if n < 2:
         return np.zeros_like(values)
-    return (values - values.mean()) / std
+    std = values.std(axis=axis, ddof=1, keepdims=True)
+    z = (values - mean) / (std + SCORE_FLOOR)
+    return np.where(std > 0, z, 0.0)
 
 
-def psn_score(before: np.ndarray, after: np.ndarray, variant: str = "faithful") -> np.ndarray:
-    """Per (image, unit) entry: sqrt(max(z(before) * z(after), 0) + 1e-9), z over all entries given.
+def psn_score(before: np.ndarray, after: np.ndarray, variant: str = "faithful", population: str = "image") -> np.ndarray:
+    """Per (image, unit) entry: sqrt(max(z(before) * z(after), 0) + 1e-9).
 
+    ``before`` / ``after`` are shaped (images, *unit shape). ``population="image"`` (the reference's)
+    z-scores each image's units separately; ``"all"`` z-scores all (image, unit) entries together.
     ``variant="positive"`` keeps the product only where both z-scores are positive.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown score variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    if population not in ZSCORE_POPULATIONS:
+        raise ValueError(f"unknown z-score population {population!r}; choose one of {', '.join(ZSCORE_POPULATIONS)}")
     if np.shape(before) != np.shape(after):
         raise ValueError(f"before {np.shape(before)} and after {np.shape(after)} differ in shape")
-    zb, za = zscore(before), zscore(after)
+    before, after = np.asarray(before, dtype=np.float64), np.asarray(after, dtype=np.float64)
+    axis = tuple(range(1, before.ndim)) if population == "image" and before.ndim > 1 else None
+    zb, za = zscore(before, axis), zscore(after, axis)
     product = zb * za
     if variant == "positive":
         product = np.where((zb > 0) & (za > 0), product, 0.0)
@@ -485,18 +523,18 @@ def _unit_index(shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def score_table(terms: "OrderedDict[str, LayerTerms]", layers: "OrderedDict[str, ScoredLayer]",
-                variant: str = "faithful") -> pd.DataFrame:
-    """Long table, one row per unit: layer, depth, block, conv, channel, h, w, score, before, after
-    (score and terms averaged over the images)."""
+                variant: str = "faithful", population: str = "image") -> pd.DataFrame:
+    """Long table, one row per unit: layer, kind, depth, block, conv, channel, h, w, score, before, after
+    (per-image scores, z-scored over ``population``, then averaged over the images; terms averaged)."""
     frames = []
     for depth, (name, t) in enumerate(terms.items()):
         before = t.before.double().numpy()
         after = t.after.double().numpy()
-        score = psn_score(before, after, variant).mean(0).reshape(-1)
+        score = psn_score(before, after, variant, population).mean(0).reshape(-1)
         c, h, w = _unit_index(before.shape[1:])
         layer = layers[name]
         frames.append(pd.DataFrame({
-            "layer": name, "depth": depth, "block": layer.block, "conv": layer.conv or "",
+            "layer": name, "kind": layer.kind, "depth": depth, "block": layer.block, "conv": layer.conv or "",
             "channel": c, "h": h, "w": w, "score": score,
             "before": before.mean(0).reshape(-1), "after": after.mean(0).reshape(-1),
         }))
@@ -507,7 +545,11 @@ def concat_terms(parts: "list[OrderedDict[str, LayerTerms]]") -> "OrderedDict[st
     """Join the terms of several image batches along the image axis."""
     out = OrderedDict()
     for name in parts[0]:
-        out[name] = LayerTerms(*(torch.cat([getattr(p[name], f) for p in parts]) for f in ("before", "after", "lower", "upper")))
+        fields = {f: torch.cat([getattr(p[name], f) for p in parts]) for f in ("before", "after", "lower", "upper")}
+        for f in ("before_lower", "before_upper"):
+            if all(getattr(p[name], f) is not None for p in parts):
+                fields[f] = torch.cat([getattr(p[name], f) for p in parts])
+        out[name] = LayerTerms(**fields)
     return out
 
 
@@ -536,14 +578,17 @@ def select_images(n_available: int, n_images: int | None, seed: int) -> np.ndarr
 # ------------------------------------------------------------------------------------------ steps
 def psn_scores(model_path: Path, images_path: Path, n_images: int | None, eps: float, bound_method: str,
                mem_budget_mb: float, seed: int, out_path: Path, meta_path: Path,
-               variant: str = "faithful") -> pd.DataFrame:
-    """Workflow step: PSN score of every unit of every scored layer.
+               variant: str = "faithful", zscore: str = "image", nodes: str = "relu_inputs",
+               device=None) -> pd.DataFrame:
+    """Workflow step: PSN score of every unit of every scored node.
 
     ``images_path``: a split ``.npz`` (test split); ``n_images`` random images of it (seeded; None: all)
     are scored; ``eps`` in 1/255 units; ``bound_method`` "CROWN" or "CROWN-IBP"; ``mem_budget_mb``
-    bounds the coefficient memory of one backward pass. Writes ``out_path`` (CSV, gzip-compressed when
-    it ends in .gz; columns layer, depth, block, conv, channel, h, w, score, before, after) and a
-    metadata JSON with per-layer summaries and timings.
+    bounds the coefficient memory of one backward pass (GPU memory when it runs on CUDA); ``zscore``
+    "image" or "all" (:func:`psn_score`); ``nodes`` "relu_inputs" or "all" (:mod:`advneurons.psn_graph`);
+    ``device`` None: CUDA when the job sees a GPU, else the CPU. Writes ``out_path`` (CSV,
+    gzip-compressed when it ends in .gz; columns layer, kind, depth, block, conv, channel, h, w, score,
+    before, after) and a metadata JSON with per-node summaries, timings and the device.
     """
     import time
 
@@ -556,6 +601,9 @@ def psn_scores(model_path: Path, images_path: Path, n_images: int | None, eps: f
         raise ValueError(f"unknown bound method {bound_method!r}; choose one of {', '.join(BOUND_METHODS)}")
     if variant not in VARIANTS:
         raise ValueError(f"unknown score variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    if zscore not in ZSCORE_POPULATIONS:
+        raise ValueError(f"unknown z-score population {zscore!r}; choose one of {', '.join(ZSCORE_POPULATIONS)}")
+    check_node_set(nodes)
     if not eps > 0:
         raise ValueError(f"eps must be positive (1/255 units), got {eps}")
     if not mem_budget_mb > 0:
@@ -565,12 +613,12 @@ def psn_scores(model_path: Path, images_path: Path, n_images: int | None, eps: f
     model, ckpt = load_model(model_path)
     images, labels = load_split(images_path)
     index = select_images(len(images), n_images, seed)
-    layers = scored_layers(model)
+    layers = scored_layers(model, nodes)
     start = time.perf_counter()
-    bounder = PSNBounder(model, images[:1], bound_method, mem_budget_mb, layers)
+    bounder = PSNBounder(model, images[:1], bound_method, mem_budget_mb, layers, device=device)
     terms = compute_terms(bounder, images[index], from_255(eps))
     seconds = time.perf_counter() - start
-    table = score_table(terms, layers, variant)
+    table = score_table(terms, layers, variant, zscore)
     with atomic_path(out_path) as tmp:
         table.to_csv(tmp, index=False, compression="gzip" if str(out_path).endswith(".gz") else None)
     per_layer = table.groupby("layer", sort=False).agg(
@@ -581,9 +629,12 @@ def psn_scores(model_path: Path, images_path: Path, n_images: int | None, eps: f
         metadata(
             "psn_scores",
             {"model": str(model_path), "images": str(images_path), "n_images": n_images, "eps_255": eps,
-             "bound_method": bound_method, "mem_budget_mb": mem_budget_mb, "variant": variant},
+             "bound_method": bound_method, "mem_budget_mb": mem_budget_mb, "variant": variant,
+             "zscore": zscore, "nodes": nodes},
             seed=seed,
             arch=ckpt.get("arch"),
+            bound_device=str(bounder.device),
+            shared_passes=bounder.derivation_plan(),
             image_indices=index.tolist(),
             seconds=round(seconds, 2),
             rows_per_chunk={name: bounder.rows_per_chunk(node, 1) for name, node in bounder.node_of.items()},
@@ -594,14 +645,20 @@ def psn_scores(model_path: Path, images_path: Path, n_images: int | None, eps: f
     return table
 
 
+def top_count(n_units: int, percent: float) -> int:
+    """max(1, floor(N * p)) with p = percent / 100, computed as the reference does (int(N * p))."""
+    return max(1, int(n_units * (percent / 100.0)))
+
+
 def top_units_table(scores: pd.DataFrame, percent: float) -> pd.DataFrame:
-    """The top ``percent``% units of each layer by score (at least one), ranked from 1; ties broken
-    by (channel, h, w) so the selection is deterministic."""
+    """The top ``percent``% units of each node by score, k = max(1, floor(N * percent / 100)) as the
+    reference counts them, ranked from 1; ties broken by (channel, h, w) so the selection is
+    deterministic."""
     if not 0 < percent <= 100:
         raise ValueError(f"top percentage must be in (0, 100], got {percent}")
     picked = []
     for _, group in scores.groupby("depth", sort=True):
-        k = max(1, int(math.ceil(len(group) * percent / 100.0)))
+        k = top_count(len(group), percent)
         best = group.sort_values(["score", "channel", "h", "w"], ascending=[False, True, True, True]).head(k).copy()
         best.insert(0, "percent", percent)
         best["rank"] = np.arange(1, k + 1)

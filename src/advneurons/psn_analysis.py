@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .markdown import markdown_table
-from .psn import ActivationRecorder, read_scores, scored_layers, select_images, top_units_table
+from .psn import ActivationRecorder, ScoredLayer, read_scores, scored_layers, select_images, top_units_table
 
 PERTURBATIONS = ("noise", "pgd")
 
@@ -42,6 +42,19 @@ def layer_shapes(model: nn.Module, image_shape=(3, 32, 32), layers=None) -> "Ord
     with torch.no_grad(), ActivationRecorder(model, layers) as rec:
         model(torch.zeros(1, *image_shape))
     return OrderedDict((name, tuple(rec.values[name].shape[1:])) for name in layers)
+
+
+def nodes_of_table(model: nn.Module, table: pd.DataFrame) -> "OrderedDict[str, ScoredLayer]":
+    """The model's scored nodes that a score or unit table names, in forward order: the analyses run on
+    the nodes that were scored, whichever node set (``relu_inputs`` or ``all``) produced the table."""
+    every = scored_layers(model, "all")
+    named = set(table["layer"])
+    unknown = sorted(named - set(every))
+    if unknown:
+        raise ValueError(f"the table names nodes the model does not have: {unknown} (the model's nodes are "
+                         f"{list(every)}; a table written before the node names gained their .bn / .relu suffixes "
+                         "must be recomputed)")
+    return OrderedDict((name, node) for name, node in every.items() if name in named)
 
 
 def chosen_units(table: pd.DataFrame, shapes: "OrderedDict[str, tuple]") -> "OrderedDict[str, np.ndarray]":
@@ -231,7 +244,7 @@ def activation_deviation(model_path: Path, test_path: Path, units_path: Path, pe
         raise ValueError(f"pgd_steps must be at least 1, got {pgd_steps}")
     table = psn_unit_table(units_path, percent)
     model, ckpt, x, y, index = _load_test(model_path, test_path, n_images, seed)
-    layers = scored_layers(model)
+    layers = nodes_of_table(model, table)
     shapes = layer_shapes(model, tuple(x.shape[1:]), layers)
     chosen = chosen_units(table, shapes)
     baseline = random_units(chosen, shapes, seed + 1)
@@ -330,7 +343,7 @@ def attack_psns(model_path: Path, test_path: Path, scores_path: Path, n_images: 
         raise ValueError(f"sigma must be positive, got {sigma}")
     scores = read_scores(scores_path)
     model, ckpt, x, y, index = _load_test(model_path, test_path, n_images, seed)
-    layers = scored_layers(model)
+    layers = nodes_of_table(model, scores)
     table = attack_table(model, layers, scores, x, y, ratios, sigma, seed, batch_size)
     wide = table.pivot(index="ratio_percent", columns="group", values="accuracy").reset_index()
     wide.columns.name = None
@@ -435,7 +448,7 @@ def focus_figure(model, layers, layer_name: str, units: pd.DataFrame, x, y, pgd,
                 ax.imshow(imgs[j].permute(1, 2, 0).clamp(0, 1).numpy())
                 ax.imshow(cams[j].numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
             axes[2 * u + r, 0].set_title(
-                f"{row['kind']} c{unit[0]} ({unit[1]},{unit[2]}) s={row['score']:.2f} {label}", fontsize=7, loc="left"
+                f"{row['extreme']} c{unit[0]} ({unit[1]},{unit[2]}) s={row['score']:.2f} {label}", fontsize=7, loc="left"
             )
     fig.suptitle(f"{layer_name}: single-unit Grad-CAM, top-{n_top} activating images", fontsize=9)
     return fig
@@ -461,10 +474,10 @@ def focus_heatmaps(model_path: Path, test_path: Path, scores_path: Path, layers:
         raise ValueError("n_units and n_top must be at least 1")
     scores = read_scores(scores_path)
     model, ckpt, x, y, index = _load_test(model_path, test_path, n_images, seed)
-    layers_all = scored_layers(model)
+    layers_all = nodes_of_table(model, scores)
     unknown = [n for n in layers_wanted if n not in layers_all]
     if unknown:
-        raise ValueError(f"unknown layers {unknown}; the model's scored layers are {list(layers_all)}")
+        raise ValueError(f"unknown layers {unknown}; the score table's nodes are {list(layers_all)}")
     gen = generator(seed + 1)
 
     def pgd(xb, yb):
@@ -472,7 +485,7 @@ def focus_heatmaps(model_path: Path, test_path: Path, scores_path: Path, layers:
 
     for name, path in zip(layers_wanted, out_pngs):
         high, low = extreme_units(scores, name, n_units)
-        units = pd.concat([high.assign(kind="high"), low.assign(kind="low")], ignore_index=True)
+        units = pd.concat([high.assign(extreme="high"), low.assign(extreme="low")], ignore_index=True)
         _save_figure(focus_figure(model, layers_all, name, units, x, y, pgd, n_top), path)
     write_json(
         metadata("psn_focus_heatmaps", {"model": str(model_path), "scores": str(scores_path), "layers": layers_wanted,
