@@ -2,10 +2,10 @@
 single-unit Grad-CAM focus maps, and agreement with channel-level neuron sensitivity.
 
 Every analysis reads units from a PSN score table (:func:`advneurons.psn.psn_scores`) or a top-unit
-table (:func:`advneurons.psn.top_units`). A unit's activation is the value of its scored layer, i.e.
-the input of the ReLU (the batch-normalised conv output, or a block's residual sum), which is what
-the PSN score rates; noise is injected there too. Random baselines are drawn, per layer, from the
-units *outside* the chosen set, with a seeded generator, and have the same size as the chosen set.
+table (:func:`advneurons.psn.top_units`), on the nodes that table holds (the ReLU inputs or every
+node, :mod:`advneurons.psn_graph`). A unit's activation is the value of its node, which is what the
+PSN score rates; noise is injected there too. Random baselines are drawn, per node, from the units
+*outside* the chosen set, with a seeded generator, and have the same size as the chosen set.
 """
 
 from __future__ import annotations
@@ -328,7 +328,7 @@ def attack_psns(model_path: Path, test_path: Path, scores_path: Path, n_images: 
     """Workflow step: "attacking PSNs" (SPEC section 4).
 
     For each ratio r (% of each layer's units), N(0, sigma^2) is added to the top-r% PSN units of all
-    scored layers at once (forward pre-hooks on the ReLUs), and, separately, to as many random units
+    scored nodes at once (forward hooks on the nodes), and, separately, to as many random units
     outside that set (seeded); fresh noise per batch. Writes a CSV (ratio_percent, group [psn|random],
     n_units, clean_accuracy, accuracy, drop), a Markdown table (one row per ratio), a figure and
     metadata JSON.
@@ -541,8 +541,8 @@ def method_agreement(scores_path: Path, sensitivity_csv: Path, k_percent: float,
                      out_png: Path) -> pd.DataFrame:
     """Workflow step: agreement between PSN (aggregated to channels) and neuron sensitivity (SNS).
 
-    The PSN layer named after conv ``convN`` / ``lXbYc1`` (its batch-normalised output) is compared
-    with that conv layer's sensitivity; a residual sum ``lXbYadd`` with the block's second conv
+    Every PSN node that belongs to a conv layer (``convN``, ``convN.bn``, ``convN.relu``, ...) is compared
+    with that conv layer's sensitivity; a residual sum ``lXbYadd`` (and the block output) with the block's second conv
     ``lXbYc2`` (the residual branch; the sum also carries the shortcut). Writes a CSV (layer, conv,
     depth, n_channels, k, spearman, p_value, jaccard), a Markdown table and a heatmap.
     """
