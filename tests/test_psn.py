@@ -379,6 +379,40 @@ def test_top_units_table_ranks_and_breaks_ties():
         top_units_table(scores, 0)
 
 
+def test_scores_and_top_sets_equal_the_reference_pipeline_on_the_same_terms(nets, all_node_bounders):
+    """The reference's steps, restated in torch: per image, z = (v - mean) / (std + 1e-9) over the node's
+    units, score = sqrt(clamp(z_b * z_a, 0) + 1e-9); scores stacked over images and averaged; the top
+    int(N * p) units by descending score."""
+    from advneurons.psn import compute_terms
+
+    models, _ = nets
+    images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(11))
+    b = all_node_bounders[("resnet", "CROWN")]
+    terms = compute_terms(b, images, 8 / 255, progress=False)
+    ours = score_table(terms, b.layers)
+    top = top_units_table(ours, 1)
+    compared = 0
+    for name, t in terms.items():
+        per_image = []
+        for i in range(len(images)):
+            zb = (t.before[i].flatten() - t.before[i].mean()) / (t.before[i].flatten().std() + 1e-9)
+            za = (t.after[i].flatten() - t.after[i].mean()) / (t.after[i].flatten().std() + 1e-9)
+            per_image.append(torch.sqrt(torch.clamp(zb * za, min=0.0) + 1e-9))
+        ref = torch.stack(per_image).mean(0)
+        mine = ours[ours.layer == name]
+        np.testing.assert_allclose(mine["score"].to_numpy(), ref.double().numpy(), rtol=1e-4, atol=1e-6)
+        k = max(1, int(len(ref) * 0.01))
+        ref_top = set(torch.sort(ref, descending=True, stable=True).indices[:k].tolist())
+        picked = top[top.layer == name]
+        shape = t.before.shape[1:]
+        flat = np.ravel_multi_index((picked.channel, picked.h, picked.w), shape) if len(shape) == 3 else picked.channel
+        ordered = torch.sort(ref, descending=True).values
+        if k == len(ref) or ordered[k - 1] - ordered[k] > 1e-4:  # no tie at the cut: the sets agree exactly
+            assert set(np.asarray(flat).tolist()) == ref_top, name
+            compared += 1
+    assert compared >= len(terms) // 2
+
+
 def test_top_count_is_the_references_floor():
     from advneurons.psn import top_count
 
