@@ -1,9 +1,11 @@
 # Stage 1: datasets as uint8 train/val/test split files.
 
 
+# The output is a record of the verified archive, not the archive: Snakemake deletes a rule's outputs before
+# re-running it (a changed url, a code change), and a hand-placed archive must never be deleted or re-fetched.
 rule download_cifar10:
     output:
-        CIFAR10_ARCHIVE,
+        CIFAR10_ARCHIVE_RECORD,
     log:
         "logs/download_cifar10.log",
     benchmark:

@@ -1,11 +1,8 @@
-"""Rule download_cifar10: fetch and verify the CIFAR-10 archive (advneurons.data.fetch_cifar10_archive)."""
-
-from pathlib import Path
+"""Rule download_cifar10: verify (or fetch) the CIFAR-10 archive and record it (advneurons.data.acquire_cifar10)."""
 
 from advneurons import runtime
-from advneurons.data import fetch_cifar10_archive
+from advneurons.data import acquire_cifar10
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])
-archive = Path(smk.output[0])
-fetch_cifar10_archive(archive.parent, url=smk.params.url, md5=smk.params.md5)
+acquire_cifar10(smk.output[0], url=smk.params.url, md5=smk.params.md5)

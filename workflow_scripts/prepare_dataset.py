@@ -14,6 +14,6 @@ prepare_dataset(
     val_fraction=ds["val_fraction"],
     outputs={"train": smk.output.train, "val": smk.output.val, "test": smk.output.test},
     meta_path=smk.output.meta,
-    archive=smk.input.get("archive"),
+    archive_record=smk.input.get("archive_record"),
     md5=ds.get("md5", ""),
 )

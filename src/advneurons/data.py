@@ -143,6 +143,50 @@ def fetch_cifar10_archive(data_dir: Path, url: str = CIFAR10_URL, md5: str = CIF
     return archive
 
 
+ARCHIVE_RECORD_SUFFIX = ".verified.json"
+
+
+def acquire_cifar10(record_path: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5) -> dict:
+    """Workflow step: make sure the verified CIFAR-10 archive is in place and write a record of it.
+
+    The record (``<data_dir>/cifar-10-python.tar.gz.verified.json``) is the rule's output, not the
+    archive: Snakemake deletes a rule's outputs before re-running it (after a change of ``url``, say),
+    and the archive, often placed by hand, must never be deleted or fetched again. An archive already in
+    place is verified by md5 and kept; a missing one is downloaded. The record names the archive, its md5
+    and how it got there; :func:`archive_from_record` reads it back.
+    """
+    import json
+    import time
+
+    from .runtime import atomic_path
+
+    record_path = Path(record_path)
+    if not record_path.name.endswith(ARCHIVE_RECORD_SUFFIX):
+        raise ValueError(f"an archive record ends in {ARCHIVE_RECORD_SUFFIX}, got {record_path.name}")
+    archive = record_path.with_name(record_path.name[: -len(ARCHIVE_RECORD_SUFFIX)])
+    if archive.name != CIFAR10_ARCHIVE:
+        raise ValueError(f"the record of {archive} names no CIFAR-10 archive ({CIFAR10_ARCHIVE})")
+    found = archive.exists()
+    fetch_cifar10_archive(archive.parent, url=url, md5=md5)
+    record = {"archive": str(archive.resolve()), "md5": md5, "source": "found in place" if found else f"downloaded from {url}",
+              "verified_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    with atomic_path(record_path) as tmp:
+        Path(tmp).write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def archive_from_record(record_path: Path) -> Path:
+    """The archive a record of :func:`acquire_cifar10` names (it must still be there)."""
+    import json
+
+    record = json.loads(Path(record_path).read_text())
+    archive = Path(record["archive"])
+    if not archive.exists():
+        raise DatasetError(f"the CIFAR-10 archive {archive} recorded in {record_path} is gone. Place it there again, "
+                           f"or delete {record_path} to have the workflow download it.")
+    return archive
+
+
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickler that admits only what CIFAR batches contain: dicts, lists, bytes and numpy arrays."""
 
@@ -249,13 +293,19 @@ def prepare_dataset(
     meta_path: Path,
     archive: Path | None = None,
     md5: str = CIFAR10_MD5,
+    archive_record: Path | None = None,
 ) -> dict:
-    """Workflow step: write the train/val/test split files of a dataset and a metadata JSON."""
+    """Workflow step: write the train/val/test split files of a dataset and a metadata JSON.
+
+    CIFAR-10 reads ``archive``, or the archive named by ``archive_record`` (:func:`acquire_cifar10`).
+    """
     from .runtime import metadata, write_json
 
     if name == "digits":
         parts = prepare_digits(test_fraction, val_fraction, split_seed)
     elif name == "cifar10":
+        if archive is None and archive_record is not None:
+            archive = archive_from_record(archive_record)
         if archive is None:
             raise DatasetError("CIFAR-10 needs the archive path")
         actual = file_md5(archive)
