@@ -19,6 +19,7 @@ from advneurons.attacks import (
     CIFAR10C_GAUSSIAN_SIGMAS,
     THREAT_MODELS,
     AttackSpec,
+    AutoAttackLog,
     QueryOracle,
     autoattack,
     eval_mode,
@@ -351,7 +352,8 @@ def test_autoattack_is_at_least_as_strong_as_pgd_and_its_own_apgd_ce_stage(train
     eps = 16 / 255
     pgd_ok = correct(model, AttackSpec("pgd", eps=eps, steps=10).run(model, x, y), y)
     aa_spec = AttackSpec("autoattack", eps=eps)
-    aa_ok = correct(model, aa_spec.run(model, x, y, generator=torch.Generator().manual_seed(0)), y)
+    aa_log = AutoAttackLog()
+    aa_ok = correct(model, aa_spec.run(model, x, y, generator=torch.Generator().manual_seed(0), autoattack_log=aa_log), y)
     first_stage = autoattack(model, x, y, eps, version="custom", attacks=["apgd-ce"], apgd_restarts=1,
                              generator=torch.Generator().manual_seed(0))
     apgd_ok = correct(model, first_stage, y)
@@ -359,6 +361,40 @@ def test_autoattack_is_at_least_as_strong_as_pgd_and_its_own_apgd_ce_stage(train
     assert not (aa_ok & ~apgd_ok).any()  # robust to the ensemble => robust to its first stage
     assert aa_ok.sum() <= pgd_ok.sum()
     assert "APGD-CE" in aa_spec.describe().upper() and "eps=16/255" in aa_spec.describe()
+    # AutoAttack's own report: robust images after each stage, non-increasing, ending at the images left
+    after = aa_log.robust_after
+    assert list(after) == ["clean", "apgd-ce", "apgd-t", "fab-t", "square"] and aa_log.n_images == 32
+    assert after["apgd-ce"] == int(apgd_ok.sum()) and after["square"] == int(aa_ok.sum())
+    assert all(a >= b for a, b in zip(list(after.values()), list(after.values())[1:]))
+
+
+class _MaskedGradients(torch.nn.Module):
+    """Quantises its input with a zero gradient, then a fixed linear classifier: gradient-based attacks see
+    nothing; a black-box search still finds adversarial examples. AutoAttack's check must say so."""
+
+    def __init__(self):
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.weight = torch.nn.Parameter(torch.randn(10, 3 * 8 * 8, generator=gen))
+
+    def forward(self, x):
+        quantised = x * 0 + (torch.round(x * 4) / 4).detach()
+        return quantised.flatten(1) @ self.weight.T
+
+
+def test_autoattack_log_keeps_the_gradient_masking_warning():
+    pytest.importorskip("pyautoattack")
+    model = _MaskedGradients().eval()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(16, 3, 8, 8, generator=gen)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # clean accuracy 100%
+    log = AutoAttackLog()
+    autoattack(model, x, y, 32 / 255, generator=torch.Generator().manual_seed(0), log=log)
+    report = log.to_dict()
+    assert report["robust_accuracy_after_pct"]["clean"] == 100.0
+    assert log.square_drop_pct() > 0  # Square fooled images the gradient-based stages could not
+    assert any("Square Attack has decreased the robust accuracy" in w for w in report["warnings"])
 
 
 def test_white_box_attacks_work_inside_no_grad(trained):

@@ -348,3 +348,28 @@ def test_the_stabilised_features_are_the_batch_normalised_conv_outputs_by_defaul
     res = build_model("resnet18", "digits", width=0.0625)
     block = dict(res.blocks())["l4b2"]
     assert selected_layers(res, "resnet18", ["l4b2c2"])["l4b2c2"] is block.bn2
+
+
+def test_a_defense_gain_the_attack_itself_flags_is_not_counted(tmp_path):
+    """AutoAttack's gradient-masking warning on the defended model's cell: a gain it measures is not shown."""
+    import json
+
+    from advneurons.defense_tables import defense_claims
+    from claim_helpers import write_claim_inputs
+
+    columns = ["L-inf PGD", "AutoAttack"]
+    rows = [
+        ["vgg16", "vgg16-pat", "pat", "pat", 98.0, 70.0, 60.0],
+        ["vgg16", "vgg16-pat_igdefense", "pat_igdefense", "ig_defense", 97.0, 70.25, 70.0],
+    ]
+    files = write_claim_inputs(tmp_path, rows, columns, n=400)
+    records = pd.read_csv(files["records"][0])
+    warned = (records.model == "vgg16-pat_igdefense") & (records.attack == "autoattack")
+    message = "Square Attack has decreased the robust accuracy of 8.00%."
+    records["attack_log"] = records["attack_log"].astype(object)
+    records.loc[warned, "attack_log"] = json.dumps({"warnings": [message]})
+    records.to_csv(files["records"][0], index=False)
+    (section,) = defense_claims(files["final"], {}, files["records"], files["settings"], TRAININGS)
+    claim = next(c for c in section.claims if c.text == "IG-Defense raises the AutoAttack accuracy of pat")
+    assert claim.verdict == "not checked"  # 40 of 400 images one way would be "supported"
+    assert "not counted" in claim.evidence and message in claim.evidence and "exact McNemar" in claim.evidence

@@ -225,3 +225,32 @@ def test_sweep_step_and_figures(tmp_path, tiny_vgg):
     odd.to_csv(tmp_path / "odd.csv", index=False)
     with pytest.raises(TableError, match="disagree on the fixed eps"):
         robustness.sweep_figures(csvs + [tmp_path / "odd.csv"], tmp_path / "x.csv", tmp_path / "x.png", tmp_path / "y.png")
+
+
+def test_tables_mark_cells_whose_attack_warned(tmp_path):
+    import json
+
+    from advneurons.robustness import accuracy_record, records_frame, robustness_tables
+
+    correct = torch.arange(20) < 15
+    log = {"robust_accuracy_after_pct": {"clean": 100.0, "apgd-ce": 90.0, "square": 75.0},
+           "warnings": ["Square Attack has decreased the robust accuracy of 15.00%."]}
+    rows = [accuracy_record("m", "clean", None, 20, 1.0, torch.ones(20, dtype=torch.bool)),
+            accuracy_record("m", "pgd", {"type": "pgd", "eps": 8}, 20, 0.75, correct),
+            accuracy_record("m", "autoattack", {"type": "autoattack", "eps": 8}, 20, 0.75, correct, log)]
+    assert json.loads(rows[2]["attack_log"]) == log and rows[1]["attack_log"] == ""
+    records_frame(rows).to_csv(tmp_path / "r.csv", index=False)
+    out = {k: tmp_path / f"{k}" for k in ("t.csv", "t.md", "s.csv", "s.md")}
+    robustness_tables([tmp_path / "r.csv"], "table_iii", "digits", out["t.csv"], out["t.md"], out["s.csv"], out["s.md"],
+                      columns={"L-inf PGD": "pgd"})
+    text = out["t.md"].read_text()
+    assert "| 75.00 †" in text and "| 75.00 " in text  # the warned AutoAttack cell marked, the PGD cell not
+    assert pd.read_csv(out["t.csv"])["AutoAttack"].item() == 75.0  # the CSV stays numeric
+    assert "Square Attack has decreased" in pd.read_csv(out["s.csv"]).set_index("column").loc["AutoAttack", "warnings"]
+    from advneurons.robustness import accuracy_table, mark_warned_cells, read_records
+
+    table, settings = accuracy_table(read_records([tmp_path / "r.csv"]), [("Clean", "clean"), ("AutoAttack", "autoattack")])
+    assert settings.loc[settings.column == "AutoAttack", "accuracy_after_stages"].item() == "clean 100.00; apgd-ce 90.00; square 75.00"
+    marked, note = mark_warned_cells(table, settings)
+    assert marked.loc[0, "AutoAttack"] == "75.00 †" and marked.loc[0, "Clean"] == 100.0
+    assert "m, AutoAttack: Square Attack has decreased" in note and table.loc[0, "AutoAttack"] == 75.0

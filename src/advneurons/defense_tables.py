@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from .markdown import markdown_table
-from .robustness import accuracy_table, read_records, table_iii_columns
+from .robustness import accuracy_table, attack_report, mark_warned_cells, read_records, table_iii_columns
 from .runtime import atomic_path
 
 
@@ -70,12 +70,14 @@ def final_robustness_table(record_csvs: list[Path], columns: dict[str, str], dat
         notes += " —: not evaluated under that attack (configuration)."
     with atomic_path(out_csv) as tmp:
         final.to_csv(tmp, index=False)
+    marked, warned = mark_warned_cells(final, settings)
     with atomic_path(out_md) as tmp:
         body = "\n\n".join(
             f"## {arch}\n\n" + markdown_table(block.drop(columns="arch"), ".2f", missing="—")
-            for arch, block in final.groupby("arch", sort=False)
+            for arch, block in marked.groupby("arch", sort=False)
         )
-        tmp.write_text(f"# Final robustness: models and defenses x attack suite\n\n{notes}\n\n{body}\n")
+        tmp.write_text(f"# Final robustness: models and defenses x attack suite\n\n{notes}\n\n{body}\n"
+                       + (f"\n{warned}\n" if warned else ""))
     with atomic_path(out_tex) as tmp:
         tmp.write_text(_latex(final, labels, notes))
     with atomic_path(settings_csv) as tmp:
@@ -163,11 +165,15 @@ class PerImage:
         from .robustness import CLEAN, decode_correct
 
         by_attack = {(r.model, r.attack): decode_correct(r.correct_by_image) for r in records.itertuples()}
-        self.cells = {}
+        reports = {(r.model, r.attack): attack_report(getattr(r, "attack_log", "")) for r in records.itertuples()}
+        self.cells, self.warnings = {}, {}
         for r in settings.itertuples():
             vector = by_attack.get((r.model, r.attack))
             if vector is not None and len(vector):
                 self.cells[(r.model, r.column)] = vector
+            warned = reports.get((r.model, r.attack), {}).get("warnings", [])
+            if warned:
+                self.warnings[(r.model, r.column)] = warned
         for (model, attack), vector in by_attack.items():
             if attack == CLEAN and len(vector):
                 self.cells.setdefault((model, "Clean"), vector)
@@ -321,9 +327,18 @@ def defense_claims(final_csv: Path, sensitivity_csvs: dict[str, Path], record_cs
                 for column in ("L-inf PGD", "AutoAttack"):
                     if column not in final.columns or pd.isna(defended[column]) or pd.isna(base[column]):
                         continue
-                    claims.append(paired_claim(f"{label} raises the {column} accuracy of {base['training']}", label,
-                                               "a_better", [defended["model"]], base["model"], [column], per_image,
-                                               final))
+                    claim = paired_claim(f"{label} raises the {column} accuracy of {base['training']}", label,
+                                         "a_better", [defended["model"]], base["model"], [column], per_image, final)
+                    warned = per_image.warnings.get((defended["model"], column))
+                    if warned and claim.verdict == "supported":
+                        # the attack itself says the number may be inflated: a gain cannot count as shown
+                        claim = Claim(claim.text, None, f"{claim.evidence}; not counted: the attack warned that "
+                                      f"{defended['model']}'s evaluation is unreliable ({' | '.join(warned)})",
+                                      claim.source, "not checked")
+                    elif warned:
+                        claim = Claim(claim.text, claim.supported, f"{claim.evidence}; the attack warned: "
+                                      f"{' | '.join(warned)}", claim.source, claim.outcome)
+                    claims.append(claim)
                 if transfer is not None:
                     claims += _transfer_claims(transfer, defended, label, per_image)
         sens_path = sensitivity_csvs.get(arch)

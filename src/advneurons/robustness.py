@@ -27,7 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .markdown import markdown_table
-from .attacks import AttackSpec, adaptive_note, attack_target, eval_mode
+from .attacks import AttackSpec, AutoAttackLog, adaptive_note, attack_target, eval_mode
 from .runtime import atomic_path, device, generator, model_device
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,10 @@ log = logging.getLogger(__name__)
 CLEAN = "clean"
 RECORD_COLUMNS = (
     "model", "attack", "attack_type", "threat", "eps_255", "steps", "step_size_255", "description", "config",
-    "n_images", "accuracy", "correct_by_image",
+    "n_images", "accuracy", "correct_by_image", "attack_log",
 )
+# attack_log: what the attack itself reported, as JSON (AutoAttack: the robust accuracy after each stage and the
+# warnings of its checks, attacks.AutoAttackLog.to_dict); empty for other attacks.
 # correct_by_image: one character per evaluated image, in the order of the seeded test subset, "y" where the
 # model still classifies the image correctly, "n" where not (letters, so that no CSV reader takes it for a number). Models evaluated with the same subset size and seed see the same
 # images, so two records can be compared image by image (paired tests in the claims).
@@ -126,8 +128,10 @@ def robust_correct(
     batch_size: int = 256,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    autoattack_log=None,
 ) -> torch.Tensor:
-    """Per image: is it still classified correctly after `spec` perturbs it? (bool tensor, CPU)"""
+    """Per image: is it still classified correctly after `spec` perturbs it? (bool tensor, CPU)
+    `autoattack_log` (attacks.AutoAttackLog) collects AutoAttack's own report over the batches."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     correct = []
@@ -135,7 +139,8 @@ def robust_correct(
     starts = range(0, len(labels), batch_size)
     for start in tqdm(starts, desc=spec.describe(), disable=not progress, leave=False, mininterval=5.0):
         x, y = _on_model_device(model, images[start : start + batch_size], labels[start : start + batch_size])
-        x_adv = spec.run(target, x, y, generator=generator)  # the generator stays on the CPU: same draws anywhere
+        # the generator stays on the CPU: same draws anywhere
+        x_adv = spec.run(target, x, y, generator=generator, autoattack_log=autoattack_log)
         with eval_mode(model):
             correct.append(_correct(model, x_adv, y))
     return torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
@@ -149,7 +154,7 @@ def attack_generator(seed: int) -> torch.Generator:
 
 def accuracy_record(
     model: str, attack: str, settings: dict | AttackSpec | None, n_images: int, accuracy: float,
-    correct: torch.Tensor | None = None,
+    correct: torch.Tensor | None = None, attack_log: dict | None = None,
 ) -> dict:
     """One record (RECORD_COLUMNS): `settings` is the attack's config entry (1/255 units) or AttackSpec;
     None (with attack 'clean') is the unattacked accuracy. `accuracy` is a fraction; `correct`, when given,
@@ -169,7 +174,8 @@ def accuracy_record(
         raise ValueError(f"per-image results ({len(correct)} images) do not match n_images={n_images}, "
                          f"accuracy={accuracy}")
     return {"model": model, "attack": attack, **described, "n_images": int(n_images), "accuracy": float(accuracy),
-            "correct_by_image": encode_correct(correct) if correct is not None else None}
+            "correct_by_image": encode_correct(correct) if correct is not None else None,
+            "attack_log": json.dumps(attack_log) if attack_log else ""}  # stage order kept
 
 
 def records_frame(records: list[dict]) -> pd.DataFrame:
@@ -197,10 +203,15 @@ def evaluate_model(
     clean = clean_correct(model, images, labels, batch_size)
     rows = [accuracy_record(model_name, CLEAN, None, n, float(clean.sum()) / max(1, n), clean)]
     for name, spec in specs.items():
-        correct = robust_correct(model, images, labels, spec, batch_size, attack_generator(seed), progress=True)
+        aa_log = AutoAttackLog() if spec.type == "autoattack" else None
+        correct = robust_correct(model, images, labels, spec, batch_size, attack_generator(seed), progress=True,
+                                 autoattack_log=aa_log)
         acc = float(correct.sum()) / max(1, n)
         log.info("%s / %s: %.4f (%s)", model_name, name, acc, spec.describe())
-        rows.append(accuracy_record(model_name, name, spec, n, acc, correct))
+        report = aa_log.to_dict() if aa_log is not None else None
+        for message in (report or {}).get("warnings", []):
+            log.warning("%s / %s: AutoAttack warns: %s", model_name, name, message)
+        rows.append(accuracy_record(model_name, name, spec, n, acc, correct, report))
     frame = records_frame(rows)
     note = adaptive_note(model)
     if note:  # the table's settings say how a randomised defense was attacked
@@ -356,13 +367,50 @@ def accuracy_table(records: pd.DataFrame, columns: list[tuple[str, str]],
             rec = by_key[(model, attack)]
             pct = round(100.0 * float(rec.accuracy), 2)
             row[label] = pct
+            report = attack_report(getattr(rec, "attack_log", ""))
             settings_rows.append({
                 "model": model, "column": label, "attack": attack, "description": rec.description,
                 "threat": rec.threat, "eps_255": rec.eps_255, "steps": rec.steps, "step_size_255": rec.step_size_255,
                 "n_images": int(rec.n_images), "accuracy_pct": pct,
+                "accuracy_after_stages": "; ".join(f"{k} {v:.2f}" for k, v in report.get("robust_accuracy_after_pct", {}).items()),
+                "warnings": " | ".join(report.get("warnings", [])),
             })
         table_rows.append(row)
     return pd.DataFrame(table_rows, columns=["model", *labels]), pd.DataFrame(settings_rows)
+
+
+def attack_report(text) -> dict:
+    """The attack's own report of a record (RECORD_COLUMNS attack_log) as a dict; {} when there is none."""
+    if not isinstance(text, str) or not text.strip():
+        return {}
+    return json.loads(text)
+
+
+WARNING_MARK = "†"
+
+
+def mark_warned_cells(table: pd.DataFrame, settings: pd.DataFrame, floatfmt: str = ".2f") -> tuple[pd.DataFrame, str]:
+    """A copy of `table` for Markdown in which every cell whose attack warned (settings column `warnings`, e.g.
+    AutoAttack's gradient-masking check) reads "12.50 †", and a note listing those cells and warnings."""
+    if "warnings" not in settings.columns:
+        return table, ""
+    warned = settings[settings["warnings"].fillna("").astype(str) != ""]
+    if warned.empty:
+        return table, ""
+    marked = table.astype(object).copy()
+    lines = []
+    for rec in warned.itertuples():
+        rows = marked.index[marked["model"] == rec.model]
+        for i in rows:
+            value = marked.at[i, rec.column]
+            marked.at[i, rec.column] = f"{format(float(value), floatfmt)} {WARNING_MARK}"
+        lines.append(f"- {WARNING_MARK} {rec.model}, {rec.column}: {rec.warnings}"
+                     + (f" (robust accuracy after each stage: {rec.accuracy_after_stages})"
+                        if getattr(rec, "accuracy_after_stages", "") else ""))
+    note = (f"{WARNING_MARK} The attack warned that this evaluation may be unreliable (AutoAttack: Square, a "
+            "black-box attack, fooled images the gradient-based stages could not, a sign of gradient masking):\n"
+            + "\n".join(lines))
+    return marked, note
 
 
 def _write_markdown(frame: pd.DataFrame, path: Path, title: str, notes: str = "") -> None:
@@ -399,8 +447,9 @@ def robustness_tables(
     notes = (f"Images per cell: {', '.join(map(str, n))}. eps in 1/255 units. Every cell's attack and settings: "
              f"{Path(settings_md).name}.\n\n" + "\n".join(
                  f"- {label}: {desc}" for label, desc in settings.drop_duplicates("column")[["column", "description"]].values))
+    marked, warned = mark_warned_cells(table, settings)
     _write_csv(table, out_csv)
-    _write_markdown(table, out_md, title, notes)
+    _write_markdown(marked, out_md, title, notes + ("\n\n" + warned if warned else ""))
     _write_csv(settings, settings_csv)
     _write_markdown(settings, settings_md, f"Settings of every cell of {Path(out_md).name}")
     return table

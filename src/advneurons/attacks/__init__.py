@@ -20,13 +20,13 @@ from .core import (
     project_l2,
     project_linf,
 )
-from .ensemble import autoattack
+from .ensemble import AutoAttackLog, autoattack
 from .noise import CIFAR10C_GAUSSIAN_SIGMAS, gaussian_noise, severity_sigma, uniform_noise
 from .spec import ATTACK_TYPES, PARAMETERS, THREAT_MODELS, AttackSpec
 from .white_box import TARGET_RULES, choose_targets, cw_l2, cw_loss, fgsm, mifgsm, pgd_l2, pgd_linf, step_ll
 
 __all__ = [
-    "ATTACK_TYPES", "AttackSpec", "ExpectedLogits", "adaptive_note", "attack_target", "CIFAR10C_GAUSSIAN_SIGMAS", "PARAMETERS", "QueryOracle", "TARGET_RULES",
+    "ATTACK_TYPES", "AttackSpec", "AutoAttackLog", "ExpectedLogits", "adaptive_note", "attack_target", "CIFAR10C_GAUSSIAN_SIGMAS", "PARAMETERS", "QueryOracle", "TARGET_RULES",
     "THREAT_MODELS", "autoattack", "choose_targets", "cw_l2", "cw_loss", "eval_mode", "fgsm", "from_255",
     "gaussian_noise", "l2_norms", "linf_norms", "loss_gradient", "margin", "mifgsm", "nattack", "pgd_l2",
     "pgd_linf", "project_l2", "project_linf", "severity_sigma", "spsa", "spsa_gradient", "step_ll", "uniform_noise",

@@ -4,11 +4,17 @@ The "standard" version runs APGD-CE, APGD-T (9 targets), FAB-T (9 targets) and S
 on the images the previous ones did not fool. AutoAttack seeds torch's global RNG itself; the call runs
 inside torch.random.fork_rng so the caller's global RNG state is untouched, and the seed is drawn from the
 caller's generator.
+
+Besides the images, AutoAttack knows the robust accuracy after each of its stages and runs checks whose
+warnings flag an unreliable evaluation (above all: the black-box Square attack finding adversarial examples
+the gradient-based stages missed, a sign of gradient masking). :class:`AutoAttackLog` keeps both, summed
+over the batches of an evaluation, so that tables and claims can show them.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -17,6 +23,57 @@ from .core import eval_mode
 
 NORMS = {"linf": "Linf", "l2": "L2"}
 STANDARD_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
+
+
+@dataclass
+class AutoAttackLog:
+    """Robust images after each AutoAttack stage and the warnings of its checks, over all batches.
+
+    ``robust_after`` maps "clean" and each stage that ran to the number of images still classified
+    correctly after it; a stage skipped in a batch (nothing left to attack) counts that batch's last count.
+    ``warnings`` holds each distinct warning message once, with the number of batches that raised it.
+    """
+
+    n_images: int = 0
+    robust_after: dict[str, int] = field(default_factory=dict)
+    warnings: dict[str, int] = field(default_factory=dict)
+
+    def add_batch(self, n: int, accuracy_after: dict[str, float], stages: list[str], warnings: list[str]) -> None:
+        last = None
+        for stage in ["clean", *stages]:
+            if stage in accuracy_after:
+                last = int(round(accuracy_after[stage] * n))
+            if last is not None:
+                self.robust_after[stage] = self.robust_after.get(stage, 0) + last
+        self.n_images += n
+        for message in warnings:
+            self.warnings[message] = self.warnings.get(message, 0) + 1
+
+    def accuracy_after_pct(self) -> dict[str, float]:
+        return {k: round(100.0 * v / self.n_images, 2) for k, v in self.robust_after.items()} if self.n_images else {}
+
+    def square_drop_pct(self) -> float | None:
+        """Percentage points of robust accuracy that Square removed after the gradient-based stages (AutoAttack's
+        own gradient-masking check, over the whole evaluation); None if Square did not run."""
+        after = self.accuracy_after_pct()
+        if "square" not in after:
+            return None
+        before = [v for k, v in after.items() if k not in ("clean", "square")]
+        return round(min(before) - after["square"], 2) if before else None
+
+    def to_dict(self) -> dict:
+        return {"n_images": self.n_images, "robust_accuracy_after_pct": self.accuracy_after_pct(),
+                "square_drop_pct": self.square_drop_pct(),
+                "warnings": [f"{m} ({k} of the batches)" if k > 1 else m for m, k in self.warnings.items()]}
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
 
 
 def autoattack(
@@ -29,27 +86,47 @@ def autoattack(
     attacks: list[str] | None = None,
     generator: torch.Generator | None = None,
     apgd_restarts: int | None = None,
+    log: AutoAttackLog | None = None,
 ) -> torch.Tensor:
     """Perturbed images from AutoAttack (`attacks` picks a subset, e.g. ["apgd-ce"], with version="custom").
 
     `apgd_restarts` overrides APGD-CE's restart count. The authors' code runs APGD-CE with 1 restart in the
     standard version but keeps its default of 5 in a custom one, so a custom APGD-CE equals the standard
-    ensemble's first stage only with `apgd_restarts=1` (and the same seed)."""
+    ensemble's first stage only with `apgd_restarts=1` (and the same seed). `log`, when given, receives
+    this batch's robust accuracy after each stage and the warnings of AutoAttack's checks."""
     try:
         from pyautoattack import AutoAttack
+        from pyautoattack import autoattack as aa_module
     except ImportError as exc:  # pragma: no cover - the package is a dependency
         raise ImportError("AutoAttack needs the 'pyautoattack' package: pip install pyautoattack") from exc
     if norm not in NORMS:
         raise ValueError(f"AutoAttack norm must be one of {', '.join(NORMS)}, got {norm!r}")
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator is not None else 0
-    logging.getLogger("auto-attack").setLevel(logging.WARNING)  # its per-batch progress is debug chatter
+    aa_logger = logging.getLogger("auto-attack")
+    aa_logger.setLevel(logging.WARNING)  # its per-batch progress is debug chatter
     devices = [x.device.index or 0] if x.device.type == "cuda" else []
-    with eval_mode(model), torch.random.fork_rng(devices=devices):
-        adversary = AutoAttack(
-            model, eps=eps, norm=NORMS[norm], version=version, seed=seed, device=x.device,
-            attacks=attacks if version == "custom" else None,
-        )
-        if apgd_restarts is not None:
-            adversary.apgd.n_restarts = int(apgd_restarts)
-        x_adv, _ = adversary.run_standard_evaluation(x.detach(), y, batch_size=len(x))
+    collect, stages = _Collect(), {}
+    checks = aa_module.checks
+    original_check = checks.check_square_sr
+
+    def record_stages(acc_dict, *args, **kwargs):  # AutoAttack passes its robust accuracy after each stage here
+        stages.update(acc_dict)
+        return original_check(acc_dict, *args, **kwargs)
+
+    aa_logger.addHandler(collect)
+    checks.check_square_sr = record_stages
+    try:
+        with eval_mode(model), torch.random.fork_rng(devices=devices):
+            adversary = AutoAttack(
+                model, eps=eps, norm=NORMS[norm], version=version, seed=seed, device=x.device,
+                attacks=attacks if version == "custom" else None,
+            )
+            if apgd_restarts is not None:
+                adversary.apgd.n_restarts = int(apgd_restarts)
+            x_adv, _ = adversary.run_standard_evaluation(x.detach(), y, batch_size=len(x))
+    finally:
+        checks.check_square_sr = original_check
+        aa_logger.removeHandler(collect)
+    if log is not None:
+        log.add_batch(len(x), stages, list(adversary.attacks_to_run), collect.messages)
     return x_adv.detach().clamp(0.0, 1.0)

@@ -267,8 +267,10 @@ class AttackSpec:
         y: torch.Tensor,
         generator: torch.Generator | None = None,
         targets: torch.Tensor | None = None,
+        autoattack_log=None,
     ) -> torch.Tensor:
-        """Perturbed copies of x (labels y) in [0, 1]; `targets` overrides a targeted attack's target rule."""
+        """Perturbed copies of x (labels y) in [0, 1]; `targets` overrides a targeted attack's target rule;
+        `autoattack_log` (an AutoAttackLog) collects AutoAttack's per-stage accuracy and warnings."""
         t = self.type
         if t == "fgsm":
             return fgsm(model, x, y, self.eps)
@@ -298,7 +300,7 @@ class AttackSpec:
         if t == "nattack":
             return nattack(model, x, y, self.eps, self.steps, self.samples, self.lr, self.search_sigma,
                            generator=generator)
-        return autoattack(model, x, y, self.eps, self.norm, self.version, generator=generator)
+        return autoattack(model, x, y, self.eps, self.norm, self.version, generator=generator, log=autoattack_log)
 
 
 def _eval_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
