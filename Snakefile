@@ -29,3 +29,7 @@ rule all:
     input:
         final_outputs(),
     localrule: True
+
+
+onsuccess:
+    print(results_guide())

@@ -584,3 +584,21 @@ def final_outputs():
         *psn_outputs(),
         *defense_outputs(),
     ]
+
+
+def results_guide():
+    """What the end of a successful run prints: where to look first (only what exists)."""
+    lines = ["", "Results (this run and any earlier ones in results/):"]
+    for path, what in (
+        ("results/tables/robustness.md", "robustness table (TIP Table III layout); every cell's settings beside it"),
+        ("results/tables/final_robustness.md", "models and defenses x attack suite"),
+        ("results/findings.md", "each paper claim with its verdict and statistic"),
+        ("results/tables", "all tables (CSV + Markdown)"),
+        ("results/figures", "all figures"),
+    ):
+        if os.path.exists(path):
+            lines.append(f"  {path:38s} {what}")
+    lines.append(f"  results/{DATA_ID}/               every intermediate, in folders named by the settings that made it")
+    lines.append("  snakemake --report report.html          one HTML page with every table and figure and its provenance")
+    return "\n".join(lines)
+
