@@ -597,3 +597,16 @@ def test_the_bounder_runs_on_the_device_the_job_sees(nets, monkeypatch):
     assert all(p.device == b.device for p in b.bm.parameters())
     terms = b.terms(x, 8 / 255)
     assert all(getattr(t, f).device.type == "cpu" for t in terms.values() for f in ("before", "after", "lower"))
+
+
+def test_lowest_scoring_units_break_floor_ties_by_the_terms():
+    floor = np.sqrt(1e-9)
+    scores = pd.DataFrame({
+        "layer": "conv1.bn", "depth": 0, "block": "B1", "conv": "conv1", "channel": [0, 1, 2, 3, 4], "h": 0, "w": 0,
+        "score": [floor, floor, floor, 2.0, 1.0], "before": [1.0, 3.0, 2.0, 5.0, 1.0],
+        "after": [0.5, 0.1, 0.1, 4.0, 1.0],
+    })
+    high, low = pa.extreme_units(scores, "conv1.bn", 2)
+    assert list(high.channel) == [3, 4]
+    # three units tie at the floor: the least propagating first (after 0.1, then before 2 < 3)
+    assert list(low.channel) == [2, 1] and "_product" not in low.columns

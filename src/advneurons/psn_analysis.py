@@ -414,13 +414,20 @@ def unit_gradcam(model: nn.Module, layer, layer_name: str, layers, x: torch.Tens
 
 
 def extreme_units(scores: pd.DataFrame, layer: str, n: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The n highest- and n lowest-scoring units of a layer (ties by channel, h, w)."""
+    """The n highest- and n lowest-scoring units of a layer.
+
+    Many units share the floor score sqrt(1e-9) (their two z-scores have opposite signs), so the lowest
+    scores are mostly ties: they are broken by the terms themselves, the least propagating units (smallest
+    after term, then before term) first, and the highest by the largest product of the terms; (channel,
+    h, w) settles what remains, so the choice is deterministic."""
     rows = scores[scores["layer"] == layer]
     if rows.empty:
         raise ValueError(f"score table has no layer {layer!r}")
-    order = rows.sort_values(["score", "channel", "h", "w"], ascending=[False, True, True, True])
-    low = rows.sort_values(["score", "channel", "h", "w"], ascending=[True, True, True, True])
-    return order.head(n), low.head(n)
+    rows = rows.assign(_product=rows["before"] * rows["after"]) if {"before", "after"} <= set(rows.columns) else \
+        rows.assign(_product=0.0, before=0.0, after=0.0)
+    order = rows.sort_values(["score", "_product", "channel", "h", "w"], ascending=[False, False, True, True, True])
+    low = rows.sort_values(["score", "after", "before", "channel", "h", "w"], ascending=[True] * 6)
+    return order.head(n).drop(columns="_product"), low.head(n).drop(columns="_product")
 
 
 def focus_figure(model, layers, layer_name: str, units: pd.DataFrame, x, y, pgd, n_top: int):
