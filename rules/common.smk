@@ -92,8 +92,13 @@ def split_file(split):
 def dataset_inputs(wildcards):
     """The record of the verified CIFAR-10 archive when that dataset is configured (it names the archive);
     digits ship with scikit-learn. ancient(): re-verifying the archive (after a change of url) rewrites the
-    record but not the data; the splits depend on the archive's md5, which is among their params."""
-    return {"archive_record": ancient(CIFAR10_ARCHIVE_RECORD)} if DATASET == "cifar10" else {}
+    record but not the data; the splits depend on the archive's md5, which is among their params.
+    """
+    return (
+        {"archive_record": ancient(CIFAR10_ARCHIVE_RECORD)}
+        if DATASET == "cifar10"
+        else {}
+    )
 
 
 def dataset_settings(wildcards):
@@ -590,7 +595,10 @@ def results_guide():
     """What the end of a successful run prints: where to look first (only what exists)."""
     lines = ["", "Results (this run and any earlier ones in results/):"]
     for path, what in (
-        ("results/tables/robustness.md", "robustness table (TIP Table III layout); every cell's settings beside it"),
+        (
+            "results/tables/robustness.md",
+            "robustness table (TIP Table III layout); every cell's settings beside it",
+        ),
         ("results/tables/final_robustness.md", "models and defenses x attack suite"),
         ("results/findings.md", "each paper claim with its verdict and statistic"),
         ("results/tables", "all tables (CSV + Markdown)"),
@@ -598,7 +606,10 @@ def results_guide():
     ):
         if os.path.exists(path):
             lines.append(f"  {path:38s} {what}")
-    lines.append(f"  results/{DATA_ID}/               every intermediate, in folders named by the settings that made it")
-    lines.append("  snakemake --report report.html          one HTML page with every table and figure and its provenance")
+    lines.append(
+        f"  results/{DATA_ID}/               every intermediate, in folders named by the settings that made it"
+    )
+    lines.append(
+        "  snakemake --report report.html          one HTML page with every table and figure and its provenance"
+    )
     return "\n".join(lines)
-
