@@ -113,7 +113,10 @@ def test_psn_scores_and_analyses_on_the_vanilla_models(tiny_run):
         arch = d.parent.name.split("-")[0]
         scores = pd.read_csv(d / "scores.csv.gz")
         assert list(dict.fromkeys(scores.layer)) == PSN_LAYERS["all"][arch]  # the tiny config scores every node
-        assert scores.score.gt(0).all() and scores.before.gt(0).all() and scores.after.ge(0).all()
+        assert scores.score.gt(0).all() and scores.before.ge(0).all() and scores.after.ge(0).all()
+        # every unit before a ReLU is reached by the input; ReLU outputs (and their pooling) of units inactive
+        # over the whole ball have no coefficient at all
+        assert scores[scores.kind.isin(["conv", "bn", "add", "linear"])].before.gt(0).all()
         meta = json.loads((d / "scores.json").read_text())
         assert meta["params"]["bound_method"] == "CROWN" and len(meta["image_indices"]) == 1
         top = pd.read_csv(d / "top1-10pct.csv.gz")
