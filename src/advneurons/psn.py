@@ -80,7 +80,15 @@ import torch
 from torch import nn
 
 from .lirpa_compat import bounded_module, import_auto_lirpa
-from .psn_graph import NODE_SETS, check_node_set, ActivationRecorder, ScoredLayer, input_normalisation, layer_activations, scored_layers
+from .psn_graph import (  # noqa: F401 -- ActivationRecorder, NODE_SETS re-exported for callers of this module
+    NODE_SETS,
+    ActivationRecorder,
+    ScoredLayer,
+    check_node_set,
+    input_normalisation,
+    layer_activations,
+    scored_layers,
+)
 
 log = logging.getLogger("advneurons")
 
@@ -96,9 +104,6 @@ UNIT_COLUMNS = ["layer", "depth", "block", "conv", "channel", "h", "w"]
 # estimate; patches mode needs less than dense mode.
 _BYTES_PER_ELEMENT = 4 * 16
 
-
-# The scored nodes, their names and hooks live in psn_graph; re-exported here for the analyses.
-__all__ = ["ActivationRecorder", "ScoredLayer", "layer_activations", "scored_layers", "NODE_SETS"]
 
 
 # ------------------------------------------------------------------------------------------ bounds

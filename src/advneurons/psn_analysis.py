@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .markdown import markdown_table
-from .psn import ActivationRecorder, ScoredLayer, read_scores, scored_layers, select_images, top_units_table
+from .psn import read_scores, select_images, top_units_table
+from .psn_graph import ActivationRecorder, ScoredLayer, scored_layers
 
 PERTURBATIONS = ("noise", "pgd")
 
