@@ -10,9 +10,6 @@ if not workflow.overwrite_configfiles:
     configfile: "config.yaml"
 
 
-report: "report/workflow.rst"
-
-
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
@@ -22,6 +19,11 @@ include: "rules/evaluate.smk"
 include: "rules/sns.smk"
 include: "rules/psn.smk"
 include: "rules/defenses.smk"
+include: "rules/report.smk"
+
+
+# The report opens on this run's landing page once the run has written it, else on the generic description.
+report: os.path.abspath(LANDING_PAGE) if os.path.exists(LANDING_PAGE) else "report/workflow.rst"
 
 
 rule all:

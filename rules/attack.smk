@@ -22,5 +22,7 @@ rule attack_pairs:
         code=code_version("pairs"),
         attack=attack_settings,
         batch_size=config["evaluation"]["batch_size"],
+    message:
+        "adversarial pairs: {wildcards.model} under {wildcards.attack}"
     script:
         "../workflow_scripts/attack_pairs.py"

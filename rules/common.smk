@@ -588,7 +588,34 @@ def final_outputs():
         *sns_outputs(),
         *psn_outputs(),
         *defense_outputs(),
+        LANDING_PAGE,
     ]
+
+
+# The report's first page once a run has made it (Snakefile `report:`); rules/report.smk writes it.
+LANDING_PAGE = "results/report_landing.rst"
+
+
+def landing_page_inputs(wildcards):
+    """The headline results the landing page shows: whichever of them this config makes."""
+    files = {}
+    if config["robustness"]["table_iii"]:
+        files["robustness"] = "results/tables/robustness.csv"
+    if config["defenses"]["final_table"]:
+        files["final"] = "results/tables/final_robustness.csv"
+    if SNS["enabled"]:
+        files["findings"] = "results/findings.json"
+    return files
+
+
+def landing_page_links(wildcards):
+    """Report items the landing page links to (names of files marked for the report)."""
+    names = {
+        "robustness": ["robustness.html", "robustness_settings.html"],
+        "final": ["final_robustness.html"],
+        "findings": ["findings.html"],
+    }
+    return [n for key in landing_page_inputs(wildcards) for n in names[key]]
 
 
 def results_guide():

@@ -20,6 +20,8 @@ rule download_cifar10:
         code=code_version("data"),
         url=config["dataset"]["cifar10"]["url"],
         md5=config["dataset"]["cifar10"]["md5"],
+    message:
+        "download and verify the CIFAR-10 archive"
     script:
         "../workflow_scripts/download_cifar10.py"
 
@@ -45,5 +47,7 @@ rule prepare_dataset:
     params:
         code=code_version("data"),
         dataset=dataset_settings,
+    message:
+        "dataset splits: {wildcards.data}"
     script:
         "../workflow_scripts/prepare_dataset.py"

@@ -6,12 +6,13 @@ rule final_robustness_table:
     input:
         records=final_table_records(),
     output:
-        csv=report(
-            "results/tables/final_robustness.csv",
+        csv="results/tables/final_robustness.csv",
+        md="results/tables/final_robustness.md",
+        html=report(
+            "results/tables/final_robustness.html",
             caption="../report/final_robustness.rst",
             category="Defenses",
         ),
-        md="results/tables/final_robustness.md",
         tex="results/tables/final_robustness.tex",
         settings="results/tables/final_robustness_settings.csv",
     log:
@@ -29,6 +30,8 @@ rule final_robustness_table:
         columns=config["robustness"]["table_iii"],
         models=final_table_models,
         dataset=DATASET,
+    message:
+        "final robustness table (every model and defense)"
     script:
         "../workflow_scripts/final_robustness_table.py"
 
@@ -44,6 +47,7 @@ rule sensitivity_by_training:
             category="Defenses",
             labels={"architecture": "{arch}"},
         ),
+        pdf="results/figures/sensitivity_by_training_{arch}.pdf",
     log:
         "logs/sensitivity_by_training/{arch}.log",
     benchmark:
@@ -56,6 +60,8 @@ rule sensitivity_by_training:
         runtime=10,
     params:
         code=code_version("defense_tables"),
+    message:
+        "sensitivity by training method: {wildcards.arch}"
     script:
         "../workflow_scripts/sensitivity_by_training.py"
 
@@ -65,13 +71,14 @@ rule meansparse_model:
         unpack(meansparse_inputs),
     output:
         model="results/{data}/defended/{model}/model.pt",
-        sweep=report(
-            "results/{data}/defended/{model}/alpha_sweep.csv",
+        sweep="results/{data}/defended/{model}/alpha_sweep.csv",
+        md="results/{data}/defended/{model}/alpha_sweep.md",
+        html=report(
+            "results/{data}/defended/{model}/alpha_sweep.html",
             caption="../report/meansparse_sweep.rst",
             category="Defenses",
             labels={"model": "{model}", "table": "MeanSparse alpha sweep"},
         ),
-        md="results/{data}/defended/{model}/alpha_sweep.md",
         meta="results/{data}/defended/{model}/metadata.json",
     log:
         "logs/{data}/meansparse_model/{model}.log",
@@ -87,6 +94,8 @@ rule meansparse_model:
         code=code_version("meansparse"),
         meansparse=meansparse_settings,
         batch_size=config["robustness"]["batch_size"],
+    message:
+        "MeanSparse around {wildcards.model}"
     script:
         "../workflow_scripts/meansparse_model.py"
 
@@ -112,6 +121,8 @@ rule ig_defense_model:
         code=code_version("ig_defense"),
         ig_defense=ig_defense_settings,
         batch_size=config["robustness"]["batch_size"],
+    message:
+        "IG-Defense around {wildcards.model}"
     script:
         "../workflow_scripts/ig_defense_model.py"
 
@@ -122,19 +133,21 @@ rule ig_defense_analysis:
         test=split_file("test"),
     output:
         per_image="results/{data}/ig_defense/{model}/{analysis}_per_image.csv",
-        summary=report(
-            "results/{data}/ig_defense/{model}/{analysis}_summary.csv",
+        summary="results/{data}/ig_defense/{model}/{analysis}_summary.csv",
+        md="results/{data}/ig_defense/{model}/{analysis}_summary.md",
+        html=report(
+            "results/{data}/ig_defense/{model}/{analysis}_summary.html",
             caption="../report/ig_defense_analysis.rst",
             category="Defenses",
             labels={"model": "{model}", "table": "IG-Defense channel groups"},
         ),
-        md="results/{data}/ig_defense/{model}/{analysis}_summary.md",
         png=report(
             "results/{data}/ig_defense/{model}/{analysis}.png",
             caption="../report/ig_defense_analysis.rst",
             category="Defenses",
             labels={"model": "{model}", "figure": "IG-Defense channel groups"},
         ),
+        pdf="results/{data}/ig_defense/{model}/{analysis}.pdf",
         meta="results/{data}/ig_defense/{model}/{analysis}.json",
     log:
         "logs/{data}/ig_defense_analysis/{model}/{analysis}.log",
@@ -151,6 +164,8 @@ rule ig_defense_analysis:
         analysis=ig_analysis_settings,
         model_name=model_name,
         batch_size=config["robustness"]["batch_size"],
+    message:
+        "IG-Defense analysis: {wildcards.model}"
     script:
         "../workflow_scripts/ig_defense_analysis.py"
 
@@ -176,6 +191,8 @@ rule transfer_check:
         check=transfer_settings,
         model_name=model_name,
         batch_size=config["robustness"]["batch_size"],
+    message:
+        "transfer check: {wildcards.model} under {wildcards.attack}"
     script:
         "../workflow_scripts/transfer_check.py"
 
@@ -184,12 +201,13 @@ rule transfer_table:
     input:
         rows=transfer_rows(),
     output:
-        csv=report(
-            "results/tables/transfer_check.csv",
+        csv="results/tables/transfer_check.csv",
+        md="results/tables/transfer_check.md",
+        html=report(
+            "results/tables/transfer_check.html",
             caption="../report/transfer_check.rst",
             category="Defenses",
         ),
-        md="results/tables/transfer_check.md",
     log:
         "logs/transfer_table.log",
     benchmark:
@@ -203,6 +221,8 @@ rule transfer_table:
     params:
         code=code_version("transfer"),
         labels=transfer_labels,
+    message:
+        "transfer check table"
     script:
         "../workflow_scripts/transfer_table.py"
 
@@ -226,6 +246,8 @@ rule defense_findings:
         code=code_version("defense_tables"),
         archs=ARCHS,
         trainings=config["training"],
+    message:
+        "defense claims"
     script:
         "../workflow_scripts/defense_findings.py"
 
@@ -236,11 +258,17 @@ rule sns_layer_range:
     output:
         csv="results/tables/sns_layer_range.csv",
         md="results/tables/sns_layer_range.md",
+        html=report(
+            "results/tables/sns_layer_range.html",
+            caption="../report/sns_layer_range.rst",
+            category="Defenses",
+        ),
         png=report(
             "results/figures/sns_layer_range.png",
             caption="../report/sns_layer_range.rst",
             category="Defenses",
         ),
+        pdf="results/figures/sns_layer_range.pdf",
     log:
         "logs/sns_layer_range.log",
     benchmark:
@@ -256,5 +284,7 @@ rule sns_layer_range:
         models=layer_range_models,
         attacks=layer_range_attack_labels(),
         training=config["sns_layer_range"]["training"],
+    message:
+        "SNS layer-range table and figure"
     script:
         "../workflow_scripts/sns_layer_range.py"

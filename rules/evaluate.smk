@@ -24,6 +24,8 @@ rule evaluate_attack:
         evaluation=robustness_settings,
         model_name=model_name,
         batch_size=config["robustness"]["batch_size"],
+    message:
+        "robust accuracy: {wildcards.model} under {wildcards.attack}"
     script:
         "../workflow_scripts/evaluate_attack.py"
 
@@ -32,18 +34,20 @@ rule robustness_table:
     input:
         records=robustness_records(config["robustness"]["table_iii"].values()),
     output:
-        csv=report(
-            "results/tables/robustness.csv",
+        csv="results/tables/robustness.csv",
+        md="results/tables/robustness.md",
+        html=report(
+            "results/tables/robustness.html",
             caption="../report/robustness.rst",
             category="Robustness",
         ),
-        md="results/tables/robustness.md",
-        settings=report(
-            "results/tables/robustness_settings.csv",
+        settings="results/tables/robustness_settings.csv",
+        settings_md="results/tables/robustness_settings.md",
+        settings_html=report(
+            "results/tables/robustness_settings.html",
             caption="../report/robustness_settings.rst",
             category="Robustness",
         ),
-        settings_md="results/tables/robustness_settings.md",
     log:
         "logs/robustness_table.log",
     benchmark:
@@ -59,6 +63,8 @@ rule robustness_table:
         layout="table_iii",
         columns=config["robustness"]["table_iii"],
         dataset=DATASET,
+    message:
+        "robustness table (TIP Table III layout)"
     script:
         "../workflow_scripts/robustness_table.py"
 
@@ -67,14 +73,20 @@ rule robustness_table_i:
     input:
         records=robustness_records(config["robustness"]["table_i"]),
     output:
-        csv=report(
-            "results/tables/robustness_table_i.csv",
+        csv="results/tables/robustness_table_i.csv",
+        md="results/tables/robustness_table_i.md",
+        html=report(
+            "results/tables/robustness_table_i.html",
             caption="../report/robustness_table_i.rst",
             category="Robustness",
         ),
-        md="results/tables/robustness_table_i.md",
         settings="results/tables/robustness_table_i_settings.csv",
         settings_md="results/tables/robustness_table_i_settings.md",
+        settings_html=report(
+            "results/tables/robustness_table_i_settings.html",
+            caption="../report/robustness_settings.rst",
+            category="Robustness",
+        ),
     log:
         "logs/robustness_table_i.log",
     benchmark:
@@ -90,6 +102,8 @@ rule robustness_table_i:
         layout="table_i",
         columns=None,
         dataset=DATASET,
+    message:
+        "robustness table (TIP Table I layout)"
     script:
         "../workflow_scripts/robustness_table.py"
 
@@ -115,6 +129,8 @@ rule pgd_sweep:
         code=code_version("robustness"),
         sweep=sweep_settings,
         model_name=model_name,
+    message:
+        "PGD sweep: {wildcards.model}"
     script:
         "../workflow_scripts/pgd_sweep.py"
 
@@ -129,11 +145,13 @@ rule sweep_figures:
             caption="../report/pgd_sweep_steps.rst",
             category="Robustness",
         ),
+        steps_pdf="results/figures/pgd_sweep_steps.pdf",
         eps_png=report(
             "results/figures/pgd_sweep_eps.png",
             caption="../report/pgd_sweep_eps.rst",
             category="Robustness",
         ),
+        eps_pdf="results/figures/pgd_sweep_eps.pdf",
     log:
         "logs/sweep_figures.log",
     benchmark:
@@ -146,5 +164,7 @@ rule sweep_figures:
         runtime=10,
     params:
         code=code_version("robustness"),
+    message:
+        "PGD sweep figures"
     script:
         "../workflow_scripts/sweep_figures.py"

@@ -23,6 +23,8 @@ rule psn_scores:
     params:
         code=code_version("psn"),
         scoring=psn_score_settings,
+    message:
+        "PSN scores (auto_LiRPA bounds): {wildcards.model}"
     script:
         "../workflow_scripts/psn_scores.py"
 
@@ -51,6 +53,8 @@ rule psn_top_units:
     params:
         code=code_version("psn"),
         percents=lambda wildcards: [float(p) for p in wildcards.percents.split("-")],
+    message:
+        "top PSN units: {wildcards.model}"
     script:
         "../workflow_scripts/psn_top_units.py"
 
@@ -70,6 +74,7 @@ rule psn_deviation:
             subcategory="Activation deviation",
             labels={"model": "{model}"},
         ),
+        pdf="results/{data}/psn/{model}/{psn}/{deviation}.pdf",
         meta="results/{data}/psn/{model}/{psn}/{deviation}.json",
     log:
         "logs/{data}/psn_deviation/{model}/{psn}_{deviation}.log",
@@ -85,6 +90,8 @@ rule psn_deviation:
         code=code_version("psn_analysis"),
         deviation=psn_deviation_settings,
         batch_size=PSN_BATCH_SIZE,
+    message:
+        "PSN deviation: {wildcards.model}"
     script:
         "../workflow_scripts/psn_deviation.py"
 
@@ -97,6 +104,11 @@ rule psn_attack:
     output:
         csv="results/{data}/psn/{model}/{psn}/{noise}.csv",
         md="results/{data}/psn/{model}/{psn}/{noise}.md",
+        html=report(
+            "results/{data}/psn/{model}/{psn}/{noise}.html",
+            caption="../report/psn_attack.rst",
+            category="Propagation-sensitive neurons",
+        ),
         png=report(
             "results/{data}/psn/{model}/{psn}/{noise}.png",
             caption="../report/psn_attack.rst",
@@ -104,6 +116,7 @@ rule psn_attack:
             subcategory="Attacking PSNs",
             labels={"model": "{model}"},
         ),
+        pdf="results/{data}/psn/{model}/{psn}/{noise}.pdf",
         meta="results/{data}/psn/{model}/{psn}/{noise}.json",
     log:
         "logs/{data}/psn_attack/{model}/{psn}_{noise}.log",
@@ -119,6 +132,8 @@ rule psn_attack:
         code=code_version("psn_analysis"),
         attack=psn_attack_settings,
         batch_size=PSN_BATCH_SIZE,
+    message:
+        "attacking PSNs: {wildcards.model}"
     script:
         "../workflow_scripts/psn_attack.py"
 
@@ -136,6 +151,7 @@ rule psn_heatmaps:
             subcategory="Focus regions",
             labels={"model": "{model}", "layer": "{layer}"},
         ),
+        pdf="results/{data}/psn/{model}/{psn}/{heatmaps}/{layer}.pdf",
         meta="results/{data}/psn/{model}/{psn}/{heatmaps}/{layer}.json",
     log:
         "logs/{data}/psn_heatmaps/{model}/{psn}_{heatmaps}_{layer}.log",
@@ -150,6 +166,8 @@ rule psn_heatmaps:
     params:
         code=code_version("psn_analysis"),
         heatmaps=psn_heatmap_settings,
+    message:
+        "PSN heatmaps: {wildcards.model} {wildcards.layer}"
     script:
         "../workflow_scripts/psn_heatmaps.py"
 
@@ -161,6 +179,11 @@ rule psn_agreement:
     output:
         csv="results/{data}/psn/{model}/{psn}/agreement_{attack}-{form}_top{percent}pct.csv",
         md="results/{data}/psn/{model}/{psn}/agreement_{attack}-{form}_top{percent}pct.md",
+        html=report(
+            "results/{data}/psn/{model}/{psn}/agreement_{attack}-{form}_top{percent}pct.html",
+            caption="../report/psn_agreement.rst",
+            category="Propagation-sensitive neurons",
+        ),
         png=report(
             "results/{data}/psn/{model}/{psn}/agreement_{attack}-{form}_top{percent}pct.png",
             caption="../report/psn_agreement.rst",
@@ -168,6 +191,7 @@ rule psn_agreement:
             subcategory="PSN vs neuron sensitivity",
             labels={"model": "{model}"},
         ),
+        pdf="results/{data}/psn/{model}/{psn}/agreement_{attack}-{form}_top{percent}pct.pdf",
     log:
         "logs/{data}/psn_agreement/{model}/{psn}_{attack}-{form}_top{percent}pct.log",
     benchmark:
@@ -180,5 +204,7 @@ rule psn_agreement:
         runtime=10,
     params:
         code=code_version("psn_analysis"),
+    message:
+        "PSN vs sensitivity: {wildcards.model}, top {wildcards.percent}%"
     script:
         "../workflow_scripts/psn_agreement.py"

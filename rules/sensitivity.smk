@@ -29,6 +29,8 @@ rule neuron_sensitivity:
         batch_size=config["sensitivity"]["batch_size"],
         normalise=sensitivity_normalised,
         site=sensitivity_site,
+    message:
+        "neuron sensitivity ({wildcards.form}): {wildcards.model} under {wildcards.attack}"
     script:
         "../workflow_scripts/neuron_sensitivity.py"
 
@@ -56,5 +58,7 @@ rule sensitive_channels:
         runtime=10,
     params:
         code=code_version("sensitivity"),
+    message:
+        "top {wildcards.percent}% sensitive channels: {wildcards.model}"
     script:
         "../workflow_scripts/sensitive_channels.py"

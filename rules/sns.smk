@@ -23,6 +23,8 @@ rule targeted_pairs:
         code=code_version("sns_analysis"),
         targeted=targeted_settings,
         batch_size=SNS["batch_size"],
+    message:
+        "targeted adversarial pairs: {wildcards.model}"
     script:
         "../workflow_scripts/targeted_pairs.py"
 
@@ -49,6 +51,8 @@ rule targeted_neurons:
         code=code_version("sns_analysis"),
         batch_size=SNS["batch_size"],
         site=config["sensitivity"]["site"],
+    message:
+        "targeted sensitive neurons: {wildcards.model}"
     script:
         "../workflow_scripts/targeted_neurons.py"
 
@@ -60,6 +64,11 @@ rule importance_report:
     output:
         csv="results/{data}/sns/{model}/{targeted}/importance_k{k}.csv",
         md="results/{data}/sns/{model}/{targeted}/importance_k{k}.md",
+        html=report(
+            "results/{data}/sns/{model}/{targeted}/importance_k{k}.html",
+            caption="../report/importance.rst",
+            category="Sensitive neurons",
+        ),
         summary="results/{data}/sns/{model}/{targeted}/importance_k{k}_summary.csv",
         png=report(
             "results/{data}/sns/{model}/{targeted}/importance_k{k}.png",
@@ -68,6 +77,7 @@ rule importance_report:
             subcategory="Importance vs sensitivity",
             labels={"model": "{model}"},
         ),
+        pdf="results/{data}/sns/{model}/{targeted}/importance_k{k}.pdf",
         meta="results/{data}/sns/{model}/{targeted}/importance_k{k}.json",
     log:
         "logs/{data}/importance_report/{model}/{targeted}_k{k}.log",
@@ -82,6 +92,8 @@ rule importance_report:
     params:
         code=code_version("sns_analysis"),
         title=model_name,
+    message:
+        "importance of sensitive neurons: {wildcards.model}"
     script:
         "../workflow_scripts/importance_report.py"
 
@@ -95,6 +107,11 @@ rule layer_similarity:
     output:
         csv="results/{data}/sns/{model}/{targeted}/layer_similarity_top{percent}pct.csv",
         md="results/{data}/sns/{model}/{targeted}/layer_similarity_top{percent}pct.md",
+        html=report(
+            "results/{data}/sns/{model}/{targeted}/layer_similarity_top{percent}pct.html",
+            caption="../report/layer_similarity.rst",
+            category="Sensitive neurons",
+        ),
         png=report(
             "results/{data}/sns/{model}/{targeted}/layer_similarity_top{percent}pct.png",
             caption="../report/layer_similarity.rst",
@@ -102,6 +119,7 @@ rule layer_similarity:
             subcategory="Similarity across target classes",
             labels={"model": "{model}"},
         ),
+        pdf="results/{data}/sns/{model}/{targeted}/layer_similarity_top{percent}pct.pdf",
         meta="results/{data}/sns/{model}/{targeted}/layer_similarity_top{percent}pct.json",
     log:
         "logs/{data}/layer_similarity/{model}/{targeted}_top{percent}pct.log",
@@ -116,6 +134,8 @@ rule layer_similarity:
     params:
         code=code_version("sns_analysis"),
         title=model_name,
+    message:
+        "layer similarity of sensitive neurons: {wildcards.model}"
     script:
         "../workflow_scripts/layer_similarity.py"
 
@@ -129,6 +149,11 @@ rule suppression_study:
         csv="results/{data}/sns/{model}/{attack}-{form}/{suppression}.csv",
         summary="results/{data}/sns/{model}/{attack}-{form}/{suppression}_summary.csv",
         md="results/{data}/sns/{model}/{attack}-{form}/{suppression}.md",
+        html=report(
+            "results/{data}/sns/{model}/{attack}-{form}/{suppression}.html",
+            caption="../report/suppression.rst",
+            category="Sensitive neurons",
+        ),
         png=report(
             "results/{data}/sns/{model}/{attack}-{form}/{suppression}.png",
             caption="../report/suppression.rst",
@@ -136,6 +161,7 @@ rule suppression_study:
             subcategory="Suppression",
             labels={"model": "{model}"},
         ),
+        pdf="results/{data}/sns/{model}/{attack}-{form}/{suppression}.pdf",
         meta="results/{data}/sns/{model}/{attack}-{form}/{suppression}.json",
     log:
         "logs/{data}/suppression_study/{model}/{attack}-{form}/{suppression}.log",
@@ -152,6 +178,8 @@ rule suppression_study:
         suppression=suppression_settings,
         batch_size=SNS["batch_size"],
         title=model_name,
+    message:
+        "suppression study: {wildcards.model}"
     script:
         "../workflow_scripts/suppression_study.py"
 
@@ -177,6 +205,8 @@ rule sensitivity_ratios:
         code=code_version("sns_analysis"),
         ratios=ratio_settings,
         batch_size=SNS["batch_size"],
+    message:
+        "sensitivity ratios: {wildcards.model}"
     script:
         "../workflow_scripts/sensitivity_ratios.py"
 
@@ -188,6 +218,11 @@ rule ratio_report:
     output:
         table="results/{data}/sns/{arch}/{attack}-{form}/{ratios}_table_ii.csv",
         md="results/{data}/sns/{arch}/{attack}-{form}/{ratios}_table_ii.md",
+        html=report(
+            "results/{data}/sns/{arch}/{attack}-{form}/{ratios}_table_ii.html",
+            caption="../report/ratio_fig13.rst",
+            category="Sensitive neurons",
+        ),
         means="results/{data}/sns/{arch}/{attack}-{form}/{ratios}_layer_means.csv",
         fig13=report(
             "results/{data}/sns/{arch}/{attack}-{form}/{ratios}_fig13.png",
@@ -196,6 +231,7 @@ rule ratio_report:
             subcategory="Sensitivity ratios",
             labels={"architecture": "{arch}", "figure": "per layer (Fig 13)"},
         ),
+        fig13_pdf="results/{data}/sns/{arch}/{attack}-{form}/{ratios}_fig13.pdf",
         fig14=report(
             "results/{data}/sns/{arch}/{attack}-{form}/{ratios}_fig14.png",
             caption="../report/ratio_fig14.rst",
@@ -203,6 +239,7 @@ rule ratio_report:
             subcategory="Sensitivity ratios",
             labels={"architecture": "{arch}", "figure": "vs strength (Fig 14)"},
         ),
+        fig14_pdf="results/{data}/sns/{arch}/{attack}-{form}/{ratios}_fig14.pdf",
         meta="results/{data}/sns/{arch}/{attack}-{form}/{ratios}_report.json",
     log:
         "logs/{data}/ratio_report/{arch}/{attack}-{form}/{ratios}.log",
@@ -219,6 +256,8 @@ rule ratio_report:
         labels=arch_ratio_labels,
         table_family=SNS["ratios"]["table_family"],
         title="{arch}",
+    message:
+        "sensitivity ratio report: {wildcards.arch}"
     script:
         "../workflow_scripts/ratio_report.py"
 
@@ -234,8 +273,14 @@ rule sensitivity_curves:
             subcategory="Sensitivity per channel",
             labels={"architecture": "{arch}"},
         ),
+        pdf="results/{data}/sns/{arch}/{attack}/sensitivity_curves_{form}.pdf",
         summary="results/{data}/sns/{arch}/{attack}/sensitivity_curves_{form}_summary.csv",
         md="results/{data}/sns/{arch}/{attack}/sensitivity_curves_{form}_summary.md",
+        html=report(
+            "results/{data}/sns/{arch}/{attack}/sensitivity_curves_{form}_summary.html",
+            caption="../report/sensitivity_curves.rst",
+            category="Sensitive neurons",
+        ),
         meta="results/{data}/sns/{arch}/{attack}/sensitivity_curves_{form}.json",
     log:
         "logs/{data}/sensitivity_curves/{arch}/{attack}_{form}.log",
@@ -251,6 +296,8 @@ rule sensitivity_curves:
         code=code_version("sns_analysis"),
         top_percent=SNS["layer_top_percent"],
         title="{arch}",
+    message:
+        "sensitivity curves: {wildcards.arch}"
     script:
         "../workflow_scripts/sensitivity_curves.py"
 
@@ -259,8 +306,9 @@ rule findings:
     input:
         findings_files,
     output:
-        md=report(
-            "results/findings.md",
+        md="results/findings.md",
+        html=report(
+            "results/findings.html",
             caption="../report/findings.rst",
             category="Findings",
         ),
@@ -279,5 +327,7 @@ rule findings:
         code=code_version("sns_analysis"),
         inputs=findings_inputs,
         dataset=DATASET,
+    message:
+        "paper claims (findings.md)"
     script:
         "../workflow_scripts/findings.py"

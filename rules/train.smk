@@ -22,5 +22,7 @@ rule train_model:
         code=code_version("training"),
         model=model_settings,
         dataset=DATASET,
+    message:
+        "train {wildcards.model}"
     script:
         "../workflow_scripts/train_model.py"

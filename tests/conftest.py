@@ -20,13 +20,13 @@ def tiny_vgg():
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """A working directory where the whole DAG has run on the tiny config (.test/config.yaml)."""
+    """A working directory where the whole DAG has run on the tiny config (presets/quick.yaml)."""
     import shutil
 
     from workflow_helpers import ROOT, snakemake
 
     workdir = tmp_path_factory.mktemp("tiny")
-    shutil.copy(ROOT / ".test" / "config.yaml", workdir / "config.yaml")
+    shutil.copy(ROOT / "presets" / "quick.yaml", workdir / "config.yaml")
     # 226 jobs: about 20 minutes on 2 cores, so the default 20-minute limit of `snakemake` is too tight
     proc = snakemake(workdir, "all", timeout=3000)
     assert proc.returncode == 0, proc.stderr[-4000:]

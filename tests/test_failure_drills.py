@@ -28,7 +28,7 @@ BAD_CONFIGS = {
 @pytest.mark.parametrize("name", list(BAD_CONFIGS))
 def test_bad_config_is_refused_before_any_job(tmp_path, name):
     override, key = BAD_CONFIGS[name]
-    shutil.copy(ROOT / ".test" / "config.yaml", tmp_path / "config.yaml")
+    shutil.copy(ROOT / "presets" / "quick.yaml", tmp_path / "config.yaml")
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(override))
     proc = snakemake(tmp_path, "all", *overlay(tmp_path, tmp_path / "bad.yaml"))
     out = proc.stdout + proc.stderr
@@ -39,7 +39,7 @@ def test_bad_config_is_refused_before_any_job(tmp_path, name):
 
 def test_killed_training_job_resumes_to_the_same_weights_and_tables(tmp_path):
     """Kill the workflow while the 3-epoch PAT training is past its first epoch, then run again."""
-    cfg = yaml.safe_load((ROOT / ".test" / "config.yaml").read_text())
+    cfg = yaml.safe_load((ROOT / "presets" / "quick.yaml").read_text())
     cfg["training"]["pat"]["epochs"] = 3
     cfg["models"] = {"architectures": ["vgg16"], "training": ["pat"]}
     cfg["robustness"]["table_iii"] = {"FGSM": "fgsm", "L-inf PGD": "pgd"}

@@ -544,7 +544,8 @@ def test_step_functions_write_their_files(tiny_files):
     assert set(dev["group"]) == {"psn", "random"} and (tmp / "d.png").stat().st_size > 0
     att = pa.attack_psns("model.pt", test, tmp / "s.csv.gz", None, 0, tmp / "a.csv", tmp / "a.md", tmp / "a.png",
                          tmp / "a.json", ratios=(1, 30))
-    assert len(att) == 4 and (tmp / "a.md").read_text().count("\n") == 4
+    assert len(att) == 4 and (tmp / "a.md").read_text().count("\n") == 6  # title, blank line, 4 table lines
+    assert "<table>" in (tmp / "a.html").read_text() and (tmp / "a.pdf").exists()
     pa.focus_heatmaps("model.pt", test, tmp / "s.csv.gz", ["conv2.bn"], [tmp / "f.png"], tmp / "f.json",
                       n_units=1, n_top=2, pgd_steps=2)
     assert (tmp / "f.png").stat().st_size > 0

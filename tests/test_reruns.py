@@ -1,6 +1,6 @@
 """Exact partial re-runs: changing one parameter schedules exactly the jobs downstream of it.
 
-Expected job counts are for the tiny config (.test/config.yaml): 2 architectures x 2 trainings = 4 models;
+Expected job counts are for the tiny config (presets/quick.yaml): 2 architectures x 2 trainings = 4 models;
 pair sets from fgsm and pgd; sensitivity from pgd with top 10% and 50%; 7 attacks in the robustness
 tables (pgd among them); one PGD sweep per model; the SNS analyses with suppression on the two vanilla models;
 PSN scores and their analyses (one heatmap layer each) on the two vanilla models; four defenses (alp, nat,
@@ -23,7 +23,7 @@ PER_MODEL = {  # jobs that exist once per model
 }
 SUMMARIES = {  # jobs that gather over models: re-run when any of their models changes
     "robustness_table": 1, "robustness_table_i": 1, "sweep_figures": 1, "sensitivity_curves": 2,
-    "ratio_report": 2, "findings": 1, "all": 1,
+    "ratio_report": 2, "findings": 1, "report_landing_page": 1, "all": 1,
 }
 PER_PSN_MODEL = {  # jobs that exist once per PSN-scored model (psn.training: the two vanilla models)
     "psn_scores": 1, "psn_top_units": 1, "psn_deviation": 1, "psn_attack": 1, "psn_heatmaps": 1, "psn_agreement": 1,
@@ -190,9 +190,11 @@ def test_nothing_planned_without_a_change(tiny_run):
 
 def with_findings(expected: dict) -> dict:
     """Jobs that change the final table or the sensitivity figures also change the defense claims and so
-    findings.md."""
+    findings.md; the report's landing page shows both tables and the findings."""
     if {"final_robustness_table", "sensitivity_by_training", "transfer_table"} & set(expected):
-        return {**expected, "defense_findings": 1, "findings": 1}
+        expected = {**expected, "defense_findings": 1, "findings": 1}
+    if {"robustness_table", "final_robustness_table", "findings"} & set(expected):
+        expected = {**expected, "report_landing_page": 1}
     return expected
 
 
@@ -218,4 +220,4 @@ def test_undoing_a_change_reuses_earlier_results(tiny_run, tmp_path):
     # at fixed paths (results/tables, results/findings.md) are rebuilt, from the reused results.
     assert set(planned_jobs(workdir)) <= {"robustness_table", "robustness_table_i", "final_robustness_table",
                                           "sensitivity_by_training", "transfer_table", "defense_findings", "findings",
-                                          "all"}
+                                          "report_landing_page", "all"}

@@ -214,13 +214,23 @@ def test_html_report_holds_every_table_with_its_caption(tiny_run):
     proc = snakemake(tiny_run, "--report", "report.html")
     assert proc.returncode == 0, proc.stderr[-3000:]
     html = (tiny_run / "report.html").read_text()
-    assert "robustness.csv" in html and "Accuracy (%) of every model on the digits test split" in html
-    assert "robustness_settings.csv" in html and "pgd_sweep_steps.png" in html and "pgd_sweep_eps.png" in html
-    assert "findings.md" in html and "sensitivity_curves_tip_bn.png" in html
+    # it opens on this run's landing page: what ran, the headline table, the verdicts, links to the tables
+    assert "Neuron-level adversarial vulnerability: this run" in html and "Main result: robustness" in html
+    assert "Verdicts by section" in html and "showResultInfo" in html
+    # every caption and the landing page render: no reStructuredText error anywhere
+    assert "system-message" not in html and "System Message" not in html
+    # tables are HTML pages (shown inline), every Markdown table of the run has one
+    assert "robustness.html" in html and "Accuracy (%) of every model on the digits test split" in html
+    assert "robustness_settings.html" in html and "pgd_sweep_steps.png" in html and "pgd_sweep_eps.png" in html
+    assert "findings.html" in html and "sensitivity_curves_tip_bn.png" in html
+    for md in (tiny_run / "results").rglob("*.md"):
+        page = md.with_suffix(".html")
+        assert page.exists() and "<table>" in page.read_text() or md.name == "findings.md", md
+        assert md.with_suffix(".html").name in html, md
     assert html.count("sensitivity_tip_bn.csv") >= 4 and "divided by the map size (TIP Eq 1)" in html
     assert "top10pct_tip_bn.csv" in html and "top50pct_tip_bn.csv" in html
     assert "top1-10pct.csv.gz" in html and "propagation-sensitive units" in html
-    assert "final_robustness.csv" in html and "sensitivity_by_training_vgg16.png" in html
+    assert "final_robustness.html" in html and "sensitivity_by_training_vgg16.png" in html
     assert "IG-Defense analysis" in html and "relative change (adversarial vs clean)" in html
     assert "Attacking PSNs" in html and "Focus regions" in html and "PSN vs neuron sensitivity" in html
 

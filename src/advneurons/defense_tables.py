@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .markdown import markdown_table
+from .figures import LAYER_LABEL, figure_width, layer_ticks, plotting, save_figure
+from .markdown import markdown_table, write_markdown
 from .robustness import accuracy_table, attack_report, mark_warned_cells, read_records, table_iii_columns
 from .runtime import atomic_path
 
@@ -71,13 +72,12 @@ def final_robustness_table(record_csvs: list[Path], columns: dict[str, str], dat
     with atomic_path(out_csv) as tmp:
         final.to_csv(tmp, index=False)
     marked, warned = mark_warned_cells(final, settings)
-    with atomic_path(out_md) as tmp:
-        body = "\n\n".join(
-            f"## {arch}\n\n" + markdown_table(block.drop(columns="arch"), ".2f", missing="—")
-            for arch, block in marked.groupby("arch", sort=False)
-        )
-        tmp.write_text(f"# Final robustness: models and defenses x attack suite\n\n{notes}\n\n{body}\n"
-                       + (f"\n{warned}\n" if warned else ""))
+    body = "\n\n".join(
+        f"## {arch}\n\n" + markdown_table(block.drop(columns="arch"), ".2f", missing="—")
+        for arch, block in marked.groupby("arch", sort=False)
+    )
+    write_markdown(out_md, f"# Final robustness: models and defenses x attack suite\n\n{notes}\n\n{body}\n"
+                   + (f"\n{warned}\n" if warned else ""))
     with atomic_path(out_tex) as tmp:
         tmp.write_text(_latex(final, labels, notes))
     with atomic_path(settings_csv) as tmp:
@@ -117,25 +117,23 @@ def sensitivity_by_training(sensitivity_csvs: dict[str, Path], arch: str, out_cs
     summary = pd.concat(frames, ignore_index=True)
     with atomic_path(out_csv) as tmp:
         summary.to_csv(tmp, index=False)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    fig, ax = plt.subplots(figsize=(max(6, 0.45 * summary.layer.nunique()), 4))
-    sns.lineplot(data=summary, x="depth", y="sensitivity", hue="training", marker="o", ax=ax)
-    layers = summary.drop_duplicates("depth").sort_values("depth")
-    ax.set_xticks(layers.depth.to_numpy(), layers.layer.tolist(), rotation=60, fontsize=7)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("mean neuron sensitivity")
-    ax.set_yscale("log")
-    ax.set_title(f"{arch}: neuron sensitivity per layer by training")
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=130)
-    plt.close(fig)
+    save_figure(sensitivity_by_training_figure(summary, arch), out_png)
     return summary
+
+
+def sensitivity_by_training_figure(summary: pd.DataFrame, arch: str):
+    """Mean channel sensitivity per conv layer (log scale), one line per training. The per-channel values are
+    already means over image pairs (the tables keep no per-pair values), so there is no band."""
+    plt, sns = plotting()
+    fig, ax = plt.subplots(figsize=(figure_width(summary.layer.nunique()), 4.2))
+    sns.lineplot(data=summary, x="depth", y="sensitivity", hue="training", marker="o", errorbar=None, ax=ax)
+    layers = summary.drop_duplicates("depth").sort_values("depth")
+    layer_ticks(ax, layers.depth, layers.layer, f"conv {LAYER_LABEL}")
+    ax.set_ylabel("mean neuron sensitivity (TIP Eq 1, log scale)")
+    ax.set_yscale("log")
+    ax.set_title(f"{arch}: neuron sensitivity per layer by training\n"
+                 "mean over channels and image pairs; no band (per-pair values not kept)")
+    return fig
 
 
 def group_of(training_name: str, training: dict) -> str:

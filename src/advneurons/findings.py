@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .runtime import atomic_path, write_json
+from .markdown import write_markdown
+from .runtime import write_json
 
 
 # What a claim's verdict can be. Claims that compare accuracies on shared images are decided by a paired test
@@ -140,8 +141,7 @@ def write_findings(
     for path in extra_sections:
         all_sections += read_sections_json(path)
     text = render_findings(all_sections, title, preamble)
-    with atomic_path(md_path) as tmp:
-        tmp.write_text(text)
+    write_markdown(md_path, text)
     if json_path is not None:
         write_sections_json(all_sections, json_path)
     return text

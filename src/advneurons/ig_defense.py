@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -34,7 +35,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .markdown import markdown_table
+from .figures import plotting, save_figure
+from .markdown import markdown_table, write_markdown
 from .defended import IG_DEFENSE as DEFENSE_TYPE
 from .defended import IGDefense, linear_head, ig_defense_record, penultimate
 
@@ -228,38 +230,33 @@ def activation_analysis(model_path: Path, test_path: Path, attack: dict, n_image
     shown = summary.copy()
     for col in ("mean_change", "median_change", "std_change"):
         shown[col] = (100 * shown[col]).round(2)
-    with atomic_path(summary_md) as tmp:
-        tmp.write_text("# IG-Defense analysis: relative activation change (%) by channel group\n\n"
-                       f"{notes}\n\n{markdown_table(shown, '.2f')}\n")
-    _figure(per_image, model_name, spec.describe(), figure_png)
+    write_markdown(summary_md, "# IG-Defense analysis: relative activation change (%) by channel group\n\n"
+                   f"{notes}\n\n{markdown_table(shown, '.2f')}\n")
+    save_figure(activation_change_figure(per_image, model_name, spec.describe()), figure_png)
     write_json(metadata("ig_defense_analysis", {"model": str(model_path), "attack": attack, "n_images": n_images},
                         seed=seed, n_attacked=len(labels), n_fooled=n_fooled, restored_by_defense=restored, k=k),
                meta_path)
     return summary
 
 
-def _figure(per_image: pd.DataFrame, model_name: str, attack: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    from .runtime import atomic_path
-
+def activation_change_figure(per_image: pd.DataFrame, model_name: str, attack: str):
+    """The paper's Fig. 2: mean relative change (%) of each channel group's pooled activations over the fooled
+    images, with 95% bootstrap intervals over those images (seeded, so reruns draw the same bars)."""
+    plt, sns = plotting()
     data = per_image.dropna(subset=["relative_change"]).assign(change_pct=lambda d: 100 * d.relative_change)
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
     if data.empty:
         ax.text(0.5, 0.5, "the attack fooled no image: nothing to compare", ha="center", va="center")
     else:
         sns.barplot(data=data, x="group", y="change_pct", order=[g for g in GROUPS if g in set(data.group)],
-                    errorbar=("ci", 95), ax=ax, color="tab:blue")
+                    errorbar=("ci", 95), seed=0, ax=ax, color="tab:blue")
+    n_images = per_image["image"].nunique() if "image" in per_image.columns else len(data)
     ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xlabel("")
+    ax.set_xlabel("channel group of the IG-Defense mask")
     ax.set_ylabel("relative activation change (%)")
-    ax.set_title(f"{model_name}: pooled activations, adversarial vs clean\n({attack})", fontsize=9)
-    ax.tick_params(axis="x", labelsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=130)
-    plt.close(fig)
+    ax.set_title(f"{model_name}: pooled activations, adversarial vs clean ({attack})\n"
+                 f"bars: mean over {n_images} fooled images; error bars: 95% bootstrap CI over images",
+                 fontsize="medium")
+    ax.set_xticks(ax.get_xticks(), [textwrap.fill(t.get_text(), 14) for t in ax.get_xticklabels()],
+                  fontsize="small")
+    return fig

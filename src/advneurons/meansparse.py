@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .markdown import markdown_table
+from .markdown import markdown_table, write_markdown
 from .defended import MEANSPARSE as DEFENSE_TYPE
 from .defended import MeanSparseReLU, attach, meansparse_record, set_alpha
 
@@ -154,7 +154,6 @@ def meansparse_model(model_path: Path, train_path: Path, val_path: Path, alphas,
     notes = (f"Accuracy (%) on {len(index)} validation images (held out from training) of the model with "
              f"MeanSparse at each alpha; attacks run against the defended model. Chosen: alpha = {alpha:g} "
              f"(best {select_on} accuracy with clean accuracy within {max_clean_drop:g} points of alpha = 0).")
-    with atomic_path(sweep_md) as tmp:
-        tmp.write_text(f"# MeanSparse alpha sweep\n\n{notes}\n\n{markdown_table(shown, '.2f')}\n")
+    write_markdown(sweep_md, f"# MeanSparse alpha sweep\n\n{notes}\n\n{markdown_table(shown, '.2f')}\n")
     write_json(meta, meta_path)
     return sweep

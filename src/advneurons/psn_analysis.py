@@ -11,6 +11,7 @@ PSN score rates; noise is injected there too. Random baselines are drawn, per no
 from __future__ import annotations
 
 import math
+import textwrap
 from collections import OrderedDict
 from pathlib import Path
 
@@ -20,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .markdown import markdown_table
+from .figures import LAYER_LABEL, figure_width, layer_ticks, plotting, save_figure
+from .markdown import markdown_table, write_markdown
 from .psn import read_scores, select_images, top_units_table
 from .psn_graph import ActivationRecorder, ScoredLayer, scored_layers
 
@@ -117,35 +119,13 @@ def _accuracy(model, x, y, batch_size=256) -> float:
     return float((pred == y).float().mean())
 
 
-def _save_table(table: pd.DataFrame, csv_path, md_path=None, floatfmt=".4f"):
+def _save_table(table: pd.DataFrame, csv_path, md_path=None, floatfmt=".4f", title: str = ""):
     from .runtime import atomic_path
 
     with atomic_path(csv_path) as tmp:
         table.to_csv(tmp, index=False)
     if md_path is not None:
-        with atomic_path(md_path) as tmp:
-            tmp.write_text(markdown_table(table, floatfmt) + "\n")
-
-
-def _save_figure(fig, path):
-    import matplotlib.pyplot as plt
-
-    from .runtime import atomic_path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    sns.set_theme(style="whitegrid")
-    return plt, sns
+        write_markdown(md_path, (f"# {title}\n\n" if title else "") + markdown_table(table, floatfmt) + "\n")
 
 
 # ------------------------------------------------------------------------------------------ deviation
@@ -211,15 +191,16 @@ def deviation_tables(layers, chosen, baseline, deviations: dict) -> tuple[pd.Dat
 
 
 def plot_deviation(per_layer: pd.DataFrame, title: str):
-    plt, sns = _plt()
-    fig, ax = plt.subplots(figsize=(max(6, 0.5 * per_layer["depth"].nunique() + 3), 4))
-    sns.lineplot(data=per_layer, x="depth", y="deviation", hue="group", style="perturbation", markers=True, ax=ax)
+    """Mean deviation per scored layer, PSN vs random units, one line style per perturbation. Each point is
+    already a mean over images and units (the per-image values are not kept), so there is no band."""
+    plt, sns = plotting()
+    fig, ax = plt.subplots(figsize=(figure_width(per_layer["depth"].nunique()), 4.2))
+    sns.lineplot(data=per_layer, x="depth", y="deviation", hue="group", style="perturbation", markers=True,
+                 errorbar=None, ax=ax)
     ticks = per_layer.drop_duplicates("depth").sort_values("depth")
-    ax.set_xticks(ticks["depth"])
-    ax.set_xticklabels(ticks["layer"], rotation=60, ha="right")
-    ax.set_xlabel("scored layer")
-    ax.set_ylabel("mean |a(x) - a(x')|")
-    ax.set_title(title)
+    layer_ticks(ax, ticks["depth"], ticks["layer"], f"scored {LAYER_LABEL}")
+    ax.set_ylabel("mean |a(x) − a(x′)| (activation units)")
+    ax.set_title(title + "\n(mean over images and units; no band)")
     return fig
 
 
@@ -258,7 +239,7 @@ def activation_deviation(model_path: Path, test_path: Path, units_path: Path, pe
     per_layer, per_block = deviation_tables(layers, chosen, baseline, deviations)
     _save_table(per_layer, out_layer_csv)
     _save_table(per_block, out_block_csv)
-    _save_figure(plot_deviation(per_layer, f"{ckpt.get('arch', '')}: top {percent:g}% PSNs vs random units"), out_png)
+    save_figure(plot_deviation(per_layer, f"{ckpt.get('arch', '')}: top {percent:g}% PSNs vs random units"), out_png)
     write_json(
         metadata(
             "psn_activation_deviation",
@@ -353,25 +334,42 @@ def attack_psns(model_path: Path, test_path: Path, scores_path: Path, n_images: 
     wide["PSN drop"] = wide["clean"] - wide["PSN accuracy"]
     wide["random drop"] = wide["clean"] - wide["random accuracy"]
     _save_table(table, out_csv)
-    from .runtime import atomic_path
-
-    with atomic_path(out_md) as tmp:
-        tmp.write_text(markdown_table(wide, ".4f") + "\n")
-    plt, sns = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    sns.lineplot(data=table, x="ratio_percent", y="accuracy", hue="group", marker="o", ax=ax)
-    ax.axhline(table["clean_accuracy"].iloc[0], color="grey", ls="--", label="clean")
-    ax.set_xlabel("units noised per layer (%)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"{ckpt.get('arch', '')}: N(0, {sigma:g}^2) on PSNs vs random units")
-    ax.legend()
-    _save_figure(fig, out_png)
+    write_markdown(out_md, "# Attacking PSNs: accuracy when the top units are noised, against random units\n\n"
+                   + markdown_table(wide, ".4f") + "\n")
+    title = f"{ckpt.get('arch', '')}: N(0, {sigma:g}²) on PSNs vs random units"
+    save_figure(attack_figure(table, len(index), title), out_png)
     write_json(
         metadata("psn_attack", {"model": str(model_path), "scores": str(scores_path), "n_images": n_images,
                                 "ratios": ratios, "sigma": sigma}, seed=seed, n_images_used=len(index)),
         meta_path,
     )
     return table
+
+
+def attack_figure(table: pd.DataFrame, n_images: int, title: str):
+    """Accuracy vs share of noised units, PSN vs random, from :func:`attack_table`; bands: Wilson 95%
+    intervals of each accuracy over the ``n_images`` test images (one noise draw per image)."""
+    from .paired_stats import wilson_interval
+
+    plt, sns = plotting()
+    data = table.assign(accuracy_pct=100.0 * table["accuracy"])
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    groups = list(dict.fromkeys(data["group"]))
+    palette = dict(zip(groups, sns.color_palette(n_colors=len(groups))))
+    sns.lineplot(data=data, x="ratio_percent", y="accuracy_pct", hue="group", palette=palette, marker="o",
+                 errorbar=None, ax=ax)
+    for group, rows in data.groupby("group", sort=False):
+        if n_images:
+            low, high = zip(*(wilson_interval(int(round(a * n_images)), n_images) for a in rows["accuracy"]))
+            ax.fill_between(rows["ratio_percent"], 100 * np.array(low), 100 * np.array(high), alpha=0.2, linewidth=0,
+                            color=palette[group])
+    ax.axhline(100 * table["clean_accuracy"].iloc[0], color="grey", ls="--", label="clean")
+    ax.set_xlabel("units noised per layer (%)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title(f"{title}\nband: Wilson 95% CI over {n_images} test images")
+    ax.legend()
+    return fig
 
 
 # ------------------------------------------------------------------------------------------ Grad-CAM
@@ -414,32 +412,60 @@ def unit_gradcam(model: nn.Module, layer, layer_name: str, layers, x: torch.Tens
     return torch.where(span > 0, (cam - lo) / span.clamp_min(1e-12), torch.zeros_like(cam))
 
 
+TIE_BREAK = {
+    "high": "largest before×after term product first, then by (channel, h, w)",
+    "low": "least propagating first (smallest after, then before term), then by (channel, h, w)",
+}
+
+
 def extreme_units(scores: pd.DataFrame, layer: str, n: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The n highest- and n lowest-scoring units of a layer.
 
     Many units share the floor score sqrt(1e-9) (their two z-scores have opposite signs), so the lowest
     scores are mostly ties: they are broken by the terms themselves, the least propagating units (smallest
     after term, then before term) first, and the highest by the largest product of the terms; (channel,
-    h, w) settles what remains, so the choice is deterministic."""
+    h, w) settles what remains, so the choice is deterministic (`TIE_BREAK` says it in words). Each row also
+    gets ``n_tied`` (units of the layer with exactly its score) and ``n_layer_units``, so a figure can say
+    when a selection cut through a tie."""
     rows = scores[scores["layer"] == layer]
     if rows.empty:
         raise ValueError(f"score table has no layer {layer!r}")
     rows = rows.assign(_product=rows["before"] * rows["after"]) if {"before", "after"} <= set(rows.columns) else \
         rows.assign(_product=0.0, before=0.0, after=0.0)
+    rows = rows.assign(n_tied=rows.groupby("score")["score"].transform("size").astype(int), n_layer_units=len(rows))
     order = rows.sort_values(["score", "_product", "channel", "h", "w"], ascending=[False, False, True, True, True])
     low = rows.sort_values(["score", "after", "before", "channel", "h", "w"], ascending=[True] * 6)
     return order.head(n).drop(columns="_product"), low.head(n).drop(columns="_product")
 
 
+def selection_note(units: pd.DataFrame, extreme: str) -> str:
+    """How the ``extreme`` ("high" / "low") units of :func:`extreme_units` were chosen, in words: in
+    particular how many units share the boundary score when the selection cut through a tie."""
+    rows = units[units["extreme"] == extreme]
+    if rows.empty:
+        return f"{extreme}: none"
+    word = {"high": "highest", "low": "lowest"}[extreme]
+    edge = rows.iloc[-1]
+    n_tied, n_all = int(edge["n_tied"]), int(edge["n_layer_units"])
+    shown = int((rows["score"] == edge["score"]).sum())
+    if n_tied > shown:
+        return (f"{word}: {n_tied} of {n_all} units tie at score {edge['score']:.3g}; shown: {shown} of them, "
+                f"{TIE_BREAK[extreme]}")
+    return f"{word}: {len(rows)} of {n_all} units, no tie cut"
+
+
 def focus_figure(model, layers, layer_name: str, units: pd.DataFrame, x, y, pgd, n_top: int):
-    """Grid: for each unit a clean row and a PGD row over its ``n_top`` most activating images."""
-    plt, _ = _plt()
+    """Grid: for each unit a clean row and a PGD row over its ``n_top`` most activating images, with
+    the unit's Grad-CAM map over each and one colorbar for all. ``units``: rows of :func:`extreme_units`
+    with a column ``extreme`` ("high" / "low"); the title says how ties were broken."""
+    plt, _ = plotting()
     layer = layers[layer_name]
     with torch.no_grad(), ActivationRecorder(model, OrderedDict([(layer_name, layer)])) as rec:
         model(x)
     acts = rec.values[layer_name]
-    fig, axes = plt.subplots(2 * len(units), n_top, figsize=(1.6 * n_top, 1.7 * 2 * len(units)), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(2 * len(units), n_top, figsize=(1.9 * n_top + 1.2, 2.0 * 2 * len(units) + 1.0),
+                             squeeze=False)
+    cam_image = None
     for u, (_, row) in enumerate(units.iterrows()):
         unit = (int(row["channel"]), int(row["h"]), int(row["w"]))
         value = acts[(slice(None), *unit)] if acts.dim() > 2 else acts[:, unit[0]]
@@ -450,15 +476,25 @@ def focus_figure(model, layers, layer_name: str, units: pd.DataFrame, x, y, pgd,
             cams = unit_gradcam(model, layer, layer_name, layers, imgs, unit)
             for j in range(n_top):
                 ax = axes[2 * u + r, j]
-                ax.axis("off")
+                ax.axis("off")  # picture panels: pixel axes carry no information
                 if j >= len(imgs):
                     continue
                 ax.imshow(imgs[j].permute(1, 2, 0).clamp(0, 1).numpy())
-                ax.imshow(cams[j].numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+                cam_image = ax.imshow(cams[j].numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
             axes[2 * u + r, 0].set_title(
-                f"{row['extreme']} c{unit[0]} ({unit[1]},{unit[2]}) s={row['score']:.2f} {label}", fontsize=7, loc="left"
+                f"{row['extreme']} c{unit[0]} ({unit[1]},{unit[2]}) s={row['score']:.3g}, {label}", fontsize="small",
+                loc="left",
             )
-    fig.suptitle(f"{layer_name}: single-unit Grad-CAM, top-{n_top} activating images", fontsize=9)
+    if cam_image is not None:  # an opaque twin of the overlays' scale: their alpha would wash out the bar
+        from matplotlib.cm import ScalarMappable
+
+        fig.colorbar(ScalarMappable(norm=cam_image.norm, cmap=cam_image.get_cmap()), ax=axes, shrink=0.5,
+                     label="Grad-CAM (min-max normalised per image)")
+    width = max(60, int(13 * n_top))  # characters that fit over the grid
+    notes = "\n".join(textwrap.fill(selection_note(units, e), width) for e in ("high", "low")
+                      if (units["extreme"] == e).any())
+    fig.suptitle(f"{layer_name}: single-unit Grad-CAM over each unit's top-{n_top} activating images\n{notes}",
+                 fontsize="small")
     return fig
 
 
@@ -466,11 +502,13 @@ def focus_heatmaps(model_path: Path, test_path: Path, scores_path: Path, layers:
                    meta_path: Path, n_units: int = 3, n_top: int = 5, n_images: int | None = None, seed: int = 0,
                    pgd_eps: float = 8, pgd_step: float = 2, pgd_steps: int = 40) -> None:
     """Workflow step: focus-region heatmaps of the ``n_units`` highest- and lowest-scoring units of
-    each layer in ``layers`` (one PNG per layer, paired with ``out_pngs``).
+    each layer in ``layers`` (one PNG per layer, paired with ``out_pngs``, and a PDF beside each).
 
     For each unit its ``n_top`` most activating test images (among ``n_images`` seeded test images;
     None: all) in a clean row, and their L-inf PGD versions (pgd_eps / pgd_step in 1/255 units, random
-    start) in the row below, each overlaid with the unit's Grad-CAM map (:func:`unit_gradcam`).
+    start) in the row below, each overlaid with the unit's Grad-CAM map (:func:`unit_gradcam`). How the
+    units were chosen, and how many share the boundary score (:func:`selection_note`), is in each figure's
+    title and in the metadata JSON (``selections``).
     """
     from .attacks import from_255
     from .runtime import generator, metadata, write_json
@@ -491,15 +529,17 @@ def focus_heatmaps(model_path: Path, test_path: Path, scores_path: Path, layers:
     def pgd(xb, yb):
         return pgd_images(model, xb, yb, from_255(pgd_eps), from_255(pgd_step), pgd_steps, gen)
 
+    selections = {}
     for name, path in zip(layers_wanted, out_pngs):
         high, low = extreme_units(scores, name, n_units)
         units = pd.concat([high.assign(extreme="high"), low.assign(extreme="low")], ignore_index=True)
-        _save_figure(focus_figure(model, layers_all, name, units, x, y, pgd, n_top), path)
+        save_figure(focus_figure(model, layers_all, name, units, x, y, pgd, n_top), path)
+        selections[name] = [selection_note(units, e) for e in ("high", "low")]
     write_json(
         metadata("psn_focus_heatmaps", {"model": str(model_path), "scores": str(scores_path), "layers": layers_wanted,
                                          "n_units": n_units, "n_top": n_top, "n_images": n_images,
                                          "pgd_eps_255": pgd_eps, "pgd_step_255": pgd_step, "pgd_steps": pgd_steps},
-                 seed=seed, n_images_used=len(index)),
+                 seed=seed, n_images_used=len(index), selections=selections),
         meta_path,
     )
 
@@ -557,13 +597,22 @@ def method_agreement(scores_path: Path, sensitivity_csv: Path, k_percent: float,
     scores = read_scores(scores_path)
     sensitivity = pd.read_csv(sensitivity_csv)
     table = agreement_table(scores, sensitivity, k_percent)
-    _save_table(table, out_csv, out_md)
-    plt, sns = _plt()
-    data = table.set_index("layer")[["spearman", "jaccard"]].rename(
-        columns={"spearman": "Spearman rho", "jaccard": f"top-{k_percent:g}% Jaccard"}
-    )
-    fig, ax = plt.subplots(figsize=(4, 0.35 * len(data) + 1.5))
-    sns.heatmap(data, annot=True, fmt=".2f", cmap="vlag", vmin=-1, vmax=1, ax=ax, cbar=True)
-    ax.set_title("PSN vs neuron sensitivity (per channel)")
-    _save_figure(fig, out_png)
+    _save_table(table, out_csv, out_md,
+                title=f"PSN vs neuron sensitivity: rank agreement and top-{k_percent:g}% overlap per layer")
+    save_figure(agreement_figure(table, k_percent), out_png)
     return table
+
+
+def agreement_figure(table: pd.DataFrame, k_percent: float):
+    """Heatmap of :func:`agreement_table`: one row per scored layer, Spearman rho and top-k% Jaccard."""
+    plt, sns = plotting()
+    data = table.set_index("layer")[["spearman", "jaccard"]].rename(
+        columns={"spearman": "Spearman ρ", "jaccard": f"top-{k_percent:g}% Jaccard"}
+    )
+    fig, ax = plt.subplots(figsize=(5.2, 0.35 * len(data) + 2.0))
+    sns.heatmap(data, annot=True, fmt=".2f", cmap="vlag", vmin=-1, vmax=1, ax=ax, cbar=True,
+                cbar_kws={"label": "agreement (ρ in [-1, 1], Jaccard in [0, 1])"})
+    ax.set_xlabel("agreement measure")
+    ax.set_ylabel(f"scored {LAYER_LABEL}")
+    ax.set_title("PSN vs neuron sensitivity (per channel)")
+    return fig

@@ -8,7 +8,7 @@ Workflow steps (each takes file paths and plain parameters and writes its output
   custom columns), as CSV and Markdown, plus a settings table that traces every cell to its attack, eps,
   steps and number of images.
 * `robustness_sweep`: one model, L-inf PGD accuracy over k (fixed eps) and over eps (fixed k) -> CSV.
-* `sweep_figures`: sweep CSVs of several models -> one combined CSV and two seaborn line figures
+* `sweep_figures`: sweep CSVs of several models -> one combined CSV and two seaborn line figures, PNG + PDF
   (accuracy vs k, accuracy vs eps; one line per model), as in TIP Fig 15.
 
 Accuracies are fractions in records and percentages in tables. Budgets are in 1/255 units everywhere
@@ -21,13 +21,15 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from .markdown import markdown_table
+from .markdown import markdown_table, write_markdown
 from .attacks import AttackSpec, AutoAttackLog, adaptive_note, attack_target, eval_mode
+from .figures import plotting, save_figure
 from .runtime import atomic_path, device, generator, model_device
 
 log = logging.getLogger(__name__)
@@ -415,8 +417,7 @@ def mark_warned_cells(table: pd.DataFrame, settings: pd.DataFrame, floatfmt: str
 
 def _write_markdown(frame: pd.DataFrame, path: Path, title: str, notes: str = "") -> None:
     text = f"# {title}\n\n" + (notes.strip() + "\n\n" if notes.strip() else "") + markdown_table(frame, ".2f") + "\n"
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    write_markdown(path, text)
 
 
 def robustness_tables(
@@ -518,29 +519,26 @@ def robustness_sweep(
     return frame
 
 
-def _plotting():
-    import matplotlib
+def sweep_figure(frame: pd.DataFrame, x: str, xlabel: str, title: str):
+    """Robust accuracy (%) against `x`, one line per model; bands: Wilson 95% intervals over each point's
+    test images (the sweep has one run per model and setting, so there is no spread over repeats)."""
+    from .paired_stats import wilson_interval
 
-    matplotlib.use("Agg")  # no display on workflow machines
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    sns.set_theme(style="whitegrid", context="paper")
-    return plt, sns
-
-
-def _line_figure(frame: pd.DataFrame, x: str, xlabel: str, title: str, path: Path) -> None:
-    plt, sns = _plotting()
-    fig, ax = plt.subplots(figsize=(5.0, 3.6))
-    data = frame.assign(accuracy_pct=100.0 * frame.accuracy)
-    sns.lineplot(data=data, x=x, y="accuracy_pct", hue="model", marker="o", ax=ax)
+    plt, sns = plotting()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    data = frame.sort_values(["model", x], kind="stable").assign(accuracy_pct=100.0 * frame.accuracy)
+    models = list(dict.fromkeys(data.model))
+    palette = dict(zip(models, sns.color_palette(n_colors=len(models))))
+    sns.lineplot(data=data, x=x, y="accuracy_pct", hue="model", palette=palette, marker="o", errorbar=None, ax=ax)
+    for model, rows in data.groupby("model", sort=False):
+        bounds = [wilson_interval(int(round(a * n)), int(n)) for a, n in zip(rows.accuracy, rows.n_images)]
+        low, high = (100 * np.array(b) for b in zip(*bounds))
+        ax.fill_between(rows[x], low, high, color=palette[model], alpha=0.2, linewidth=0)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel("robust accuracy (%)")
     ax.set_ylim(-2, 102)
-    ax.set_title(title)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    ax.set_title(f"{title}\nband: Wilson 95% CI over the test images")
+    return fig
 
 
 def _single(values, what: str):
@@ -566,9 +564,10 @@ def sweep_figures(sweep_csvs: list[Path], out_csv: Path, steps_png: Path, eps_pn
             raise TableError(f"the sweep files hold no '{name}' sweep; both figures need their sweep")
     eps = _single(by_steps.eps_255, "eps of the steps sweep")
     n = _single(frame.n_images, "number of images")
-    _line_figure(by_steps, "steps", "PGD steps k (step eps/sqrt(k))", f"L-inf PGD, eps={_fmt_eps(eps)}, n={n}", steps_png)
+    save_figure(sweep_figure(by_steps, "steps", "PGD steps k (step size eps/√k)",
+                             f"L-inf PGD, eps={_fmt_eps(eps)}, n={n}"), steps_png)
     k = _single(by_eps.steps, "k of the eps sweep")
-    _line_figure(by_eps, "eps_255", "eps (1/255)", f"L-inf PGD, k={k}, n={n}", eps_png)
+    save_figure(sweep_figure(by_eps, "eps_255", "eps (1/255)", f"L-inf PGD, k={k}, n={n}"), eps_png)
     return frame
 
 

@@ -1,4 +1,5 @@
-"""Helpers shared by the neuron-sensitivity (SNS) analyses: attack adapters, layer maps, table and figure output.
+"""Helpers shared by the neuron-sensitivity (SNS) analyses: attack adapters, layer maps, table output (figures:
+`advneurons.figures`).
 
 The analyses in `sns_importance`, `sns_similarity`, `sns_suppression` and `sns_ratios` accept perturbations in
 three forms so that any attack of `advneurons.attacks` (or a test's own noise function) plugs in:
@@ -20,7 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .markdown import markdown_table
+from .markdown import markdown_table, write_markdown
 from .runtime import atomic_path
 
 # Name the analyses give to the penultimate representation (VGG: pool5 flattened; ResNet: global average pool).
@@ -146,26 +147,4 @@ def write_table(frame: pd.DataFrame, csv_path: Path | None, md_path: Path | None
     if md_path is not None:
         body = markdown_table(frame, ".4g")
         text = f"# {title}\n\n" + (notes.strip() + "\n\n" if notes.strip() else "") + body + "\n"
-        with atomic_path(md_path) as tmp:
-            tmp.write_text(text)
-
-
-def save_figure(fig, path: Path) -> None:
-    """Save a matplotlib figure atomically as PNG and close it."""
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-
-
-def plotting():
-    """seaborn and pyplot on the non-interactive backend (no display on workflow machines)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    sns.set_theme(style="whitegrid", context="paper")
-    return plt, sns
+        write_markdown(md_path, text)

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from .markdown import markdown_table
+from .figures import grid, save_figure
+from .markdown import markdown_table, write_markdown
 from .paired_stats import wilson_interval
 from .robustness import CLEAN, read_records
 from .runtime import atomic_path
-from .sns_common import plotting, save_figure
 
 
 def layer_range_table(records: pd.DataFrame, models: dict[str, dict], attacks: dict[str, str]) -> pd.DataFrame:
@@ -52,12 +52,17 @@ def sns_layer_range(record_csvs: list[Path], models: dict[str, dict], attacks: d
     wide.columns.name = None
     notes = (f"{training} fine-tuned from each first stabilised layer to the last conv layer (n_layers layers trained "
              "and stabilised, the ones below frozen). Accuracy (%) on the test subset with its Wilson 95% interval.")
-    with atomic_path(out_md) as tmp:
-        tmp.write_text(f"# SNS fine-tuned layer ranges (TIP Fig 16)\n\n{notes}\n\n{markdown_table(wide)}\n")
-    plt, sns = plotting()
+    write_markdown(out_md, f"# SNS fine-tuned layer ranges (TIP Fig 16)\n\n{notes}\n\n{markdown_table(wide)}\n")
+    save_figure(layer_range_figure(table), out_png)
+    return table
+
+
+def layer_range_figure(table: pd.DataFrame):
+    """Accuracy (%) per first stabilised layer, one panel per architecture, one line per attack column of
+    `layer_range_table`; error bars: Wilson 95% intervals over the test images."""
     archs = list(dict.fromkeys(table.arch))
-    fig, axes = plt.subplots(1, len(archs), figsize=(5 * len(archs), 3.6), squeeze=False)
-    for ax, arch in zip(axes[0], archs):
+    fig, axes = grid(len(archs), panel_size=(5.2, 4.0))
+    for ax, arch in zip(axes, archs):
         part = table[table.arch == arch]
         order = list(dict.fromkeys(part.first_layer))
         for column, rows in part.groupby("column", sort=False):
@@ -68,9 +73,8 @@ def sns_layer_range(record_csvs: list[Path], models: dict[str, dict], attacks: d
         ax.set_xticks(range(len(order)), order, rotation=45)
         ax.set_xlabel("first stabilised (fine-tuned) layer")
         ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(-2, 102)
         ax.set_title(arch)
-        ax.legend(fontsize=7)
-    fig.suptitle("SNS by fine-tuned layer range (bars: Wilson 95% intervals)")
-    fig.tight_layout()
-    save_figure(fig, out_png)
-    return table
+        ax.legend()
+    fig.suptitle("SNS by fine-tuned layer range\nerror bars: Wilson 95% CI over the test images")
+    return fig

@@ -23,14 +23,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .figures import LAYER_LABEL, MAX_COLS, grid, layer_ticks, plotting, save_figure
 from .runtime import atomic_path, generator, metadata, write_json
 from .sensitivity import PairHooks
 from .sns_common import (
     activation_names,
     named_modules_for,
-    plotting,
     resolve_attack,
-    save_figure,
     strength_label,
     write_table,
 )
@@ -349,9 +348,9 @@ def ratio_report(
         ]
     ]
     write_table(layer_means, layer_means_csv, None, "")
-    _fig13(layer_means, fig13_png, title)
+    save_figure(ratio_layer_figure(layer_means, title), fig13_png)
     layers14 = list(fig14_layers) if fig14_layers is not None else FIG14_LAYERS[arch_of(layer_means["layer"].unique())]
-    _fig14(layer_means, table_family, layers14, fig14_png, title)
+    save_figure(ratio_strength_figure(layer_means, table_family, layers14, title), fig14_png)
     write_json(
         metadata(
             "ratio_report",
@@ -369,51 +368,82 @@ def ratio_report(
     return table
 
 
-def _fig13(layer_means: pd.DataFrame, path: Path, title: str) -> None:
-    plt, sns = plotting()
+# Each point averages per-channel ratios that are themselves means over the image pairs; the ratio CSV keeps
+# no per-pair values, so the figures cannot draw an interval over images and say so.
+NO_BAND = "points: means over channels and image pairs; no band (per-pair ratios not kept)"
+
+
+def ratio_layer_figure(layer_means: pd.DataFrame, title: str = ""):
+    """TIP Fig 13: mean ratio of the sensitive (else all) channels per conv layer, one panel per family and
+    model (a row per family while the models fit in a row), one line per strength."""
+    _, sns = plotting()
     conv = layer_means[layer_means["kind"] == "conv"].copy()
     use_sensitive = conv["ratio_sensitive"].notna().any()
     conv["value"] = conv["ratio_sensitive"] if use_sensitive else conv["ratio_all"]
     families, models = list(conv["family"].unique()), list(conv["model"].unique())
-    fig, axes = plt.subplots(
-        len(families), len(models), figsize=(4.2 * len(models), 3.0 * len(families)), squeeze=False, sharey="row"
-    )
+    panels = [(fam, m) for fam in families for m in models]
+    by_family = len(models) <= MAX_COLS
+    fig, axes = grid(len(panels), max_cols=len(models) if by_family else MAX_COLS, panel_size=(5.0, 3.8),
+                     **({"sharey": "row"} if by_family else {}))
     order = conv[["layer", "position"]].drop_duplicates().sort_values("position")
-    for r, fam in enumerate(families):
-        for c, model_label in enumerate(models):
-            ax = axes[r][c]
-            sub = conv[(conv["family"] == fam) & (conv["model"] == model_label)]
-            sns.lineplot(data=sub, x="position", y="value", hue="strength", marker="o", ax=ax, palette="viridis")
-            ax.set_xticks(order["position"].tolist())
-            ax.set_xticklabels(order["layer"].tolist(), rotation=70, fontsize=6)
-            ax.set_title(f"{model_label}: {fam}", fontsize=9)
-            ax.set_xlabel("")
-            ax.set_ylabel("mean ratio, " + ("sensitive neurons" if use_sensitive else "all neurons"))
-            ax.legend(fontsize=6, title=None)
-    fig.suptitle(f"Sensitivity ratio per conv layer (TIP Fig 13){' — ' + title if title else ''}", fontsize=10)
-    fig.tight_layout()
-    save_figure(fig, path)
+    for ax, (fam, model_label) in zip(axes, panels):
+        sub = conv[(conv["family"] == fam) & (conv["model"] == model_label)]
+        sns.lineplot(data=sub, x="position", y="value", hue="strength", marker="o", errorbar=None, ax=ax,
+                     palette="viridis")
+        layer_ticks(ax, order["position"], order["layer"], f"conv {LAYER_LABEL}")
+        ax.set_title(f"{model_label}: {fam}")
+        ax.set_ylabel("mean ratio, " + ("sensitive channels" if use_sensitive else "all channels"))
+        ax.tick_params(axis="y", labelleft=True)  # seaborn hides both on the shared axes; panels are read alone
+        ax.yaxis.label.set_visible(True)
+        ax.legend(title="strength")
+    fig.suptitle(f"Sensitivity ratio ‖F(x)−F(x′)‖₁ / ‖F(x)‖₁ per conv layer (TIP Fig 13)"
+                 f"{' — ' + title if title else ''}\n{NO_BAND}")
+    return fig
 
 
-def _fig14(layer_means: pd.DataFrame, family: str, layers: Sequence[str], path: Path, title: str) -> None:
-    plt, sns = plotting()
+def ratio_strength_figure(layer_means: pd.DataFrame, family: str, layers: Sequence[str], title: str = ""):
+    """TIP Fig 14: mean ratio over all channels vs perturbation strength, one panel per layer, one line per
+    model."""
+    _, sns = plotting()
     sub = layer_means[(layer_means["family"] == family) & (layer_means["layer"].isin(list(layers)))]
-    fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 3.0), squeeze=False)
-    for ax, name in zip(axes[0], layers):
+    fig, axes = grid(len(layers), panel_size=(4.4, 3.6))
+    for ax, name in zip(axes, layers):
         data = sub[sub["layer"] == name]
-        sns.lineplot(data=data, x="level", y="ratio_all", hue="model", marker="o", ax=ax)
+        sns.lineplot(data=data, x="level", y="ratio_all", hue="model", marker="o", errorbar=None, ax=ax)
         ticks = data[["level", "strength"]].drop_duplicates().sort_values("level")
         ax.set_xticks(ticks["level"].tolist())
-        ax.set_xticklabels(ticks["strength"].tolist(), rotation=60, fontsize=6)
+        ax.set_xticklabels(ticks["strength"].tolist(), rotation=45, ha="right", rotation_mode="anchor")
         ax.set_title(name)
-        ax.set_xlabel("")
-        ax.set_ylabel("mean ratio")
-    fig.suptitle(f"Sensitivity ratio vs strength, {family} (TIP Fig 14){' — ' + title if title else ''}", fontsize=10)
-    fig.tight_layout()
-    save_figure(fig, path)
+        ax.set_xlabel("perturbation strength (eps, sigma in 1/255)")
+        ax.set_ylabel("mean ratio, all channels")
+    fig.suptitle(f"Sensitivity ratio vs strength, {family} (TIP Fig 14){' — ' + title if title else ''}\n{NO_BAND}")
+    return fig
 
 
 # ---------------------------------------------------------------------------------- sensitivity curves
+def sensitivity_curves_plot(tables: dict[str, pd.DataFrame], layers: Sequence[str], top_percent: float = 10.0,
+                            title: str = ""):
+    """TIP Fig 10: per-channel sensitivity sorted in decreasing order, one panel per layer, one line per model
+    (`tables`: model label -> sensitivity table). Each point is one channel's sensitivity, a mean over the
+    image pairs; the tables keep no per-pair values, so there is no band."""
+    fig, axes = grid(len(layers), panel_size=(4.4, 3.6))
+    for ax, name in zip(axes, layers):
+        for label, table in tables.items():
+            values = np.sort(table[table["layer"] == name]["sensitivity"].to_numpy())[::-1]
+            ax.plot(np.arange(1, len(values) + 1), values, marker=".", ms=3, label=label)
+            k = max(1, math.ceil(len(values) * top_percent / 100.0))
+            ax.axvline(k + 0.5, color="grey", ls=":", lw=0.8)
+        ax.set_title(name)
+        ax.set_xlabel("channel rank (1 = most sensitive)")
+        ax.set_ylabel("neuron sensitivity (TIP Eq 1)")
+        ax.legend()
+    fig.suptitle(
+        f"Sorted neuron sensitivity (TIP Fig 10){' — ' + title if title else ''}\n"
+        f"dotted: top {top_percent:g}% boundary; points: means over image pairs; no band (per-pair values not kept)"
+    )
+    return fig
+
+
 def sensitivity_layer_summary(tables: dict[str, pd.DataFrame], top_percent: float = 10.0) -> pd.DataFrame:
     """Per layer and model: mean sensitivity over all channels and over the top `top_percent`%."""
     rows = []
@@ -471,24 +501,7 @@ def sensitivity_curves_figure(
         "TIP Eq 1 (normalised by map size), each model on its own untargeted PGD pairs.",
     )
 
-    plt, sns = plotting()
-    fig, axes = plt.subplots(1, len(chosen), figsize=(3.2 * len(chosen), 3.0), squeeze=False)
-    for ax, name in zip(axes[0], chosen):
-        for label, table in tables.items():
-            values = np.sort(table[table["layer"] == name]["sensitivity"].to_numpy())[::-1]
-            ax.plot(np.arange(1, len(values) + 1), values, marker=".", ms=3, label=label)
-            k = max(1, math.ceil(len(values) * top_percent / 100.0))
-            ax.axvline(k + 0.5, color="grey", ls=":", lw=0.8)
-        ax.set_title(name)
-        ax.set_xlabel("channel rank")
-        ax.set_ylabel("sensitivity")
-        ax.legend(fontsize=7)
-    fig.suptitle(
-        f"Sorted neuron sensitivity (TIP Fig 10){' — ' + title if title else ''}; dotted: top {top_percent:g}%",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    save_figure(fig, out_png)
+    save_figure(sensitivity_curves_plot(tables, chosen, top_percent, title), out_png)
     write_json(
         metadata(
             "sensitivity_curves",

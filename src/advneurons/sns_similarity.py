@@ -20,10 +20,11 @@ import pandas as pd
 from rapidfuzz.distance import Levenshtein
 from scipy import stats
 
-from .markdown import markdown_table
+from .figures import LAYER_LABEL, figure_width, grid, layer_ticks, plotting, save_figure
+from .markdown import markdown_table, write_markdown
 from .runtime import metadata, write_json
 from .sensitivity import top_channels
-from .sns_common import PENULTIMATE, plotting, save_figure, write_table
+from .sns_common import PENULTIMATE, write_table
 from .sns_importance import DEFAULT_K, layer_order, ranked_by
 
 # Means over the ten CIFAR-10 target classes, VGG16 vanilla (TIP Sec. IV-B).
@@ -206,11 +207,8 @@ def importance_sensitivity_report(
         f"# {heading}\n\n{notes}\n\n## Summary\n\n{markdown_table(summary, '.3f')}\n\n"
         f"## Per target class\n\n{markdown_table(per_class, '.3f')}\n"
     )
-    from .runtime import atomic_path
-
-    with atomic_path(out_md) as tmp:
-        tmp.write_text(md)
-    _importance_figure(per_class, figure_png, heading)
+    write_markdown(out_md, md)
+    save_figure(importance_figure(per_class, heading), figure_png)
     write_json(
         metadata(
             "importance_vs_sensitivity",
@@ -222,17 +220,19 @@ def importance_sensitivity_report(
     return per_class
 
 
-def _importance_figure(per_class: pd.DataFrame, path: Path, title: str) -> None:
-    plt, sns = plotting()
+def importance_figure(per_class: pd.DataFrame, title: str = ""):
+    """TIP Fig 3: per target class, Spearman / Levenshtein / Jaccard of sensitive vs important neurons (one
+    value per class: no error bars), with their mean and the paper's mean as lines."""
+    _, sns = plotting()
     metrics = [
-        ("spearman", "Spearman (Eq 6)"),
-        ("levenshtein_similarity", "Levenshtein similarity (Eq 8)"),
+        ("spearman", "Spearman ρ (TIP Eq 6)"),
+        ("levenshtein_similarity", "Levenshtein similarity (TIP Eq 8)"),
         ("jaccard", "Jaccard (ECCV Eq 6)"),
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2), sharex=True)
+    fig, axes = grid(len(metrics), panel_size=(4.6, 3.6))
     for ax, (col, label) in zip(axes, metrics):
         data = per_class[["target", col]].copy()
-        sns.barplot(data=data, x="target", y=col, ax=ax, color="#4c72b0")
+        sns.barplot(data=data, x="target", y=col, ax=ax, color="#4c72b0", errorbar=None)
         mean = data[col].mean()
         if np.isfinite(mean):
             ax.axhline(mean, color="#c44e52", ls="--", label=f"mean {mean:.3f}")
@@ -241,10 +241,10 @@ def _importance_figure(per_class: pd.DataFrame, path: Path, title: str) -> None:
             ax.axhline(PAPER_CIFAR10_VGG16[paper]["mean"], color="grey", ls=":", label="paper (CIFAR-10 VGG16)")
         ax.set_title(label)
         ax.set_xlabel("target class")
-        ax.set_ylabel("")
-        ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle(title, fontsize=9)
-    save_figure(fig, path)
+        ax.set_ylabel(label.split(" (")[0])
+        ax.legend(loc="lower right")
+    fig.suptitle(title)
+    return fig
 
 
 # ------------------------------------------------------------------------------------------ across layers
@@ -328,7 +328,7 @@ def layer_similarity_report(
             f"{len(fc_check)} targeted sets (ECCV Sec. 3.3)."
         )
     write_table(table, out_csv, out_md, heading, notes)
-    _layer_figure(table, figure_png, heading)
+    save_figure(layer_similarity_figure(table, heading), figure_png)
     write_json(
         metadata(
             "layer_similarity",
@@ -340,7 +340,9 @@ def layer_similarity_report(
     return table
 
 
-def _layer_figure(table: pd.DataFrame, path: Path, title: str) -> None:
+def layer_similarity_figure(table: pd.DataFrame, title: str = ""):
+    """TIP Fig 8: total Jaccard, average pair Jaccard and pair Levenshtein similarity of the per-target
+    sensitive neurons per layer. The pair averages keep no per-pair values, so there is no band."""
     plt, sns = plotting()
     long = table.melt(
         id_vars=["layer", "depth"],
@@ -348,12 +350,10 @@ def _layer_figure(table: pd.DataFrame, path: Path, title: str) -> None:
         var_name="metric",
         value_name="value",
     )
-    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(table)), 3.5))
-    sns.lineplot(data=long, x="depth", y="value", hue="metric", marker="o", ax=ax)
-    ax.set_xticks(table["depth"].tolist())
-    ax.set_xticklabels(table["layer"].tolist(), rotation=60, ha="right", fontsize=7)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("similarity")
+    fig, ax = plt.subplots(figsize=(figure_width(len(table)), 4.2))
+    sns.lineplot(data=long, x="depth", y="value", hue="metric", marker="o", errorbar=None, ax=ax)
+    layer_ticks(ax, table["depth"], table["layer"], LAYER_LABEL)
+    ax.set_ylabel("similarity across target classes (0-1)")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(title, fontsize=9)
-    save_figure(fig, path)
+    ax.set_title(f"{title}\npair values averaged over class pairs; no band (per-pair values not kept)")
+    return fig

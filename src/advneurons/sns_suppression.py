@@ -30,7 +30,8 @@ from tqdm import tqdm
 
 from .runtime import atomic_path, generator, metadata, write_json
 from .sensitivity import top_channels
-from .sns_common import activation_names, plotting, resolve_attack, save_figure, write_table
+from .figures import grid, plotting, save_figure
+from .sns_common import activation_names, resolve_attack, write_table
 
 log = logging.getLogger(__name__)
 
@@ -224,8 +225,9 @@ def suppression_study(
     `perturbations`: name -> attack config dict (1/255 units, `AttackSpec.from_config`), AttackSpec-like
     object or callable f(model, x, y, generator). Outputs: `out_csv` (every selection/repeat/beta/perturbation),
     `summary_csv` (means over repeats, percent), `out_md` (one row per beta, one column per perturbation and
-    selection), `figure_png` (one panel per perturbation incl. clean: sensitive vs random, random with its
-    spread), optional `panel_dir` with one PNG per perturbation, and `meta_path`.
+    selection), `figure_png` (one panel per perturbation incl. clean: sensitive vs random, random with ±1 SD
+    over the draws, sensitive with a Wilson 95% band over the images; a PDF beside it), optional `panel_dir`
+    with one PNG + PDF per perturbation, and `meta_path`.
     """
     from .checkpoint import load_model
     from .data import load_split
@@ -282,38 +284,56 @@ def suppression_study(
     return curves
 
 
-def _suppression_figure(curves: pd.DataFrame, order: Sequence[str], path: Path, title: str, panel_dir: Path | None):
-    plt, sns = plotting()
-    data = curves.assign(accuracy=100 * curves["accuracy"])
+def _band_note(curves: pd.DataFrame) -> str:
+    n_random = curves.loc[curves["selection"] == "random", "repeat"].nunique()
+    n_images = int(curves["n_images"].iloc[0]) if len(curves) else 0
+    return f"bands: random = ±1 SD over {n_random} random draws; sensitive = Wilson 95% CI over {n_images} images"
+
+
+def _draw_suppression(ax, curves: pd.DataFrame, name: str) -> None:
+    """One perturbation's panel: accuracy (%) vs beta, sensitive with a Wilson 95% band over the images (one
+    selection, so no spread over draws), random with ±1 SD over its seeded draws."""
+    from .paired_stats import wilson_interval
+
+    _, sns = plotting()
     palette = {"sensitive": "#c44e52", "random": "#4c72b0"}
+    sub = curves[curves["perturbation"] == name].assign(accuracy_pct=lambda d: 100 * d["accuracy"])
+    sns.lineplot(data=sub, x="beta", y="accuracy_pct", hue="selection", hue_order=["sensitive", "random"],
+                 palette=palette, marker="o", errorbar="sd", ax=ax)
+    sens = sub[sub["selection"] == "sensitive"].sort_values("beta")
+    if len(sens):
+        bounds = [wilson_interval(int(round(a * n)), int(n)) for a, n in zip(sens["accuracy"], sens["n_images"])]
+        low, high = (100 * np.array(b) for b in zip(*bounds))
+        ax.fill_between(sens["beta"], low, high, color=palette["sensitive"], alpha=0.2, linewidth=0)
+    ax.set_xlim(max(sub["beta"]) + 0.01, min(sub["beta"]) - 0.01)  # beta decreasing to the right, as in Fig 9
+    ax.set_ylim(-2, 102)
+    ax.set_title(name)
+    ax.set_xlabel("β (scale on the selected channels)")
+    ax.set_ylabel("accuracy (%)")
+    ax.legend(title="channels")
 
-    def draw(ax, name):
-        sub = data[data["perturbation"] == name]
-        sns.lineplot(
-            data=sub,
-            x="beta",
-            y="accuracy",
-            hue="selection",
-            hue_order=["sensitive", "random"],
-            palette=palette,
-            marker="o",
-            errorbar="sd",
-            ax=ax,
-        )
-        ax.set_xlim(max(sub["beta"]) + 0.01, min(sub["beta"]) - 0.01)  # beta decreasing to the right, as in Fig 9
-        ax.set_ylim(-2, 102)
-        ax.set_title(name)
-        ax.set_ylabel("accuracy (%)")
 
-    fig, axes = plt.subplots(1, len(order), figsize=(3.2 * len(order), 3.0), squeeze=False)
-    for ax, name in zip(axes[0], order):
-        draw(ax, name)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    save_figure(fig, path)
+def suppression_figure(curves: pd.DataFrame, order: Sequence[str], title: str = ""):
+    """TIP Fig 9: one panel per perturbation in `order` (clean first), rows of at most three panels."""
+    fig, axes = grid(len(order), panel_size=(4.4, 3.6))
+    for ax, name in zip(axes, order):
+        _draw_suppression(ax, curves, name)
+    fig.suptitle(f"{title}\n{_band_note(curves)}")
+    return fig
+
+
+def suppression_panel(curves: pd.DataFrame, name: str, title: str = ""):
+    """The panel of one perturbation as a figure of its own."""
+    plt, _ = plotting()
+    fig, ax = plt.subplots(figsize=(5.2, 4.0))
+    _draw_suppression(ax, curves, name)
+    fig.suptitle(f"{title}\n{_band_note(curves)}" if title else _band_note(curves))
+    return fig
+
+
+def _suppression_figure(curves: pd.DataFrame, order: Sequence[str], path: Path, title: str, panel_dir: Path | None):
+    save_figure(suppression_figure(curves, order, title), path)
     if panel_dir is not None:
         Path(panel_dir).mkdir(parents=True, exist_ok=True)
         for name in order:
-            fig, ax = plt.subplots(figsize=(4, 3))
-            draw(ax, name)
-            save_figure(fig, Path(panel_dir) / f"{name}.png")
+            save_figure(suppression_panel(curves, name), Path(panel_dir) / f"{name}.png")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from .markdown import markdown_table
+from .markdown import markdown_table, write_markdown
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,5 @@ def transfer_table(row_csvs: list[Path], labels: dict[str, str], out_csv: Path, 
              "model. *upper_bound* = min(white-box, transfer) bounds the defended model's robust accuracy from above; "
              "a white-box gain that disappears in *bounded_gain* is gradient masking, not robustness.\n\n"
              + "\n".join(f"- {r.model}: {r.description}" for r in frame.itertuples()))
-    with atomic_path(out_md) as tmp:
-        tmp.write_text(f"# Transfer check of the defenses\n\n{notes}\n\n{markdown_table(shown, '.1f')}\n")
+    write_markdown(out_md, f"# Transfer check of the defenses\n\n{notes}\n\n{markdown_table(shown, '.1f')}\n")
     return frame

@@ -14,12 +14,18 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from .core import QueryOracle, eval_mode, linf_box, margin, rand_uniform
 from .white_box import _to_tanh_space
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
+
+
+def _iterations(name: str, steps: int, first: int = 0):
+    """The attack's iterations with a progress bar in the job's log: one batch can take minutes."""
+    return tqdm(range(first, first + steps), desc=name, mininterval=10.0, leave=False)
 
 
 def _groups(indices: torch.Tensor, per_group: int):
@@ -87,7 +93,8 @@ def spsa(
         first, second = torch.zeros_like(x), torch.zeros_like(x)
         done = oracle(x_adv).argmax(1) != y
         b1, b2 = ADAM_BETAS
-        for t in range(1, steps + 1):
+        for t in (bar := _iterations("SPSA iterations", steps, first=1)):
+            bar.set_postfix(fooled=f"{int(done.sum())}/{len(done)}", refresh=False)
             active = (~done).nonzero().squeeze(1)
             if len(active) == 0:
                 break
@@ -141,7 +148,8 @@ def nattack(
         everyone = torch.arange(len(x), device=x.device)
         x_adv = image_of(mu, everyone)
         done = oracle(x_adv).argmax(1) != y
-        for _ in range(steps):
+        for _ in (bar := _iterations("NAttack iterations", steps)):
+            bar.set_postfix(fooled=f"{int(done.sum())}/{len(done)}", refresh=False)
             active = (~done).nonzero().squeeze(1)
             if len(active) == 0:
                 break

@@ -67,6 +67,14 @@ class AutoAttackLog:
                 "warnings": [f"{m} ({k} of the batches)" if k > 1 else m for m, k in self.warnings.items()]}
 
 
+def _stage_progress(record: logging.LogRecord) -> bool:
+    """AutoAttack's own log, reduced to what a reader of the job's log wants: its warnings, and one line as
+    each stage starts and ends (a stage can run for minutes); its per-batch debug chatter is dropped."""
+    message = record.getMessage()
+    return record.levelno >= logging.WARNING or message.startswith(
+        ("running ", "robust accuracy after ", "initial accuracy"))
+
+
 class _Collect(logging.Handler):
     def __init__(self):
         super().__init__(level=logging.WARNING)
@@ -103,7 +111,8 @@ def autoattack(
         raise ValueError(f"AutoAttack norm must be one of {', '.join(NORMS)}, got {norm!r}")
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator is not None else 0
     aa_logger = logging.getLogger("auto-attack")
-    aa_logger.setLevel(logging.WARNING)  # its per-batch progress is debug chatter
+    level = aa_logger.level
+    aa_logger.setLevel(logging.DEBUG)  # its stage progress is logged at debug level; _stage_progress filters
     devices = [x.device.index or 0] if x.device.type == "cuda" else []
     collect, stages = _Collect(), {}
     checks = aa_module.checks
@@ -114,6 +123,7 @@ def autoattack(
         return original_check(acc_dict, *args, **kwargs)
 
     aa_logger.addHandler(collect)
+    aa_logger.addFilter(_stage_progress)
     checks.check_square_sr = record_stages
     try:
         with eval_mode(model), torch.random.fork_rng(devices=devices):
@@ -127,6 +137,8 @@ def autoattack(
     finally:
         checks.check_square_sr = original_check
         aa_logger.removeHandler(collect)
+        aa_logger.removeFilter(_stage_progress)
+        aa_logger.setLevel(level)
     if log is not None:
         log.add_batch(len(x), stages, list(adversary.attacks_to_run), collect.messages)
     return x_adv.detach().clamp(0.0, 1.0)

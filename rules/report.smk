@@ -1,0 +1,30 @@
+# The report's landing page: what the run did and its headline numbers (snakemake --report report.html).
+
+
+rule report_landing_page:
+    input:
+        unpack(landing_page_inputs),
+    output:
+        LANDING_PAGE,
+    log:
+        "logs/report_landing_page.log",
+    benchmark:
+        "benchmarks/report_landing_page.tsv"
+    conda:
+        "../envs/advneurons.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        code=code_version("run_summary"),
+        dataset=DATASET,
+        seed=config["seed"],
+        data_id=DATA_ID,
+        models=list(MODELS),
+        defenses=list(DEFENSE_MODELS),
+        links=landing_page_links,
+    message:
+        "report landing page"
+    script:
+        "../workflow_scripts/report_landing_page.py"

@@ -1,0 +1,19 @@
+"""Rule report_landing_page: the first page of the HTML report (advneurons.run_summary)."""
+
+from advneurons import runtime
+from advneurons.run_summary import write_landing_page
+
+smk = snakemake  # noqa: F821 -- injected by Snakemake
+runtime.configure_logging(smk.log[0])
+write_landing_page(
+    smk.output[0],
+    dataset=smk.params.dataset,
+    seed=smk.params.seed,
+    data_id=smk.params.data_id,
+    models=smk.params.models,
+    defenses=smk.params.defenses,
+    robustness_csv=smk.input.get("robustness"),
+    final_csv=smk.input.get("final"),
+    findings_json=smk.input.get("findings"),
+    links=smk.params.links,
+)
