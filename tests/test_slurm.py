@@ -29,7 +29,7 @@ TEST_FLAGS = [
 # One model and the core stages keep the SLURM run short (every job pays the scheduler's latency); its ids
 # equal those of the same model in the tiny run, so the results can be compared file by file.
 def one_model_config() -> dict:
-    cfg = yaml.safe_load((ROOT / ".test" / "config.yaml").read_text())
+    cfg = yaml.safe_load((ROOT / "presets" / "quick.yaml").read_text())
     cfg["models"] = {"architectures": ["vgg16"], "training": ["vanilla"]}
     cfg["robustness"]["table_iii"] = {"FGSM": "fgsm", "L-inf PGD": "pgd"}
     cfg["robustness"]["table_i"] = ["pgd"]
