@@ -1,7 +1,7 @@
 """The attack suite: every attack type through AttackSpec, box and ball membership, strength orderings on a
 trained model, C&W's margin, black-box query-only access, and cross-checks against independent libraries.
 
-Budgets on digits: L-inf 32/255 plays CIFAR-10's 8/255 (docs/methods.md: the paper preset and the digits default); L2 640/255 leaves a non-trivial
+Budgets on digits: L-inf 32/255 plays CIFAR-10's 8/255 (docs/methods.md, the paper preset and the digits default); L2 640/255 leaves a non-trivial
 accuracy on the tiny model.
 """
 

@@ -1,4 +1,4 @@
-"""IG-Defense (docs/methods.md: defenses; Kulkarni & Weng, ECCV 2024): a test-time defense guided by neuron importance.
+"""IG-Defense (docs/methods.md, defenses; Kulkarni & Weng, ECCV 2024): a test-time defense guided by neuron importance.
 
 LO-IR ranking. For every channel u of the penultimate representation (the globally pooled last block of
 ResNet18; VGG16's pool5, 1x1 at 32x32) and every class c, the importance is the mean |change of the

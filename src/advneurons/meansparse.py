@@ -1,4 +1,4 @@
-"""MeanSparse (docs/methods.md: defenses): post-training sparsification of activations around their channel means.
+"""MeanSparse (docs/methods.md, defenses): post-training sparsification of activations around their channel means.
 
 For every ReLU input (VGG: the BN output before each ReLU; ResNet: the stem, each block's first BN and each
 residual sum), with per-channel mean mu and standard deviation s measured over the training set (no

@@ -1,4 +1,4 @@
-"""Propagation-sensitive neurons (PSN): verification-based scores of single units (docs/methods.md: propagation-sensitive neurons).
+"""Propagation-sensitive neurons (PSN): verification-based scores of single units (docs/methods.md, propagation-sensitive neurons).
 
 A *unit* is one element (channel, h, w) of a *scored node*; the scored nodes are the ReLU inputs or
 every node between the normalised input and the logits (``psn.nodes``; names and hooks in

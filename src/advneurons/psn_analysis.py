@@ -1,4 +1,4 @@
-"""Analyses of propagation-sensitive neurons (docs/methods.md: propagation-sensitive neurons): activation deviation, attacking PSNs,
+"""Analyses of propagation-sensitive neurons (docs/methods.md, propagation-sensitive neurons): activation deviation, attacking PSNs,
 single-unit Grad-CAM focus maps, and agreement with channel-level neuron sensitivity.
 
 Every analysis reads units from a PSN score table (:func:`advneurons.psn.psn_scores`) or a top-unit
@@ -208,7 +208,7 @@ def activation_deviation(model_path: Path, test_path: Path, units_path: Path, pe
                          n_images: int | None, seed: int, out_layer_csv: Path, out_block_csv: Path,
                          out_png: Path, meta_path: Path, noise_eps: float = 8, pgd_eps: float = 8,
                          pgd_step: float = 2, pgd_steps: int = 40, batch_size: int = 128) -> pd.DataFrame:
-    """Workflow step: activation deviation of PSN units vs random non-PSN units (docs/methods.md: propagation-sensitive neurons).
+    """Workflow step: activation deviation of PSN units vs random non-PSN units (docs/methods.md, propagation-sensitive neurons).
 
     ``units_path``: a top-unit table (its rows at ``percent``) or a score table (top ``percent``% taken).
     Perturbations: uniform noise U(-noise_eps, noise_eps) and L-inf PGD (pgd_eps, pgd_step, pgd_steps,
@@ -307,7 +307,7 @@ def attack_table(model, layers, scores: pd.DataFrame, x, y, ratios, sigma: float
 def attack_psns(model_path: Path, test_path: Path, scores_path: Path, n_images: int | None, seed: int,
                 out_csv: Path, out_md: Path, out_png: Path, meta_path: Path,
                 ratios=(1, 2, 5, 10, 20, 30), sigma: float = 0.8, batch_size: int = 256) -> pd.DataFrame:
-    """Workflow step: "attacking PSNs" (docs/methods.md: propagation-sensitive neurons).
+    """Workflow step: "attacking PSNs" (docs/methods.md, propagation-sensitive neurons).
 
     For each ratio r (% of each layer's units), N(0, sigma^2) is added to the top-r% PSN units of all
     scored nodes at once (forward hooks on the nodes), and, separately, to as many random units

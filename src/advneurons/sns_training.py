@@ -1,4 +1,4 @@
-"""Sensitive neuron stabilizing (SNS) fine-tuning (TIP Eq 12-13, Algorithm 1; docs/methods.md: defenses).
+"""Sensitive neuron stabilizing (SNS) fine-tuning (TIP Eq 12-13, Algorithm 1; docs/methods.md, defenses).
 
 A trained model (the *base*, normally the vanilla one) is fine-tuned on
 

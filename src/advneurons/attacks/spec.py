@@ -2,7 +2,7 @@
 
 Config entries give pixel amounts (eps, step_size, sigma) in 1/255 units; AttackSpec holds them in [0, 1]
 units. Optimiser settings (lr, delta, search_sigma, initial_const, confidence, decay) are plain numbers as
-the papers state them. Parameters left out take the papers' settings (docs/methods.md: the paper preset and the digits default), listed in
+the papers state them. Parameters left out take the papers' settings (docs/methods.md, the paper preset and the digits default), listed in
 `PARAMETERS`.
 """
 
