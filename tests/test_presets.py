@@ -54,6 +54,7 @@ def test_paper_preset_plans_the_full_cifar10_dag(tmp_path):
         "psn_attack": 2,
         "psn_heatmaps": 4,  # two layers per architecture
         "psn_agreement": 2,
+        "report_landing_page": 1,
         "all": 1,
     }
 
