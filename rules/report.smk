@@ -10,6 +10,7 @@ rule report_landing_page:
         "logs/report_landing_page.log",
     benchmark:
         "benchmarks/report_landing_page.tsv"
+    localrule: True
     conda:
         "../envs/advneurons.yaml"
     threads: 1
