@@ -49,8 +49,8 @@ def check_result(page, path: str, entry: dict, shot: Path) -> dict:
     problems += [f"caption error: {text}" for text in rst_errors(page)]
     if view == "img":
         size = page.evaluate(
-            "() => { const i = document.querySelector('#app img[src^=\"data:\"]');"
-            " return i ? [i.naturalWidth, i.clientWidth] : null; }")
+            "(p) => { const i = Array.from(document.images).find(im => im.src === results[p].data_uri);"
+            " return i ? [i.naturalWidth, i.clientWidth] : null; }", path)
         if not size or not size[0]:
             problems.append("figure not displayed")
         else:
