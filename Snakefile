@@ -31,6 +31,8 @@ rule all:
     input:
         final_outputs(),
     localrule: True
+    message:
+        "every result of the run is in place"
 
 
 onsuccess:

@@ -45,11 +45,15 @@ def rst_table(frame: pd.DataFrame, title: str, floatfmt: str = ".2f") -> list[st
 
 
 def verdict_counts(findings_json: Path) -> pd.DataFrame:
-    """One row per findings section: how many of its claims read each verdict (VERDICTS order), plus a total."""
-    rows = []
+    """One row per findings topic: how many of its claims read each verdict (VERDICTS order), plus a total.
+
+    A topic is a section title up to " — " (sections per model or architecture share one row), so the table
+    stays short in the landing page's narrow column."""
+    counts: dict[str, Counter] = {}
     for section in read_sections_json(findings_json):
-        counts = Counter(claim.verdict for claim in section.claims)
-        rows.append({"section": section.title, **{v: counts.get(v, 0) for v in VERDICTS}})
+        topic = section.title.split(" — ")[0]
+        counts.setdefault(topic, Counter()).update(claim.verdict for claim in section.claims)
+    rows = [{"section": topic, **{v: c.get(v, 0) for v in VERDICTS}} for topic, c in counts.items()]
     table = pd.DataFrame(rows, columns=["section", *VERDICTS])
     total = {"section": "all claims", **{v: int(table[v].sum()) for v in VERDICTS}}
     return pd.concat([table, pd.DataFrame([total])], ignore_index=True)
