@@ -19,7 +19,7 @@ rule attack_pairs:
         mem_mb=4000,
         runtime=120,
     params:
-        code=code_version("pairs"),
+        code=code_version("attack_pairs"),
         attack=attack_settings,
         batch_size=config["evaluation"]["batch_size"],
     message:

@@ -5,7 +5,7 @@
 from snakemake.utils import min_version
 
 from advneurons import config as settings
-from advneurons.provenance import code_fingerprint
+from advneurons.workflow.fingerprints import script_fingerprint
 
 min_version("9.0")
 
@@ -71,9 +71,13 @@ wildcard_constraints:
     layer=r"[a-z0-9]+(\.(bn|relu))?",  # PSN node names: conv13, conv13.bn, conv13.relu, l4b2add, pool4
 
 
-def code_version(module):
-    """Fingerprint of the package code behind a step; editing that code re-runs the step (provenance.py)."""
-    return code_fingerprint(f"advneurons.{module}")
+def code_version(script):
+    """Fingerprint of exactly the package code that workflow_scripts/<script>.py runs: editing that code
+    re-runs the step, editing anything else (or a comment, or a docstring) does not (workflow/fingerprints.py).
+    """
+    return script_fingerprint(
+        os.path.join(workflow.basedir, "workflow_scripts", f"{script}.py")
+    )
 
 
 def sensitivity_normalised(wildcards):

@@ -17,7 +17,7 @@ rule download_cifar10:
         mem_mb=1000,
         runtime=30,
     params:
-        code=code_version("data"),
+        code=code_version("download_cifar10"),
         url=config["dataset"]["cifar10"]["url"],
         md5=config["dataset"]["cifar10"]["md5"],
     message:
@@ -45,7 +45,7 @@ rule prepare_dataset:
         mem_mb=4000,
         runtime=20,
     params:
-        code=code_version("data"),
+        code=code_version("prepare_dataset"),
         dataset=dataset_settings,
     message:
         "dataset splits: {wildcards.data}"

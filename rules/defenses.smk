@@ -26,7 +26,7 @@ rule final_robustness_table:
         mem_mb=2000,
         runtime=10,
     params:
-        code=code_version("defense_tables"),
+        code=code_version("final_robustness_table"),
         columns=config["robustness"]["table_iii"],
         models=final_table_models,
         dataset=DATASET,
@@ -59,7 +59,7 @@ rule sensitivity_by_training:
         mem_mb=2000,
         runtime=10,
     params:
-        code=code_version("defense_tables"),
+        code=code_version("sensitivity_by_training"),
     message:
         "sensitivity by training method: {wildcards.arch}"
     script:
@@ -91,7 +91,7 @@ rule meansparse_model:
         mem_mb=4000,
         runtime=120,
     params:
-        code=code_version("meansparse"),
+        code=code_version("meansparse_model"),
         meansparse=meansparse_settings,
         batch_size=config["robustness"]["batch_size"],
     message:
@@ -118,7 +118,7 @@ rule ig_defense_model:
         mem_mb=4000,
         runtime=60,
     params:
-        code=code_version("ig_defense"),
+        code=code_version("ig_defense_model"),
         ig_defense=ig_defense_settings,
         batch_size=config["robustness"]["batch_size"],
     message:
@@ -160,7 +160,7 @@ rule ig_defense_analysis:
         mem_mb=4000,
         runtime=60,
     params:
-        code=code_version("ig_defense"),
+        code=code_version("ig_defense_analysis"),
         analysis=ig_analysis_settings,
         model_name=model_name,
         batch_size=config["robustness"]["batch_size"],
@@ -187,7 +187,7 @@ rule transfer_check:
         mem_mb=4000,
         runtime=30,
     params:
-        code=code_version("transfer"),
+        code=code_version("transfer_check"),
         check=transfer_settings,
         model_name=model_name,
         batch_size=config["robustness"]["batch_size"],
@@ -219,7 +219,7 @@ rule transfer_table:
         mem_mb=1000,
         runtime=10,
     params:
-        code=code_version("transfer"),
+        code=code_version("transfer_table"),
         labels=transfer_labels,
     message:
         "transfer check table"
@@ -243,7 +243,7 @@ rule defense_findings:
         mem_mb=1000,
         runtime=10,
     params:
-        code=code_version("defense_tables"),
+        code=code_version("defense_findings"),
         archs=ARCHS,
         trainings=config["training"],
     message:

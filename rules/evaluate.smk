@@ -20,7 +20,7 @@ rule evaluate_attack:
         mem_mb=4000,
         runtime=240,
     params:
-        code=code_version("robustness"),
+        code=code_version("evaluate_attack"),
         evaluation=robustness_settings,
         model_name=model_name,
         batch_size=config["robustness"]["batch_size"],
@@ -59,7 +59,7 @@ rule robustness_table:
         mem_mb=2000,
         runtime=10,
     params:
-        code=code_version("robustness"),
+        code=code_version("robustness_table"),
         layout="table_iii",
         columns=config["robustness"]["table_iii"],
         dataset=DATASET,
@@ -98,7 +98,7 @@ rule robustness_table_i:
         mem_mb=2000,
         runtime=10,
     params:
-        code=code_version("robustness"),
+        code=code_version("robustness_table"),
         layout="table_i",
         columns=None,
         dataset=DATASET,
@@ -126,7 +126,7 @@ rule pgd_sweep:
         mem_mb=4000,
         runtime=240,
     params:
-        code=code_version("robustness"),
+        code=code_version("pgd_sweep"),
         sweep=sweep_settings,
         model_name=model_name,
     message:
@@ -163,7 +163,7 @@ rule sweep_figures:
         mem_mb=2000,
         runtime=10,
     params:
-        code=code_version("robustness"),
+        code=code_version("sweep_figures"),
     message:
         "PGD sweep figures"
     script:

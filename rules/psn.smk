@@ -21,7 +21,7 @@ rule psn_scores:
         mem_mb=PSN["mem_budget_mb"] + 3000,
         runtime=240,
     params:
-        code=code_version("psn"),
+        code=code_version("psn_scores"),
         scoring=psn_score_settings,
     message:
         "PSN scores (auto_LiRPA bounds): {wildcards.model}"
@@ -51,7 +51,7 @@ rule psn_top_units:
         mem_mb=2000,
         runtime=10,
     params:
-        code=code_version("psn"),
+        code=code_version("psn_top_units"),
         percents=lambda wildcards: [float(p) for p in wildcards.percents.split("-")],
     message:
         "top PSN units: {wildcards.model}"
@@ -87,7 +87,7 @@ rule psn_deviation:
         mem_mb=4000,
         runtime=60,
     params:
-        code=code_version("psn_analysis"),
+        code=code_version("psn_deviation"),
         deviation=psn_deviation_settings,
         batch_size=PSN_BATCH_SIZE,
     message:
@@ -129,7 +129,7 @@ rule psn_attack:
         mem_mb=4000,
         runtime=60,
     params:
-        code=code_version("psn_analysis"),
+        code=code_version("psn_attack"),
         attack=psn_attack_settings,
         batch_size=PSN_BATCH_SIZE,
     message:
@@ -164,7 +164,7 @@ rule psn_heatmaps:
         mem_mb=4000,
         runtime=30,
     params:
-        code=code_version("psn_analysis"),
+        code=code_version("psn_heatmaps"),
         heatmaps=psn_heatmap_settings,
     message:
         "PSN heatmaps: {wildcards.model} {wildcards.layer}"
@@ -203,7 +203,7 @@ rule psn_agreement:
         mem_mb=2000,
         runtime=10,
     params:
-        code=code_version("psn_analysis"),
+        code=code_version("psn_agreement"),
     message:
         "PSN vs sensitivity: {wildcards.model}, top {wildcards.percent}%"
     script:

@@ -18,7 +18,7 @@ rule report_landing_page:
         mem_mb=1000,
         runtime=5,
     params:
-        code=code_version("run_summary"),
+        code=code_version("report_landing_page"),
         dataset=DATASET,
         seed=config["seed"],
         data_id=DATA_ID,

@@ -25,7 +25,7 @@ rule neuron_sensitivity:
         mem_mb=4000,
         runtime=60,
     params:
-        code=code_version("sensitivity"),
+        code=code_version("neuron_sensitivity"),
         batch_size=config["sensitivity"]["batch_size"],
         normalise=sensitivity_normalised,
         site=sensitivity_site,
@@ -57,7 +57,7 @@ rule sensitive_channels:
         mem_mb=1000,
         runtime=10,
     params:
-        code=code_version("sensitivity"),
+        code=code_version("sensitive_channels"),
     message:
         "top {wildcards.percent}% sensitive channels: {wildcards.model}"
     script:

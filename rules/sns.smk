@@ -20,7 +20,7 @@ rule targeted_pairs:
         mem_mb=4000,
         runtime=120,
     params:
-        code=code_version("sns_analysis"),
+        code=code_version("targeted_pairs"),
         targeted=targeted_settings,
         batch_size=SNS["batch_size"],
     message:
@@ -48,7 +48,7 @@ rule targeted_neurons:
         mem_mb=4000,
         runtime=60,
     params:
-        code=code_version("sns_analysis"),
+        code=code_version("targeted_neurons"),
         batch_size=SNS["batch_size"],
         site=config["sensitivity"]["site"],
     message:
@@ -90,7 +90,7 @@ rule importance_report:
         mem_mb=2000,
         runtime=10,
     params:
-        code=code_version("sns_analysis"),
+        code=code_version("importance_report"),
         title=model_name,
     message:
         "importance of sensitive neurons: {wildcards.model}"
@@ -132,7 +132,7 @@ rule layer_similarity:
         mem_mb=2000,
         runtime=10,
     params:
-        code=code_version("sns_analysis"),
+        code=code_version("layer_similarity"),
         title=model_name,
     message:
         "layer similarity of sensitive neurons: {wildcards.model}"
@@ -174,7 +174,7 @@ rule suppression_study:
         mem_mb=4000,
         runtime=240,
     params:
-        code=code_version("sns_analysis"),
+        code=code_version("suppression_study"),
         suppression=suppression_settings,
         batch_size=SNS["batch_size"],
         title=model_name,
@@ -202,7 +202,7 @@ rule sensitivity_ratios:
         mem_mb=4000,
         runtime=240,
     params:
-        code=code_version("sns_analysis"),
+        code=code_version("sensitivity_ratios"),
         ratios=ratio_settings,
         batch_size=SNS["batch_size"],
     message:
@@ -252,7 +252,7 @@ rule ratio_report:
         mem_mb=2000,
         runtime=10,
     params:
-        code=code_version("sns_analysis"),
+        code=code_version("ratio_report"),
         labels=arch_ratio_labels,
         table_family=SNS["ratios"]["table_family"],
         title="{arch}",
@@ -293,7 +293,7 @@ rule sensitivity_curves:
         mem_mb=2000,
         runtime=10,
     params:
-        code=code_version("sns_analysis"),
+        code=code_version("sensitivity_curves"),
         top_percent=SNS["layer_top_percent"],
         title="{arch}",
     message:
@@ -324,7 +324,7 @@ rule findings:
         mem_mb=2000,
         runtime=10,
     params:
-        code=code_version("sns_analysis"),
+        code=code_version("findings"),
         inputs=findings_inputs,
         dataset=DATASET,
     message:

@@ -19,7 +19,7 @@ rule train_model:
         mem_mb=4000,
         runtime=240,
     params:
-        code=code_version("training"),
+        code=code_version("train_model"),
         model=model_settings,
         dataset=DATASET,
     message:

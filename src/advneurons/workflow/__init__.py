@@ -1,0 +1,1 @@
+"""Workflow wiring in plain Python (no torch): code fingerprints of the steps."""

@@ -1,0 +1,203 @@
+"""Code fingerprints hash exactly the package code a workflow step runs (advneurons.workflow.fingerprints).
+
+The first tests build small packages in a temporary folder and check the rules one by one; the last ones edit a
+copy of the real package and check which workflow steps see their fingerprint change.
+"""
+
+import ast
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from advneurons.workflow.fingerprints import CodeIndex, reachable_definitions, script_fingerprint
+from workflow_helpers import ROOT
+
+SCRIPTS = ROOT / "workflow_scripts"
+PACKAGE = ROOT / "src" / "advneurons"
+
+
+def write_package(root: Path, files: dict[str, str]) -> Path:
+    pkg = root / "advneurons"
+    for name, text in files.items():
+        path = pkg / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+    (pkg / "__init__.py").touch()
+    return pkg
+
+
+def fingerprint(pkg: Path, script: str) -> str:
+    index = CodeIndex(pkg)
+    return index.fingerprint(index.script_roots(ast.parse(textwrap.dedent(script))))
+
+
+BASE = {
+    "util.py": """
+        '''Helpers.'''
+        SCALE = 2
+
+        def double(x):
+            '''Twice x.'''
+            return SCALE * x  # scaled
+
+        def unrelated(x):
+            return x - 1
+        """,
+    "steps.py": """
+        from . import util
+        from .util import double
+
+        def step_a(x):
+            return double(x)
+
+        def step_b(x):
+            return util.unrelated(x)
+
+        class Runner:
+            def run(self, x):
+                return step_a(x)
+        """,
+}
+BASE = {name: textwrap.dedent(text) for name, text in BASE.items()}
+SCRIPT_A = "from advneurons.steps import step_a\nstep_a(1)\n"
+SCRIPT_B = "from advneurons import steps\nsteps.step_b(1)\n"
+
+
+def edited(tmp_path, name, **changes):
+    files = dict(BASE)
+    files.update(changes)
+    return write_package(tmp_path / name, files)
+
+
+def test_a_step_hashes_what_it_calls_and_nothing_else(tmp_path):
+    before = write_package(tmp_path / "before", BASE)
+    after = edited(tmp_path, "after", **{"util.py": BASE["util.py"].replace("x - 1", "x - 2")})
+    # step_b calls util.unrelated (reached through a module attribute); step_a never does
+    assert fingerprint(before, SCRIPT_A) == fingerprint(after, SCRIPT_A)
+    assert fingerprint(before, SCRIPT_B) != fingerprint(after, SCRIPT_B)
+
+
+def test_constants_and_transitive_calls_count(tmp_path):
+    before = write_package(tmp_path / "before", BASE)
+    after = edited(tmp_path, "after", **{"util.py": BASE["util.py"].replace("SCALE = 2", "SCALE = 3")})
+    assert fingerprint(before, SCRIPT_A) != fingerprint(after, SCRIPT_A)
+    assert fingerprint(before, SCRIPT_B) == fingerprint(after, SCRIPT_B)
+
+
+def test_comments_docstrings_and_formatting_change_nothing(tmp_path):
+    before = write_package(tmp_path / "before", BASE)
+    text = BASE["util.py"].replace("'''Twice x.'''", "'''Two times x, documented at length.'''")
+    text = text.replace("# scaled", "# multiplied by the scale").replace("SCALE * x", "SCALE*x")
+    text = text.replace("'''Helpers.'''", "'''Small helpers.'''\n\n\n")
+    after = edited(tmp_path, "after", **{"util.py": text})
+    for script in (SCRIPT_A, SCRIPT_B):
+        assert fingerprint(before, script) == fingerprint(after, script)
+
+
+def test_moving_a_definition_to_another_module_changes_nothing(tmp_path):
+    before = write_package(tmp_path / "before", BASE)
+    moved = {
+        "util.py": "SCALE = 2\n\ndef unrelated(x):\n    return x - 1\n",
+        "maths/__init__.py": "from .double import double\n",
+        "maths/double.py": "from ..util import SCALE\n\ndef double(x):\n    return SCALE * x\n",
+        "steps.py": BASE["steps.py"].replace("from .util import double", "from .maths import double"),
+    }
+    after = edited(tmp_path, "after", **moved)
+    assert fingerprint(before, SCRIPT_A) == fingerprint(after, SCRIPT_A)
+
+
+def test_imports_inside_functions_are_followed(tmp_path):
+    files = dict(BASE, **{"late.py": "def step_c(x):\n    from .util import unrelated\n    return unrelated(x)\n"})
+    before = write_package(tmp_path / "before", files)
+    files["util.py"] = BASE["util.py"].replace("x - 1", "x - 2")
+    after = write_package(tmp_path / "after", files)
+    script = "from advneurons.late import step_c\nstep_c(0)\n"
+    assert fingerprint(before, script) != fingerprint(after, script)
+
+
+def test_a_class_counts_whole_and_a_module_used_as_a_value_counts_whole(tmp_path):
+    before = write_package(tmp_path / "before", BASE)
+    after = edited(tmp_path, "after", **{"util.py": BASE["util.py"].replace("SCALE * x", "SCALE + x")})
+    # Runner.run calls step_a, which calls util.double
+    assert fingerprint(before, "from advneurons.steps import Runner\nRunner().run(1)\n") != fingerprint(
+        after, "from advneurons.steps import Runner\nRunner().run(1)\n")
+    # a module handed around (getattr, registries) may run any of its definitions
+    script = "from advneurons import util\nhandler = util\n"
+    assert fingerprint(before, script) != fingerprint(after, script)
+
+
+def test_module_level_statements_run_on_import(tmp_path):
+    files = dict(BASE, **{"util.py": BASE["util.py"] + "\nprint('configured')\n"})
+    before = write_package(tmp_path / "before", files)
+    files["util.py"] = BASE["util.py"] + "\nprint('configured differently')\n"
+    after = write_package(tmp_path / "after", files)
+    assert fingerprint(before, SCRIPT_A) != fingerprint(after, SCRIPT_A)
+
+
+# --- the real package: edit one definition in a copy and see which workflow steps it re-runs ---------------
+
+def all_fingerprints(pkg: Path) -> dict[str, str]:
+    return {path.stem: script_fingerprint(path, pkg) for path in sorted(SCRIPTS.glob("*.py"))}
+
+
+def defining_file(pkg: Path, name: str) -> tuple[Path, ast.stmt]:
+    """The one module of `pkg` that defines `name` at its top level (tests must not depend on the layout)."""
+    hits = [(path, node) for path in pkg.rglob("*.py") for node in ast.parse(path.read_text()).body
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == name]
+    assert len(hits) == 1, f"{name} is defined {len(hits)} times in the package"
+    return hits[0]
+
+
+def edit_copy(tmp_path: Path, name: str, docstring_only: bool = False) -> Path:
+    """A copy of the package with a line of code (or only the docstring) of definition `name` changed."""
+    pkg = tmp_path / "advneurons"
+    shutil.copytree(PACKAGE, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    path, node = defining_file(pkg, name)
+    lines = path.read_text().splitlines()
+    has_doc = isinstance(node.body[0], ast.Expr) and isinstance(getattr(node.body[0], "value", None), ast.Constant)
+    if docstring_only:
+        assert has_doc, f"{name} has no docstring"
+        doc = node.body[0]
+        lines[doc.lineno - 1] = lines[doc.lineno - 1].replace('"""', '"""Reworded. ', 1)
+    else:
+        first = node.body[1] if has_doc and len(node.body) > 1 else node.body[0]
+        lines.insert(first.lineno - 1, " " * first.col_offset + "_edited = 1")
+    path.write_text("\n".join(lines) + "\n")
+    return pkg
+
+
+@pytest.fixture(scope="module")
+def real_fingerprints():
+    return all_fingerprints(PACKAGE)
+
+
+# definition edited -> the workflow steps that run it (and so must re-run)
+CODE_EDITS = {
+    "attack_pair_set": {"attack_pairs"},  # pairs: making a pair set
+    "pair_ratios": {"sensitivity_ratios"},  # SNS ratios of one pair
+    "mean_abs_deviation": {"psn_deviation"},  # PSN analysis: activation deviation
+    # C&W: every step that can run an attack from the catalog
+    "cw_l2": {"attack_pairs", "evaluate_attack", "ig_defense_analysis", "meansparse_model", "pgd_sweep",
+              "robustness_table", "sensitivity_ratios", "suppression_study", "targeted_pairs"},
+}
+
+
+@pytest.mark.parametrize("name", list(CODE_EDITS))
+def test_editing_package_code_changes_exactly_the_steps_that_run_it(tmp_path, real_fingerprints, name):
+    after = all_fingerprints(edit_copy(tmp_path, name))
+    changed = {step for step in real_fingerprints if after[step] != real_fingerprints[step]}
+    assert changed == CODE_EDITS[name]
+
+
+@pytest.mark.parametrize("name", ["attack_pair_set", "cw_l2", "train_model", "psn_scores"])
+def test_a_docstring_edit_changes_no_fingerprint(tmp_path, real_fingerprints, name):
+    assert all_fingerprints(edit_copy(tmp_path, name, docstring_only=True)) == real_fingerprints
+
+
+def test_training_and_psn_scoring_do_not_hash_attack_or_pair_code():
+    train = {d.split(":")[1] for d in reachable_definitions(SCRIPTS / "train_model.py")}
+    scores = {d.split(":")[1] for d in reachable_definitions(SCRIPTS / "psn_scores.py")}
+    assert "pgd_linf" in train  # PAT trains on PGD examples
+    assert not {"cw_l2", "attack_pair_set", "generate_pairs", "autoattack"} & (train | scores)
