@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml envs/requirements.lock
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r envs/requirements.lock
 	$(BIN)/pip install --quiet --no-deps -e .
-	# auto-lirpa 0.3 pins torch<1.13 in its metadata; advneurons.lirpa_compat adapts it to current torch.
+	# auto-lirpa 0.3 pins torch<1.13 in its metadata; advneurons.psn.lirpa_compat adapts it to current torch.
 	$(BIN)/pip install --quiet --no-deps "auto-lirpa==0.3"
 	touch $@
 

@@ -64,7 +64,7 @@ def main() -> None:
     import torchattacks
 
     from advneurons.attacks import AttackSpec
-    from advneurons.models import build_model
+    from advneurons.models.architectures import build_model
     from advneurons.runtime import setup
 
     setup(args.threads, seed=0)

@@ -1,4 +1,4 @@
-"""Benchmark of PSN scoring (advneurons.psn), ratios measured in one run with alternating repeats.
+"""Benchmark of PSN scoring (advneurons.psn.scores), ratios measured in one run with alternating repeats.
 
 (i)   CROWN mode (all scored layers, one image) vs a single full-network CROWN bound of the model output
       for the same image: target ratio <= 2; peak memory (VmHWM increase) vs the memory budget.
@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from advneurons.lirpa_compat import bounded_module, linf_bounds
-from advneurons.models import build_model
-from advneurons.psn import (
+from advneurons.psn.lirpa_compat import bounded_module, linf_bounds
+from advneurons.models.architectures import build_model
+from advneurons.psn.scores import (
     PSNBounder,
     compute_terms,
     layer_activations,
@@ -101,7 +101,7 @@ def timed(fn):
 
 # ---------------------------------------------------------------------------------------- inputs
 def load_inputs(arch: str, width: float, model_path: str | None, test_path: str | None):
-    from advneurons.checkpoint import load_model
+    from advneurons.models.checkpoint import load_model
     from advneurons.data import load_split, prepare_digits
 
     if model_path is None:

@@ -35,14 +35,14 @@ def since(start: tuple[float, float]) -> tuple[float, float]:
 
 
 def main():
-    from advneurons import sns_analysis as A
-    from advneurons.checkpoint import save_model
+    from advneurons.sns import importance, ratios, similarity, suppression
+    from advneurons.models.checkpoint import save_model
     from advneurons.data import Split, load_digits_images, save_split
-    from advneurons.models import build_model
-    from advneurons.pairs import generate_pairs, save_pairs
+    from advneurons.models.architectures import build_model
+    from advneurons.evaluation.pairs import generate_pairs, save_pairs
     from advneurons.attacks import AttackSpec
     from advneurons.runtime import setup
-    from advneurons.sensitivity import neuron_sensitivity, sensitivity_table
+    from advneurons.evaluation.sensitivity import neuron_sensitivity, sensitivity_table
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, help="results/<data>/models directory with trained models")
@@ -77,7 +77,7 @@ def main():
             model = build_model(arch, "digits", 0.125).eval()
             model_path = work / f"{arch}.pt"
             save_model(model, model_path, arch, "digits", 0.125, 10, {})
-        from advneurons.checkpoint import load_model
+        from advneurons.models.checkpoint import load_model
         from advneurons.data import load_split
 
         model, _ = load_model(model_path)
@@ -90,17 +90,17 @@ def main():
         t = times.setdefault(arch, {})
         o = work / arch
         start = clock()
-        A.targeted_pair_set(model_path, test, pgd, 40, 0, 256, o / "tp.npz", o / "tp.json")
+        importance.targeted_pair_set(model_path, test, pgd, 40, 0, 256, o / "tp.npz", o / "tp.json")
         t["targeted_pair_set (40/class)"] = since(start)
         start = clock()
-        A.targeted_neuron_tables(model_path, o / "tp.npz", 20, 256, o / "ts.csv", o / "ti.csv", o / "tn.json")
-        A.importance_sensitivity_report(
+        importance.targeted_neuron_tables(model_path, o / "tp.npz", 20, 256, o / "ts.csv", o / "ti.csv", o / "tn.json")
+        similarity.importance_sensitivity_report(
             o / "ts.csv", o / "ti.csv", 20, o / "i.csv", o / "i.md", o / "is.csv", o / "i.png", o / "i.json"
         )
-        A.layer_similarity_report(o / "ts.csv", 10, o / "l.csv", o / "l.md", o / "l.png", o / "l.json")
+        similarity.layer_similarity_report(o / "ts.csv", 10, o / "l.csv", o / "l.md", o / "l.png", o / "l.json")
         t["neuron tables + reports"] = since(start)
         start = clock()
-        A.suppression_study(
+        suppression.suppression_study(
             model_path,
             test,
             sens_csv,
@@ -114,7 +114,7 @@ def main():
         )
         t["suppression_study (200 images, 4 attacks)"] = since(start)
         start = clock()
-        A.sensitivity_ratio_table(model_path, test, ratio_families, o / "r.csv", o / "r.json", n_images=200)
+        ratios.sensitivity_ratio_table(model_path, test, ratio_families, o / "r.csv", o / "r.json", n_images=200)
         t["sensitivity_ratio_table (8 PGD + 5 noise)"] = since(start)
 
     print(f"{'step':45s} {'vgg16 wall/cpu s':>17s} {'resnet18 wall/cpu s':>20s}")

@@ -26,7 +26,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from advneurons.attacks import AttackSpec, autoattack
-    from advneurons.models import build_model
+    from advneurons.models.architectures import build_model
     from advneurons.runtime import setup
 
     from bench_pgd import digits_tensors, quick_train

@@ -1,10 +1,10 @@
 # Config validation, the parameter-encoding ids that name every output, and input/param helpers.
-# Every id is "<readable name>~<hash of the settings that produce it>" (advneurons.config), so a changed
+# Every id is "<readable name>~<hash of the settings that produce it>" (advneurons.config.settings), so a changed
 # setting gets new paths and re-runs only what depends on it; undoing it points back at old results.
 
 from snakemake.utils import min_version
 
-from advneurons import config as settings
+from advneurons.config import settings
 from advneurons.workflow.fingerprints import script_fingerprint
 
 min_version("9.0")
@@ -286,7 +286,7 @@ def final_table_records():
 
 def final_table_models(wildcards):
     """Model label -> {arch, training, method, group} in table order: architectures, then trainings."""
-    from advneurons.defense_tables import group_of
+    from advneurons.defenses.tables import group_of
 
     out = {}
     for arch in ARCHS:

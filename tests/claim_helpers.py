@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from advneurons.robustness import accuracy_record, records_frame
+from advneurons.evaluation.robustness import accuracy_record, records_frame
 
 # column label of the final table -> (attack name, attack config entry)
 ATTACKS = {

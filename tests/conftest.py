@@ -12,7 +12,7 @@ def _single_thread():
 
 @pytest.fixture
 def tiny_vgg():
-    from advneurons.models import build_model
+    from advneurons.models.architectures import build_model
 
     torch.manual_seed(0)
     return build_model("vgg16", "digits", width=0.0625).eval()

@@ -39,7 +39,7 @@ def digits_files(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def trained_vgg_path(digits_files, tmp_path_factory) -> Path:
     """A width-0.0625 VGG16 trained 3 epochs (about 90% test accuracy), saved as a checkpoint."""
-    from advneurons.training import TrainConfig, train_model
+    from advneurons.training.loop import TrainConfig, train_model
 
     root = tmp_path_factory.mktemp("sns_model")
     path = root / "model.pt"
@@ -61,7 +61,7 @@ def trained_vgg_path(digits_files, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_vgg(trained_vgg_path):
-    from advneurons.checkpoint import load_model
+    from advneurons.models.checkpoint import load_model
 
     model, _ = load_model(trained_vgg_path)
     return model

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advneurons import config as settings
+from advneurons.config import settings
 from advneurons.attacks import (
     ATTACK_TYPES,
     CIFAR10C_GAUSSIAN_SIGMAS,
@@ -41,7 +41,7 @@ N_IMAGES = 48
 def trained():
     """A tiny VGG16 (width 1/16) trained for 4 epochs on digits (about 97% test accuracy), and test images."""
     from advneurons import data
-    from advneurons.models import build_model
+    from advneurons.models.architectures import build_model
 
     parts = data.prepare_digits(0.2, 0.1, 0)
     x_train = torch.from_numpy(parts["train"].images).float() / 255

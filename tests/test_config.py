@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from advneurons import config as settings
+from advneurons.config import settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,8 +114,8 @@ def test_param_hash_ignores_key_order():
 
 
 def test_psn_layer_names_are_the_models_scored_layers():
-    from advneurons.models import build_model
-    from advneurons.psn import scored_layers
+    from advneurons.models.architectures import build_model
+    from advneurons.psn.scores import scored_layers
 
     for nodes, by_arch in settings.PSN_LAYERS.items():
         for arch, names in by_arch.items():

@@ -136,7 +136,7 @@ def test_a_hand_placed_archive_survives_config_changes(tmp_path):
     import yaml
     from workflow_helpers import ROOT, planned_jobs, snakemake
 
-    from advneurons import config as settings
+    from advneurons.config import settings
 
     data_dir = tmp_path / "cifar"
     data_dir.mkdir()

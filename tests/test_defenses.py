@@ -8,16 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from advneurons import checkpoint
-from advneurons.models import build_model, layer_channels
-from advneurons.sns_training import (
+from advneurons.models import checkpoint
+from advneurons.models.architectures import build_model, layer_channels
+from advneurons.training.sns import (
     StabilityLoss,
     choose_channels,
     freeze_below,
     selected_layers,
     sns_batch_loss,
 )
-from advneurons.training import TrainConfig, nat_examples, train_model
+from advneurons.training.loop import TrainConfig, nat_examples, train_model
 from training_helpers import train_tiny, write_small_splits
 
 
@@ -168,7 +168,7 @@ def test_nat_examples_are_step_ll_with_per_image_budgets():
 
 
 def test_eat_takes_its_examples_in_turn_from_the_model_and_the_static_models(splits, base, tmp_path, monkeypatch):
-    import advneurons.training as training
+    import advneurons.training.loop as training
 
     sources = []
     original = training.nat_examples
@@ -207,9 +207,9 @@ def test_eat_needs_static_models_and_only_eat_takes_them(splits, base, tmp_path)
 
 
 def test_final_table_lays_out_every_model_with_group_means(tmp_path):
-    from advneurons.defense_tables import final_robustness_table
+    from advneurons.defenses.tables import final_robustness_table
 
-    from advneurons.robustness import accuracy_record, records_frame
+    from advneurons.evaluation.robustness import accuracy_record, records_frame
 
     models, paths = {}, []
     attacks = {"pgd": {"type": "pgd", "eps": 32, "steps": 10}, "fgsm": {"type": "fgsm", "eps": 32}}
@@ -240,8 +240,8 @@ def test_final_table_lays_out_every_model_with_group_means(tmp_path):
 
 
 def test_final_table_leaves_declared_cells_empty_and_refuses_undeclared_gaps(tmp_path):
-    from advneurons.defense_tables import final_robustness_table
-    from advneurons.robustness import TableError, accuracy_record, records_frame
+    from advneurons.defenses.tables import final_robustness_table
+    from advneurons.evaluation.robustness import TableError, accuracy_record, records_frame
 
     pgd, fgsm = {"type": "pgd", "eps": 32, "steps": 10}, {"type": "fgsm", "eps": 32}
     full = records_frame([accuracy_record("vgg16-pat", "clean", None, 20, 0.9),
@@ -275,7 +275,7 @@ TRAININGS = {
 
 
 def test_defense_claims_take_the_papers_signs_and_decide_with_paired_tests(tmp_path):
-    from advneurons.defense_tables import defense_claims
+    from advneurons.defenses.tables import defense_claims
     from claim_helpers import write_claim_inputs
 
     columns = ["L-inf PGD", "FGSM", "AutoAttack"]
@@ -354,7 +354,7 @@ def test_a_defense_gain_the_attack_itself_flags_is_not_counted(tmp_path):
     """AutoAttack's gradient-masking warning on the defended model's cell: a gain it measures is not shown."""
     import json
 
-    from advneurons.defense_tables import defense_claims
+    from advneurons.defenses.tables import defense_claims
     from claim_helpers import write_claim_inputs
 
     columns = ["L-inf PGD", "AutoAttack"]

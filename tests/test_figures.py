@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from advneurons import figures
+from advneurons.report import figures
 
 plt, _ = figures.plotting()
 
@@ -87,17 +87,15 @@ def _psn_scores(layer, shape, n_top_scores):
 
 
 def _builders(tiny_vgg):
-    from advneurons import (
-        defense_tables,
-        ig_defense,
-        robustness,
-        sns_layer_range,
-        sns_ratios,
-        sns_similarity,
-        sns_suppression,
-    )
-    from advneurons import psn_analysis as pa
-    from advneurons.psn_graph import scored_layers
+    from advneurons.defenses import ig_defense
+    from advneurons.defenses import tables as defense_tables
+    from advneurons.evaluation import robustness
+    from advneurons.sns import layer_range as sns_layer_range
+    from advneurons.sns import ratios as sns_ratios
+    from advneurons.sns import similarity as sns_similarity
+    from advneurons.sns import suppression as sns_suppression
+    from advneurons.psn import analysis as pa
+    from advneurons.psn.graph import scored_layers
 
     layers = ["conv1", "conv2.bn", "conv2.relu", "fc1"]
     per_layer = pd.DataFrame([
@@ -178,7 +176,7 @@ def test_every_figure_builder_labels_its_axes_and_states_its_bands(tiny_vgg):
 
 
 def test_extreme_units_count_the_ties_they_cut():
-    from advneurons import psn_analysis as pa
+    from advneurons.psn import analysis as pa
 
     scores = _psn_scores("conv1.bn", (2, 2, 3), 2)  # 12 units, 10 at the floor
     high, low = pa.extreme_units(scores, "conv1.bn", 3)

@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 import torch
 
-from advneurons import checkpoint
+from advneurons.models import checkpoint
 from advneurons.attacks import AttackSpec, ExpectedLogits, attack_target
-from advneurons.defended import ig_defense_record
-from advneurons.ig_defense import (
+from advneurons.models.defended import ig_defense_record
+from advneurons.defenses.ig_defense import (
     GROUPS,
     IGDefense,
     activation_analysis,
@@ -19,8 +19,8 @@ from advneurons.ig_defense import (
     penultimate,
     top_k_count,
 )
-from advneurons.models import build_model
-from advneurons.robustness import evaluate_model
+from advneurons.models.architectures import build_model
+from advneurons.evaluation.robustness import evaluate_model
 
 
 def _model(arch="resnet18"):
@@ -139,7 +139,7 @@ def test_group_change_by_hand():
 
 
 def test_no_fooled_image_gives_an_empty_summary_of_all_four_groups():
-    from advneurons.ig_defense import summarise_changes
+    from advneurons.defenses.ig_defense import summarise_changes
 
     empty = group_change(torch.zeros(0, 6), torch.zeros(0, 6), torch.zeros(0, dtype=torch.long),
                          torch.zeros(0, dtype=torch.long), torch.ones(3, 6))

@@ -1,18 +1,18 @@
-"""Bounds from auto_LiRPA 0.3 (imported through advneurons.lirpa_compat) are sound and sensible."""
+"""Bounds from auto_LiRPA 0.3 (imported through advneurons.psn.lirpa_compat) are sound and sensible."""
 
 import pytest
 import torch
 from bn_helpers import with_bn_stats
 from torch import nn
 
-from advneurons.lirpa_compat import (
+from advneurons.psn.lirpa_compat import (
     METHODS,
     bounded_module,
     import_auto_lirpa,
     linf_bounds,
     linf_linear_bounds,
 )
-from advneurons.models import build_model
+from advneurons.models.architectures import build_model
 
 TOL = 1e-4
 

@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 import torch
 
-from advneurons import checkpoint
-from advneurons.meansparse import (
+from advneurons.models import checkpoint
+from advneurons.defenses.meansparse import (
     MeanSparseReLU,
     attach,
     channel_stats,
@@ -13,7 +13,7 @@ from advneurons.meansparse import (
     meansparse_model,
     set_alpha,
 )
-from advneurons.models import build_model
+from advneurons.models.architectures import build_model
 
 
 def test_activations_near_the_mean_become_the_mean():
@@ -60,7 +60,7 @@ def test_alpha_zero_is_the_undefended_model_and_checkpoints_round_trip(tmp_path)
     with torch.no_grad():
         defended = model(x)
     assert not torch.allclose(defended, plain)
-    from advneurons.defended import meansparse_record
+    from advneurons.models.defended import meansparse_record
 
     checkpoint.save_model(model, tmp_path / "m.pt", "vgg16", "digits", 0.0625, 10, {}, defense=meansparse_record(stats, 1.0))
     loaded, ckpt = checkpoint.load_model(tmp_path / "m.pt")

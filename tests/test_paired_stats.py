@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest, norm
 
-from advneurons.paired_stats import (
+from advneurons.evaluation.paired_stats import (
     decide,
     decide_pooled,
     mcnemar_exact,
@@ -221,7 +221,7 @@ def test_pooled_rejects_repeats_of_other_length():
 
 
 def test_decide_by_intervals_needs_separated_wilson_intervals():
-    from advneurons.paired_stats import decide_by_intervals
+    from advneurons.evaluation.paired_stats import decide_by_intervals
 
     # 80/100 vs 50/100: Wilson [71.1, 86.7] vs [40.4, 59.6] separate
     assert decide_by_intervals(0.8, 100, 0.5, 100, "a_better").label == "supported"

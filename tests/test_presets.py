@@ -5,7 +5,7 @@ import shutil
 import pytest
 import yaml
 
-from advneurons import config as settings
+from advneurons.config import settings
 from workflow_helpers import ROOT, effective_config, planned_jobs
 
 

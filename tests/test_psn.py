@@ -9,8 +9,8 @@ import torch
 from bn_helpers import with_bn_stats
 from torch import nn
 
-from advneurons.models import BasicBlock, build_model
-from advneurons.psn import (
+from advneurons.models.architectures import BasicBlock, build_model
+from advneurons.psn.scores import (
     PSNBounder,
     layer_activations,
     psn_score,
@@ -19,7 +19,7 @@ from advneurons.psn import (
     top_units_table,
     zscore,
 )
-from advneurons import psn_analysis as pa
+from advneurons.psn import analysis as pa
 
 EPS_TINY = 1e-6  # every ReLU stable, no max-pool tie: CROWN coefficients = Jacobian
 
@@ -120,7 +120,7 @@ def all_node_bounders(nets):
 def _jacobian_terms(model, x, name, layers):
     """before = 2 ||d a_i / d z||, z = (x - mean) / std the normalised input the reference bounds;
     after = 2 ||d logits / d a_i|| (norm over logits, all paths from a_i to the logits), by autograd."""
-    from advneurons.psn import ActivationRecorder
+    from advneurons.psn.scores import ActivationRecorder
 
     def unit_fn(z):
         with ActivationRecorder(model, layers) as rec:
@@ -331,13 +331,13 @@ def test_zscore_and_score_on_hand_values():
 
 
 def _layer(name="conv1.bn"):
-    from advneurons.psn import ScoredLayer
+    from advneurons.psn.scores import ScoredLayer
 
     return OrderedDict([(name, ScoredLayer(name, "bn", "B1", "conv1", None))])
 
 
 def test_score_table_z_scores_over_all_entries_then_averages():
-    from advneurons.psn import LayerTerms
+    from advneurons.psn.scores import LayerTerms
 
     before = torch.tensor([[[[1.0, 2.0]]], [[[3.0, 2.0]]]])  # 2 images, (1, 1, 2)
     after = before.clone()
@@ -350,7 +350,7 @@ def test_score_table_z_scores_over_all_entries_then_averages():
 
 
 def test_per_image_z_scores_equal_scoring_images_one_at_a_time_and_averaging():
-    from advneurons.psn import LayerTerms
+    from advneurons.psn.scores import LayerTerms
 
     gen = torch.Generator().manual_seed(4)
     before = torch.rand(5, 3, 4, 4, generator=gen, dtype=torch.float64) * torch.arange(1, 6).view(5, 1, 1, 1)
@@ -383,7 +383,7 @@ def test_scores_and_top_sets_equal_the_reference_pipeline_on_the_same_terms(nets
     """The reference's steps, restated in torch: per image, z = (v - mean) / (std + 1e-9) over the node's
     units, score = sqrt(clamp(z_b * z_a, 0) + 1e-9); scores stacked over images and averaged; the top
     int(N * p) units by descending score."""
-    from advneurons.psn import compute_terms
+    from advneurons.psn.scores import compute_terms
 
     models, _ = nets
     images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(11))
@@ -414,7 +414,7 @@ def test_scores_and_top_sets_equal_the_reference_pipeline_on_the_same_terms(nets
 
 
 def test_top_count_is_the_references_floor():
-    from advneurons.psn import top_count
+    from advneurons.psn.scores import top_count
 
     # the reference: max(1, int(N * p)); e.g. VGG conv11 at width 1/8 has 64 x 2 x 2 = 256 units: 2 at 1%
     for n, percent in [(256, 1), (50, 1), (1000, 0.1), (2900, 1), (2048, 0.1), (65536, 1), (29, 100), (7, 10)]:
@@ -507,7 +507,7 @@ def test_agreement_table_by_hand():
 @pytest.fixture
 def tiny_files(tmp_path, monkeypatch, nets):
     """A test split file and a load_model that returns the tiny VGG for any path."""
-    from advneurons import checkpoint
+    from advneurons.models import checkpoint
     from advneurons.data import Split, save_split
 
     models, _ = nets
@@ -530,7 +530,7 @@ class _RawSplit:
 
 
 def test_step_functions_write_their_files(tiny_files):
-    from advneurons.psn import psn_scores, read_scores, top_units
+    from advneurons.psn.scores import psn_scores, read_scores, top_units
 
     tmp, test = tiny_files
     table = psn_scores("model.pt", test, 2, 8, "CROWN-IBP", 64, 0, tmp / "s.csv.gz", tmp / "s.json")
@@ -561,7 +561,7 @@ def test_step_functions_write_their_files(tiny_files):
 
 
 def test_every_analysis_runs_on_an_all_node_score_table(tiny_files):
-    from advneurons.psn import psn_scores, top_units
+    from advneurons.psn.scores import psn_scores, top_units
 
     tmp, test = tiny_files
     table = psn_scores("model.pt", test, 1, 8, "CROWN", 64, 0, tmp / "s.csv.gz", tmp / "s.json", nodes="all")

@@ -4,9 +4,9 @@ import pandas as pd
 import pytest
 from docutils.core import publish_parts
 
-from advneurons.findings import Claim, Section, write_sections_json
-from advneurons.markdown import html_page, markdown_table, write_markdown
-from advneurons.run_summary import landing_page, rst_text, verdict_counts, write_landing_page
+from advneurons.report.findings import Claim, Section, write_sections_json
+from advneurons.report.markdown import html_page, markdown_table, write_markdown
+from advneurons.report.landing_page import landing_page, rst_text, verdict_counts, write_landing_page
 
 
 def test_markdown_table_becomes_an_html_table_with_its_title_and_notes(tmp_path):

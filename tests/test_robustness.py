@@ -7,9 +7,13 @@ import pandas as pd
 import pytest
 import torch
 
-from advneurons import checkpoint, data, robustness
+from advneurons import data
+
+from advneurons.models import checkpoint
+
+from advneurons.evaluation import robustness
 from advneurons.attacks import AttackSpec
-from advneurons.robustness import TableError, accuracy_record, records_frame
+from advneurons.evaluation.robustness import TableError, accuracy_record, records_frame
 
 
 @pytest.fixture
@@ -68,7 +72,7 @@ def test_evaluate_robustness_writes_records_that_match_a_direct_computation(tmp_
     assert meta["accuracy"]["pgd"] == pytest.approx(out.loc[out.attack == "pgd", "accuracy"].item())
 
     # the same subset and generator, computed by hand
-    from advneurons.pairs import select_subset
+    from advneurons.evaluation.pairs import select_subset
 
     images, labels = data.load_split(test_path)
     idx = torch.from_numpy(select_subset(len(labels), 16, 3))
@@ -230,7 +234,7 @@ def test_sweep_step_and_figures(tmp_path, tiny_vgg):
 def test_tables_mark_cells_whose_attack_warned(tmp_path):
     import json
 
-    from advneurons.robustness import accuracy_record, records_frame, robustness_tables
+    from advneurons.evaluation.robustness import accuracy_record, records_frame, robustness_tables
 
     correct = torch.arange(20) < 15
     log = {"robust_accuracy_after_pct": {"clean": 100.0, "apgd-ce": 90.0, "square": 75.0},
@@ -247,7 +251,7 @@ def test_tables_mark_cells_whose_attack_warned(tmp_path):
     assert "| 75.00 †" in text and "| 75.00 " in text  # the warned AutoAttack cell marked, the PGD cell not
     assert pd.read_csv(out["t.csv"])["AutoAttack"].item() == 75.0  # the CSV stays numeric
     assert "Square Attack has decreased" in pd.read_csv(out["s.csv"]).set_index("column").loc["AutoAttack", "warnings"]
-    from advneurons.robustness import accuracy_table, mark_warned_cells, read_records
+    from advneurons.evaluation.robustness import accuracy_table, mark_warned_cells, read_records
 
     table, settings = accuracy_table(read_records([tmp_path / "r.csv"]), [("Clean", "clean"), ("AutoAttack", "autoattack")])
     assert settings.loc[settings.column == "AutoAttack", "accuracy_after_stages"].item() == "clean 100.00; apgd-ce 90.00; square 75.00"

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from advneurons.sensitivity import channel_distance, neuron_sensitivity, sensitivity_table, top_channels
+from advneurons.evaluation.sensitivity import channel_distance, neuron_sensitivity, sensitivity_table, top_channels
 
 
 class Identity2(nn.Module):

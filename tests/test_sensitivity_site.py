@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from advneurons import checkpoint
-from advneurons.models import DEFAULT_SITE, SITES, build_model, layer_channels
-from advneurons.pairs import PairSet, save_pairs
-from advneurons.sensitivity import neuron_sensitivity, sensitivity_from_pairs
-from advneurons.sns_training import StabilityLoss, selected_layers, sns_batch_loss
-from advneurons.training import TrainConfig
+from advneurons.models import checkpoint
+from advneurons.models.architectures import DEFAULT_SITE, SITES, build_model, layer_channels
+from advneurons.evaluation.pairs import PairSet, save_pairs
+from advneurons.evaluation.sensitivity import neuron_sensitivity, sensitivity_from_pairs
+from advneurons.training.sns import StabilityLoss, selected_layers, sns_batch_loss
+from advneurons.training.loop import TrainConfig
 
 
 def random_bn_stats(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -160,7 +160,7 @@ def test_sensitivity_from_pairs_reads_and_records_its_site(tmp_path):
 @pytest.mark.parametrize("variant", ["sen", "dyn"])
 def test_the_sns_channel_choice_is_measured_at_the_sns_site(variant):
     # A filter scaled up 1000x dominates the conv-site ranking of its layer, but leaves the BN-site choice as it was.
-    from advneurons.training import _sns_channels
+    from advneurons.training.loop import _sns_channels
 
     x, y = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(2)), torch.arange(8)
     cfg = {"method": "sns", "base": "vanilla", "variant": variant, "eps": 16, "steps": 1, "top_percent": 10,

@@ -7,21 +7,19 @@ import pandas as pd
 import pytest
 import torch
 
-from advneurons.findings import Claim, Section, read_sections_json, render_findings, write_findings, write_sections_json
-from advneurons.sns_analysis import (
+from advneurons.report.findings import Claim, Section, read_sections_json, render_findings, write_findings, write_sections_json
+from advneurons.attacks import AttackSpec
+from advneurons.sns.findings import (
     claims_layer_similarity,
     claims_pat_sensitivity,
     claims_ratios,
     claims_suppression,
-    importance_sensitivity_report,
-    layer_similarity_report,
     sns_findings,
-    targeted_neuron_tables,
-    targeted_pair_set,
 )
-from advneurons.attacks import AttackSpec
-from advneurons.sns_common import PENULTIMATE, resolve_attack, strength_label
-from advneurons.sns_importance import open_targeted_pairs, targeted_pairs
+from advneurons.sns.importance import targeted_neuron_tables, targeted_pair_set
+from advneurons.sns.similarity import importance_sensitivity_report, layer_similarity_report
+from advneurons.sns.common import PENULTIMATE, resolve_attack, strength_label
+from advneurons.sns.importance import open_targeted_pairs, targeted_pairs
 
 
 # ------------------------------------------------------------------------------------------ targeted sets

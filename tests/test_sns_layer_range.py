@@ -8,10 +8,10 @@ import pytest
 import torch
 import yaml
 
-from advneurons import config as settings
-from advneurons.paired_stats import wilson_interval
-from advneurons.robustness import accuracy_record, records_frame
-from advneurons.sns_layer_range import layer_range_table, sns_layer_range
+from advneurons.config import settings
+from advneurons.evaluation.paired_stats import wilson_interval
+from advneurons.evaluation.robustness import accuracy_record, records_frame
+from advneurons.sns.layer_range import layer_range_table, sns_layer_range
 from workflow_helpers import ROOT
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from advneurons.models import build_model
-from advneurons.sns_ratios import (
+from advneurons.models.architectures import build_model
+from advneurons.sns.ratios import (
     arch_of,
     default_ratio_layers,
     default_table_layers,

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from advneurons.sns_common import PENULTIMATE
-from advneurons.sns_importance import channel_importance, important_neurons, ranked_by, targeted_neurons, vote_counts
-from advneurons.sns_similarity import (
+from advneurons.sns.common import PENULTIMATE
+from advneurons.sns.importance import channel_importance, important_neurons, ranked_by, targeted_neurons, vote_counts
+from advneurons.sns.similarity import (
     average_pair,
     chance_jaccard,
     chance_levenshtein,
@@ -186,7 +186,7 @@ def test_targeted_neurons_match_direct_computation(tiny_vgg):
     g = torch.Generator().manual_seed(0)
     clean = torch.rand(6, 3, 32, 32, generator=g)
     adv = (clean + 0.2 * torch.randn(clean.shape, generator=g)).clamp(0, 1)
-    from advneurons.pairs import PairSet
+    from advneurons.evaluation.pairs import PairSet
 
     pairs = PairSet(
         clean.numpy(), adv.numpy(), np.zeros(6, np.int64), np.zeros(6, np.int64), np.zeros(6, np.int64), np.arange(6)

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from advneurons.models import build_model
-from advneurons.sns_common import activation_names
-from advneurons.sns_suppression import (
+from advneurons.models.architectures import build_model
+from advneurons.sns.common import activation_names
+from advneurons.sns.suppression import (
     evaluate_variant,
     random_selection,
     scaled_channels,

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
-from advneurons import checkpoint
-from advneurons.training import TrainConfig
+from advneurons.models import checkpoint
+from advneurons.training.loop import TrainConfig
 from training_helpers import train_tiny, write_small_splits
 
 

@@ -1,4 +1,4 @@
-"""Transfer check (advneurons.transfer): known answers on a model against itself and on a model whose gradients
+"""Transfer check (advneurons.evaluation.transfer): known answers on a model against itself and on a model whose gradients
 are masked, the workflow step's refusals, the table, and the findings claim built on it."""
 
 import json
@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from advneurons import robustness
+from advneurons.evaluation import robustness
 from advneurons.attacks import AttackSpec
-from advneurons.checkpoint import load_model
+from advneurons.models.checkpoint import load_model
 from advneurons.data import load_split
-from advneurons.pairs import attack_pair_set, generate_pairs, open_pairs
-from advneurons.transfer import COLUMNS, transfer_check, transfer_row, transfer_table
+from advneurons.evaluation.pairs import attack_pair_set, generate_pairs, open_pairs
+from advneurons.evaluation.transfer import COLUMNS, transfer_check, transfer_row, transfer_table
 
 PGD = {"type": "pgd", "eps": 32, "steps": 5}
 SEED = 0
@@ -111,7 +111,7 @@ def test_missing_or_mismatched_records_fail_before_the_model_is_loaded(tmp_path)
 
 
 def test_defense_claim_decides_the_transfer_with_a_paired_test(tmp_path):
-    from advneurons.defense_tables import defense_claims
+    from advneurons.defenses.tables import defense_claims
     from claim_helpers import correct_vector, write_claim_inputs
 
     n = 360

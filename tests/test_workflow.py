@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from advneurons.pairs import open_pairs
+from advneurons.evaluation.pairs import open_pairs
 from workflow_helpers import snakemake
 
 
@@ -104,7 +104,7 @@ def test_sns_analyses_and_findings(tiny_run):
 
 
 def test_psn_scores_and_analyses_on_the_vanilla_models(tiny_run):
-    from advneurons.config import PSN_LAYERS
+    from advneurons.config.settings import PSN_LAYERS
 
     (data_dir,) = [p for p in (tiny_run / "results").iterdir() if p.name.startswith("digits~")]
     score_dirs = sorted((data_dir / "psn").glob("*/psn~*"))

@@ -1,7 +1,7 @@
 """Shared test helpers: 96-image digits splits and one call that trains a tiny VGG16 on them."""
 
 from advneurons import data
-from advneurons.training import train_model
+from advneurons.training.loop import train_model
 
 
 def write_small_splits(root, n: int = 96):

@@ -1,7 +1,7 @@
-"""Rule attack_pairs: attack the test split and store the pair set (advneurons.pairs.attack_pair_set)."""
+"""Rule attack_pairs: attack the test split and store the pair set (advneurons.evaluation.pairs.attack_pair_set)."""
 
 from advneurons import runtime
-from advneurons.pairs import attack_pair_set
+from advneurons.evaluation.pairs import attack_pair_set
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])

@@ -1,7 +1,7 @@
-"""Rule defense_findings: the defense claims for results/findings.md (advneurons.defense_tables)."""
+"""Rule defense_findings: the defense claims for results/findings.md (advneurons.defenses.tables)."""
 
 from advneurons import runtime
-from advneurons.defense_tables import defense_findings
+from advneurons.defenses.tables import defense_findings
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])

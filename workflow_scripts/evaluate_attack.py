@@ -1,7 +1,7 @@
-"""Rule evaluate_attack: accuracy of one model under one attack (advneurons.robustness.evaluate_robustness)."""
+"""Rule evaluate_attack: accuracy of one model under one attack (advneurons.evaluation.robustness.evaluate_robustness)."""
 
 from advneurons import runtime
-from advneurons.robustness import evaluate_robustness
+from advneurons.evaluation.robustness import evaluate_robustness
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])

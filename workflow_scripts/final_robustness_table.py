@@ -1,7 +1,7 @@
-"""Rule final_robustness_table: every model and defense x the attack suite (advneurons.defense_tables)."""
+"""Rule final_robustness_table: every model and defense x the attack suite (advneurons.defenses.tables)."""
 
 from advneurons import runtime
-from advneurons.defense_tables import final_robustness_table
+from advneurons.defenses.tables import final_robustness_table
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])

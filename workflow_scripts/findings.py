@@ -1,7 +1,7 @@
-"""Rule findings: results/findings.md, each paper claim and whether this run supports it (advneurons.sns_analysis)."""
+"""Rule findings: results/findings.md, each paper claim and whether this run supports it (advneurons.sns.findings)."""
 
 from advneurons import runtime
-from advneurons.sns_analysis import sns_findings
+from advneurons.sns.findings import sns_findings
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])

@@ -1,8 +1,8 @@
 """Rule ig_defense_analysis: relative activation change of the four channel groups of an IG-Defense mask
-under attacks on the undefended model (advneurons.ig_defense.activation_analysis)."""
+under attacks on the undefended model (advneurons.defenses.ig_defense.activation_analysis)."""
 
 from advneurons import runtime
-from advneurons.ig_defense import activation_analysis
+from advneurons.defenses.ig_defense import activation_analysis
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])

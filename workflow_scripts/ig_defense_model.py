@@ -1,8 +1,8 @@
 """Rule ig_defense_model: LO-IR ranking, class-wise mask and the IG-Defense checkpoint
-(advneurons.ig_defense.ig_defense_model)."""
+(advneurons.defenses.ig_defense.ig_defense_model)."""
 
 from advneurons import runtime
-from advneurons.ig_defense import ig_defense_model
+from advneurons.defenses.ig_defense import ig_defense_model
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])

@@ -1,7 +1,7 @@
-"""Rule importance_report: Spearman / Levenshtein / Jaccard per target class (advneurons.sns_analysis)."""
+"""Rule importance_report: Spearman / Levenshtein / Jaccard per target class (advneurons.sns.findings)."""
 
 from advneurons import runtime
-from advneurons.sns_analysis import importance_sensitivity_report
+from advneurons.sns.similarity import importance_sensitivity_report
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])

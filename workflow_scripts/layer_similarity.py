@@ -1,7 +1,7 @@
-"""Rule layer_similarity: similarity of per-target sensitive neurons per layer (advneurons.sns_analysis)."""
+"""Rule layer_similarity: similarity of per-target sensitive neurons per layer (advneurons.sns.findings)."""
 
 from advneurons import runtime
-from advneurons.sns_analysis import layer_similarity_report
+from advneurons.sns.similarity import layer_similarity_report
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])

@@ -1,8 +1,8 @@
 """Rule meansparse_model: MeanSparse statistics, alpha sweep on validation data, defended checkpoint
-(advneurons.meansparse)."""
+(advneurons.defenses.meansparse)."""
 
 from advneurons import runtime
-from advneurons.meansparse import meansparse_model
+from advneurons.defenses.meansparse import meansparse_model
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])

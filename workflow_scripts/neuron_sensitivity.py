@@ -1,7 +1,7 @@
-"""Rule neuron_sensitivity: per-channel sensitivity of every layer (advneurons.sensitivity)."""
+"""Rule neuron_sensitivity: per-channel sensitivity of every layer (advneurons.evaluation.sensitivity)."""
 
 from advneurons import runtime
-from advneurons.sensitivity import sensitivity_from_pairs
+from advneurons.evaluation.sensitivity import sensitivity_from_pairs
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])

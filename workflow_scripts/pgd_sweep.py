@@ -1,7 +1,7 @@
-"""Rule pgd_sweep: L-inf PGD accuracy of one model over steps and eps (advneurons.robustness.robustness_sweep)."""
+"""Rule pgd_sweep: L-inf PGD accuracy of one model over steps and eps (advneurons.evaluation.robustness.robustness_sweep)."""
 
 from advneurons import runtime
-from advneurons.robustness import robustness_sweep
+from advneurons.evaluation.robustness import robustness_sweep
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])

@@ -1,7 +1,7 @@
-"""Rule psn_agreement: PSN ranking vs neuron-sensitivity ranking per layer (advneurons.psn_analysis)."""
+"""Rule psn_agreement: PSN ranking vs neuron-sensitivity ranking per layer (advneurons.psn.analysis)."""
 
 from advneurons import runtime
-from advneurons.psn_analysis import method_agreement
+from advneurons.psn.analysis import method_agreement
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])

@@ -1,7 +1,7 @@
-"""Rule psn_attack: Gaussian noise on PSN vs random units' activations (advneurons.psn_analysis)."""
+"""Rule psn_attack: Gaussian noise on PSN vs random units' activations (advneurons.psn.analysis)."""
 
 from advneurons import runtime
-from advneurons.psn_analysis import attack_psns
+from advneurons.psn.analysis import attack_psns
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])

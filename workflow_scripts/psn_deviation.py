@@ -1,7 +1,7 @@
-"""Rule psn_deviation: activation deviation of PSN vs random units (advneurons.psn_analysis)."""
+"""Rule psn_deviation: activation deviation of PSN vs random units (advneurons.psn.analysis)."""
 
 from advneurons import runtime
-from advneurons.psn_analysis import activation_deviation
+from advneurons.psn.analysis import activation_deviation
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])

@@ -1,7 +1,7 @@
-"""Rule psn_heatmaps: single-unit Grad-CAM of a layer's extreme PSN units (advneurons.psn_analysis)."""
+"""Rule psn_heatmaps: single-unit Grad-CAM of a layer's extreme PSN units (advneurons.psn.analysis)."""
 
 from advneurons import runtime
-from advneurons.psn_analysis import focus_heatmaps
+from advneurons.psn.analysis import focus_heatmaps
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])

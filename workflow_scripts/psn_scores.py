@@ -1,7 +1,7 @@
-"""Rule psn_scores: verified-bound PSN score of every unit of every scored layer (advneurons.psn)."""
+"""Rule psn_scores: verified-bound PSN score of every unit of every scored layer (advneurons.psn.scores)."""
 
 from advneurons import runtime
-from advneurons.psn import psn_scores
+from advneurons.psn.scores import psn_scores
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])

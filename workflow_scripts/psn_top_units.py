@@ -1,7 +1,7 @@
-"""Rule psn_top_units: the top-p% PSN units of each layer, for every p (advneurons.psn)."""
+"""Rule psn_top_units: the top-p% PSN units of each layer, for every p (advneurons.psn.scores)."""
 
 from advneurons import runtime
-from advneurons.psn import top_units
+from advneurons.psn.scores import top_units
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])

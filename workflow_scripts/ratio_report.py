@@ -1,7 +1,7 @@
-"""Rule ratio_report: TIP Table II, Fig 13 and Fig 14 for one architecture (advneurons.sns_analysis)."""
+"""Rule ratio_report: TIP Table II, Fig 13 and Fig 14 for one architecture (advneurons.sns.findings)."""
 
 from advneurons import runtime
-from advneurons.sns_analysis import ratio_report
+from advneurons.sns.ratios import ratio_report
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])

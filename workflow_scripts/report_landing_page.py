@@ -1,7 +1,7 @@
-"""Rule report_landing_page: the first page of the HTML report (advneurons.run_summary)."""
+"""Rule report_landing_page: the first page of the HTML report (advneurons.report.landing_page)."""
 
 from advneurons import runtime
-from advneurons.run_summary import write_landing_page
+from advneurons.report.landing_page import write_landing_page
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])

@@ -1,7 +1,7 @@
-"""Rules robustness_table / robustness_table_i: the TIP Table III / I layouts (advneurons.robustness)."""
+"""Rules robustness_table / robustness_table_i: the TIP Table III / I layouts (advneurons.evaluation.robustness)."""
 
 from advneurons import runtime
-from advneurons.robustness import robustness_tables
+from advneurons.evaluation.robustness import robustness_tables
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])

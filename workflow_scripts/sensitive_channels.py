@@ -1,7 +1,7 @@
-"""Rule sensitive_channels: top-k% sensitive channels per layer (advneurons.sensitivity.top_channels_file)."""
+"""Rule sensitive_channels: top-k% sensitive channels per layer (advneurons.evaluation.sensitivity.top_channels_file)."""
 
 from advneurons import runtime
-from advneurons.sensitivity import top_channels_file
+from advneurons.evaluation.sensitivity import top_channels_file
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])

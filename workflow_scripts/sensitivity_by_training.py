@@ -1,7 +1,7 @@
 """Rule sensitivity_by_training: per-layer neuron sensitivity of every model of one architecture (TIP Fig 17)."""
 
 from advneurons import runtime
-from advneurons.defense_tables import sensitivity_by_training
+from advneurons.defenses.tables import sensitivity_by_training
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])

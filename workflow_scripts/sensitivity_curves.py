@@ -1,7 +1,7 @@
-"""Rule sensitivity_curves: sorted per-channel sensitivity per training, TIP Fig 10 (advneurons.sns_analysis)."""
+"""Rule sensitivity_curves: sorted per-channel sensitivity per training, TIP Fig 10 (advneurons.sns.findings)."""
 
 from advneurons import runtime
-from advneurons.sns_analysis import sensitivity_curves_figure
+from advneurons.sns.ratios import sensitivity_curves_figure
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])

@@ -1,7 +1,7 @@
-"""Rule sensitivity_ratios: per-channel sensitivity ratios of conv and ReLU outputs (advneurons.sns_analysis)."""
+"""Rule sensitivity_ratios: per-channel sensitivity ratios of conv and ReLU outputs (advneurons.sns.findings)."""
 
 from advneurons import runtime
-from advneurons.sns_analysis import sensitivity_ratio_table
+from advneurons.sns.ratios import sensitivity_ratio_table
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])

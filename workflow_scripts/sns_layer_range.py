@@ -1,7 +1,7 @@
-"""Rule sns_layer_range: SNS by fine-tuned layer range, table and figure (advneurons.sns_layer_range)."""
+"""Rule sns_layer_range: SNS by fine-tuned layer range, table and figure (advneurons.sns.layer_range)."""
 
 from advneurons import runtime
-from advneurons.sns_layer_range import sns_layer_range
+from advneurons.sns.layer_range import sns_layer_range
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])

@@ -1,7 +1,7 @@
-"""Rule suppression_study: sensitive vs random channels scaled by beta (advneurons.sns_analysis)."""
+"""Rule suppression_study: sensitive vs random channels scaled by beta (advneurons.sns.findings)."""
 
 from advneurons import runtime
-from advneurons.sns_analysis import suppression_study
+from advneurons.sns.suppression import suppression_study
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])

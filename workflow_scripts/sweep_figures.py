@@ -1,7 +1,7 @@
-"""Rule sweep_figures: accuracy vs steps and vs eps for all models (advneurons.robustness.sweep_figures)."""
+"""Rule sweep_figures: accuracy vs steps and vs eps for all models (advneurons.evaluation.robustness.sweep_figures)."""
 
 from advneurons import runtime
-from advneurons.robustness import sweep_figures
+from advneurons.evaluation.robustness import sweep_figures
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])

@@ -1,7 +1,7 @@
-"""Rule targeted_neurons: per-target sensitivity and importance votes (advneurons.sns_analysis)."""
+"""Rule targeted_neurons: per-target sensitivity and importance votes (advneurons.sns.findings)."""
 
 from advneurons import runtime
-from advneurons.sns_analysis import targeted_neuron_tables
+from advneurons.sns.importance import targeted_neuron_tables
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])

@@ -1,7 +1,7 @@
-"""Rule targeted_pairs: targeted L-inf PGD towards every class (advneurons.sns_analysis.targeted_pair_set)."""
+"""Rule targeted_pairs: targeted L-inf PGD towards every class (advneurons.sns.findings.targeted_pair_set)."""
 
 from advneurons import runtime
-from advneurons.sns_analysis import targeted_pair_set
+from advneurons.sns.importance import targeted_pair_set
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])

@@ -1,9 +1,9 @@
-"""Rule train_model: train one model (advneurons.training.train_model)."""
+"""Rule train_model: train one model (advneurons.training.loop.train_model)."""
 
 from pathlib import Path
 
 from advneurons import runtime
-from advneurons.training import TrainConfig, train_model
+from advneurons.training.loop import TrainConfig, train_model
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])

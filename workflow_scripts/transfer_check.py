@@ -1,8 +1,8 @@
 """Rule transfer_check: a defended model fed its base model's adversarial examples, beside both white-box
-cells (advneurons.transfer.transfer_check)."""
+cells (advneurons.evaluation.transfer.transfer_check)."""
 
 from advneurons import runtime
-from advneurons.transfer import transfer_check
+from advneurons.evaluation.transfer import transfer_check
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])

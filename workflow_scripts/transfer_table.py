@@ -1,7 +1,7 @@
-"""Rule transfer_table: every transfer-check row in one table (advneurons.transfer.transfer_table)."""
+"""Rule transfer_table: every transfer-check row in one table (advneurons.evaluation.transfer.transfer_table)."""
 
 from advneurons import runtime
-from advneurons.transfer import transfer_table
+from advneurons.evaluation.transfer import transfer_table
 
 smk = snakemake  # noqa: F821 -- injected by Snakemake
 runtime.configure_logging(smk.log[0])

@@ -158,7 +158,7 @@ def acquire_cifar10(record_path: Path, url: str = CIFAR10_URL, md5: str = CIFAR1
     import json
     import time
 
-    from .runtime import atomic_path
+    from advneurons.runtime import atomic_path
 
     record_path = Path(record_path)
     if not record_path.name.endswith(ARCHIVE_RECORD_SUFFIX):
@@ -299,7 +299,7 @@ def prepare_dataset(
 
     CIFAR-10 reads ``archive``, or the archive named by ``archive_record`` (:func:`acquire_cifar10`).
     """
-    from .runtime import metadata, write_json
+    from advneurons.runtime import metadata, write_json
 
     if name == "digits":
         parts = prepare_digits(test_fraction, val_fraction, split_seed)

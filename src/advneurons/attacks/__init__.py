@@ -5,8 +5,8 @@ attack puts the model in eval mode and restores its mode afterwards; all randomn
 torch.Generator so that results are reproducible. `AttackSpec` reaches every attack by type name.
 """
 
-from .black_box import nattack, spsa, spsa_gradient
-from .core import (
+from advneurons.attacks.black_box import nattack, spsa, spsa_gradient
+from advneurons.attacks.core import (
     ExpectedLogits,
     QueryOracle,
     adaptive_note,
@@ -20,10 +20,10 @@ from .core import (
     project_l2,
     project_linf,
 )
-from .ensemble import AutoAttackLog, autoattack
-from .noise import CIFAR10C_GAUSSIAN_SIGMAS, gaussian_noise, severity_sigma, uniform_noise
-from .spec import ATTACK_TYPES, PARAMETERS, THREAT_MODELS, AttackSpec
-from .white_box import TARGET_RULES, choose_targets, cw_l2, cw_loss, fgsm, mifgsm, pgd_l2, pgd_linf, step_ll
+from advneurons.attacks.ensemble import AutoAttackLog, autoattack
+from advneurons.attacks.noise import CIFAR10C_GAUSSIAN_SIGMAS, gaussian_noise, severity_sigma, uniform_noise
+from advneurons.attacks.spec import ATTACK_TYPES, PARAMETERS, THREAT_MODELS, AttackSpec
+from advneurons.attacks.white_box import TARGET_RULES, choose_targets, cw_l2, cw_loss, fgsm, mifgsm, pgd_l2, pgd_linf, step_ll
 
 __all__ = [
     "ATTACK_TYPES", "AttackSpec", "AutoAttackLog", "ExpectedLogits", "adaptive_note", "attack_target", "CIFAR10C_GAUSSIAN_SIGMAS", "PARAMETERS", "QueryOracle", "TARGET_RULES",

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .core import QueryOracle, eval_mode, linf_box, margin, rand_uniform
-from .white_box import _to_tanh_space
+from advneurons.attacks.core import QueryOracle, eval_mode, linf_box, margin, rand_uniform
+from advneurons.attacks.white_box import _to_tanh_space
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8

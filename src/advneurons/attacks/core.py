@@ -124,7 +124,7 @@ def rand_normal(shape, generator: torch.Generator | None, like: torch.Tensor) ->
 class ExpectedLogits(nn.Module):
     """What an adaptive attack sees of a randomised defense: its mean logits over the defense's noise (EOT).
 
-    The defense supplies ``expected_logits(x)`` (e.g. advneurons.ig_defense.IGDefense, averaging over its
+    The defense supplies ``expected_logits(x)`` (e.g. advneurons.defenses.ig_defense.IGDefense, averaging over its
     ``eot_samples`` draws); gradients through them are the noise-averaged gradients of the logits.
     """
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .core import eval_mode
+from advneurons.attacks.core import eval_mode
 
 NORMS = {"linf": "Linf", "l2": "L2"}
 STANDARD_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .core import rand_normal, rand_uniform
+from advneurons.attacks.core import rand_normal, rand_uniform
 
 # Standard deviations (in [0, 1] pixel units) of CIFAR-10-C's gaussian_noise corruption, severities 1..5
 # (Hendrycks & Dietterich 2019).

@@ -14,11 +14,11 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
-from .black_box import nattack, spsa
-from .core import eval_mode, from_255
-from .ensemble import NORMS, STANDARD_ATTACKS, autoattack
-from .noise import gaussian_noise, severity_sigma, uniform_noise
-from .white_box import TARGET_RULES, choose_targets, cw_l2, fgsm, mifgsm, pgd_l2, pgd_linf, step_ll
+from advneurons.attacks.black_box import nattack, spsa
+from advneurons.attacks.core import eval_mode, from_255
+from advneurons.attacks.ensemble import NORMS, STANDARD_ATTACKS, autoattack
+from advneurons.attacks.noise import gaussian_noise, severity_sigma, uniform_noise
+from advneurons.attacks.white_box import TARGET_RULES, choose_targets, cw_l2, fgsm, mifgsm, pgd_l2, pgd_linf, step_ll
 
 # type -> {parameter: default}; a default of None is derived (step size) or must be given (gaussian).
 PARAMETERS: dict[str, dict] = {

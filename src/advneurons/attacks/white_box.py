@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from .core import (
+from advneurons.attacks.core import (
     TINY,
     eval_mode,
     l2_norms,

@@ -1,1 +1,1 @@
-"""Workflow wiring in plain Python (no torch): code fingerprints of the steps."""
+"""Workflow wiring in plain Python (no torch import): code fingerprints of the steps."""

@@ -14,7 +14,8 @@ function bodies, class bodies, default arguments and annotations, `module.attr` 
   does not drag its other functions in;
 - comments, docstrings, blank lines and formatting change no fingerprint (the hash is of the syntax tree with
   docstrings removed, not of the text);
-- moving a definition to another module changes nothing either: definitions are hashed by name and code.
+- moving a definition to another module changes nothing either: definitions are hashed by name and code, and
+  import statements inside functions are left out of the hash (what they bind is followed instead).
 
 A name bound to a whole package module that is not used as `module.attr` (passed around, or looked up with
 getattr) pulls in every definition of that module: over-inclusion re-runs too much, never too little. A class
@@ -25,6 +26,7 @@ docstring run on import, so they are included with their module.
 from __future__ import annotations
 
 import ast
+import copy
 import hashlib
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -57,8 +59,19 @@ def _strip_docstrings(tree: ast.Module) -> ast.Module:
     return tree
 
 
+class _DropImports(ast.NodeTransformer):
+    def visit_Import(self, node):
+        return ast.Pass()
+
+    visit_ImportFrom = visit_Import
+
+
 def _code_text(node: ast.AST) -> str:
-    """Canonical code of a statement: its syntax tree (docstrings removed at parse), without positions."""
+    """Canonical code of a statement: its syntax tree (docstrings removed at parse), without positions, and
+    with imports inside it replaced by `pass`: what they bind is followed and hashed as references, and where a
+    name is imported from is layout, not code."""
+    if any(isinstance(sub, (ast.Import, ast.ImportFrom)) for sub in ast.walk(node)):
+        node = _DropImports().visit(copy.deepcopy(node))
     return ast.dump(node, include_attributes=False)
 
 
@@ -269,7 +282,7 @@ def script_fingerprint(script: str | Path, package_dir: str | Path = PACKAGE_DIR
 
 
 def function_fingerprint(qualified: str, package_dir: str | Path = PACKAGE_DIR) -> str:
-    """Fingerprint of the code a package function runs, e.g. "advneurons.pairs:attack_pair_set"."""
+    """Fingerprint of the code a package function runs, e.g. "advneurons.evaluation.pairs:attack_pair_set"."""
     module, _, name = qualified.partition(":")
     index = _index(str(package_dir))
     target = index.resolve(("def", module, name)) if name else ("module", module, "")

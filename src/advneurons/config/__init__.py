@@ -1,0 +1,1 @@
+"""The configuration: its schema (schema.yaml, every key documented) and the settings ids that name outputs."""
