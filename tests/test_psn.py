@@ -120,7 +120,7 @@ def all_node_bounders(nets):
 def _jacobian_terms(model, x, name, layers):
     """before = 2 ||d a_i / d z||, z = (x - mean) / std the normalised input the reference bounds;
     after = 2 ||d logits / d a_i|| (norm over logits, all paths from a_i to the logits), by autograd."""
-    from advneurons.psn.scores import ActivationRecorder
+    from advneurons.psn.graph import ActivationRecorder
 
     def unit_fn(z):
         with ActivationRecorder(model, layers) as rec:

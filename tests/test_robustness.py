@@ -13,6 +13,7 @@ from advneurons.models import checkpoint
 
 from advneurons.evaluation import robustness
 from advneurons.attacks import AttackSpec
+from advneurons.evaluation.accuracy import clean_accuracy
 from advneurons.evaluation.robustness import TableError, accuracy_record, records_frame
 
 
@@ -31,7 +32,7 @@ def test_robust_accuracy_counts_correct_predictions_on_the_perturbed_images(tiny
     # eps 0 changes nothing, so the accuracy is the clean one
     zero = AttackSpec("pgd", eps=0.0, steps=1)
     assert robustness.robust_accuracy(tiny_vgg, x, y, zero, batch_size=8) == pytest.approx(
-        robustness.clean_accuracy(tiny_vgg, x, y, batch_size=3))
+        clean_accuracy(tiny_vgg, x, y, batch_size=3))
 
 
 def test_robust_accuracy_uses_the_generator(tiny_vgg, batch):

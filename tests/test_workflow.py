@@ -256,3 +256,41 @@ def test_layer_range_sweep_and_paired_claims(tiny_run):
     findings = (tiny_run / "results" / "findings.md").read_text()
     assert "SNS-sen beats PAT" in findings and "exact McNemar" in findings
     assert "**yes**" not in findings and "**no**" not in findings
+
+
+# ------------------------------------------------------------------------------ steps run by hand
+def run_by_hand(workdir, script, *args):
+    """`python workflow_scripts/<script>.py ARGS` in `workdir`, as a user would run one step outside Snakemake."""
+    import subprocess
+    import sys
+
+    from workflow_helpers import ROOT
+
+    return subprocess.run([sys.executable, str(ROOT / "workflow_scripts" / f"{script}.py"), *args], cwd=workdir,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_a_step_run_by_hand_makes_the_same_file_as_snakemake(tiny_run, tmp_path):
+    import shutil
+
+    made = sorted(tiny_run.glob("results/*/sensitivity/*-vanilla~*/*/top10pct_*.csv"))[0]
+    target = made.relative_to(tiny_run)
+    source = target.with_name(target.name.replace("top10pct_", "sensitivity_"))
+    (tmp_path / source).parent.mkdir(parents=True)
+    shutil.copy(tiny_run / source, tmp_path / source)  # only the step's input: nothing upstream runs
+    shutil.copy(tiny_run / "config.yaml", tmp_path / "config.yaml")
+    proc = run_by_hand(tmp_path, "sensitive_channels", str(target))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / target).read_bytes() == made.read_bytes()
+    assert list((tmp_path / "logs").rglob("*.log")), "the step's log file is written where Snakemake puts it"
+
+
+def test_a_step_run_by_hand_names_what_is_wrong(tiny_run, tmp_path):
+    import shutil
+
+    shutil.copy(tiny_run / "config.yaml", tmp_path / "config.yaml")
+    made = sorted(tiny_run.glob("results/*/sensitivity/*-vanilla~*/*/top10pct_*.csv"))[0].relative_to(tiny_run)
+    proc = run_by_hand(tmp_path, "sensitive_channels", "results/not/a/file.csv")
+    assert proc.returncode != 0 and "is not an output of sensitive_channels.py" in proc.stderr
+    proc = run_by_hand(tmp_path, "sensitive_channels", str(made))  # its sensitivity file is not here
+    assert proc.returncode != 0 and "are missing" in proc.stderr and "make them first with `snakemake" in proc.stderr

@@ -4,7 +4,11 @@
 from advneurons import runtime
 from advneurons.defenses.meansparse import meansparse_model
 
-smk = snakemake  # noqa: F821 -- injected by Snakemake
+if "snakemake" not in globals():  # by hand: python workflow_scripts/<step>.py <output file> [--configfile ...]
+    from advneurons.workflow.standalone import mock_snakemake
+
+    snakemake = mock_snakemake(__file__)
+smk = snakemake
 runtime.configure_logging(smk.log[0])
 m = smk.params.meansparse
 runtime.setup(smk.threads, m["seed"])

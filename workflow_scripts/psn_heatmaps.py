@@ -3,7 +3,11 @@
 from advneurons import runtime
 from advneurons.psn.analysis import focus_heatmaps
 
-smk = snakemake  # noqa: F821 -- injected by Snakemake
+if "snakemake" not in globals():  # by hand: python workflow_scripts/<step>.py <output file> [--configfile ...]
+    from advneurons.workflow.standalone import mock_snakemake
+
+    snakemake = mock_snakemake(__file__)
+smk = snakemake
 runtime.configure_logging(smk.log[0])
 h = smk.params.heatmaps
 runtime.setup(smk.threads, h["seed"])

@@ -3,6 +3,10 @@
 from advneurons import runtime
 from advneurons.psn.scores import top_units
 
-smk = snakemake  # noqa: F821 -- injected by Snakemake
+if "snakemake" not in globals():  # by hand: python workflow_scripts/<step>.py <output file> [--configfile ...]
+    from advneurons.workflow.standalone import mock_snakemake
+
+    snakemake = mock_snakemake(__file__)
+smk = snakemake
 runtime.configure_logging(smk.log[0])
 top_units(scores_path=smk.input[0], percents=smk.params.percents, out_path=smk.output[0])

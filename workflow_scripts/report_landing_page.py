@@ -3,7 +3,11 @@
 from advneurons import runtime
 from advneurons.report.landing_page import write_landing_page
 
-smk = snakemake  # noqa: F821 -- injected by Snakemake
+if "snakemake" not in globals():  # by hand: python workflow_scripts/<step>.py <output file> [--configfile ...]
+    from advneurons.workflow.standalone import mock_snakemake
+
+    snakemake = mock_snakemake(__file__)
+smk = snakemake
 runtime.configure_logging(smk.log[0])
 write_landing_page(
     smk.output[0],

@@ -3,6 +3,10 @@
 from advneurons import runtime
 from advneurons.evaluation.sensitivity import top_channels_file
 
-smk = snakemake  # noqa: F821 -- injected by Snakemake
+if "snakemake" not in globals():  # by hand: python workflow_scripts/<step>.py <output file> [--configfile ...]
+    from advneurons.workflow.standalone import mock_snakemake
+
+    snakemake = mock_snakemake(__file__)
+smk = snakemake
 runtime.configure_logging(smk.log[0])
 top_channels_file(smk.input[0], float(smk.wildcards.percent), smk.output[0])

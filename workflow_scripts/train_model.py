@@ -5,7 +5,11 @@ from pathlib import Path
 from advneurons import runtime
 from advneurons.training.loop import TrainConfig, train_model
 
-smk = snakemake  # noqa: F821 -- injected by Snakemake
+if "snakemake" not in globals():  # by hand: python workflow_scripts/<step>.py <output file> [--configfile ...]
+    from advneurons.workflow.standalone import mock_snakemake
+
+    snakemake = mock_snakemake(__file__)
+smk = snakemake
 runtime.configure_logging(smk.log[0])
 m = smk.params.model
 runtime.setup(smk.threads, m["seed"])

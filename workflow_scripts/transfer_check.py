@@ -4,7 +4,11 @@ cells (advneurons.evaluation.transfer.transfer_check)."""
 from advneurons import runtime
 from advneurons.evaluation.transfer import transfer_check
 
-smk = snakemake  # noqa: F821 -- injected by Snakemake
+if "snakemake" not in globals():  # by hand: python workflow_scripts/<step>.py <output file> [--configfile ...]
+    from advneurons.workflow.standalone import mock_snakemake
+
+    snakemake = mock_snakemake(__file__)
+smk = snakemake
 runtime.configure_logging(smk.log[0])
 c = smk.params.check
 runtime.setup(smk.threads, c["seed"])  # a randomised defense draws its noise from the seeded generator

@@ -3,7 +3,11 @@
 from advneurons import runtime
 from advneurons.evaluation.transfer import transfer_table
 
-smk = snakemake  # noqa: F821 -- injected by Snakemake
+if "snakemake" not in globals():  # by hand: python workflow_scripts/<step>.py <output file> [--configfile ...]
+    from advneurons.workflow.standalone import mock_snakemake
+
+    snakemake = mock_snakemake(__file__)
+smk = snakemake
 runtime.configure_logging(smk.log[0])
 transfer_table(
     row_csvs=list(smk.input.rows),

@@ -137,7 +137,7 @@ def ig_defense_model(model_path: Path, train_path: Path, val_path: Path, top_per
     from advneurons.models.checkpoint import load_model, save_model
     from advneurons.data import load_split
     from advneurons.evaluation.pairs import select_subset
-    from advneurons.evaluation.robustness import clean_accuracy
+    from advneurons.evaluation.accuracy import clean_accuracy
     from advneurons.runtime import atomic_path, metadata, write_json
 
     model, ckpt = load_model(model_path)

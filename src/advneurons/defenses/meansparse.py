@@ -78,7 +78,8 @@ def alpha_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, alphas, atta
     from tqdm import tqdm
 
     from advneurons.attacks import AttackSpec
-    from advneurons.evaluation.robustness import attack_generator, clean_accuracy, robust_accuracy
+    from advneurons.evaluation.accuracy import clean_accuracy
+    from advneurons.evaluation.robustness import attack_generator, robust_accuracy
 
     rows = []
     for alpha in tqdm(list(alphas), desc="MeanSparse alpha"):

@@ -27,10 +27,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from advneurons.report.markdown import markdown_table, write_markdown
+from advneurons.evaluation.accuracy import _correct, _on_model_device, clean_correct
+from advneurons.io import write_csv, write_table
 from advneurons.attacks import AttackSpec, AutoAttackLog, adaptive_note, attack_target, eval_mode
 from advneurons.report.figures import plotting, save_figure
-from advneurons.runtime import atomic_path, device, generator, model_device
+from advneurons.runtime import device, generator
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +66,6 @@ class TableError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------- accuracy
-@torch.no_grad()
-def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per image: is it classified correctly? (bool, on the CPU)"""
-    return (model(x).argmax(dim=1) == y).cpu()
-
-
 def encode_correct(correct: torch.Tensor) -> str:
     """Per-image correctness as a string of y/n (the records' correct_by_image column)."""
     return "".join("y" if c else "n" for c in correct.tolist())
@@ -85,23 +80,6 @@ def decode_correct(text) -> "np.ndarray":
     if set(text) - {"y", "n"}:
         raise ValueError(f"per-image results must be a string of y/n, got {text[:20]!r}...")
     return np.frombuffer(text.encode(), dtype=np.uint8) == ord("y")
-
-
-def _on_model_device(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
-    dev = model_device(model)
-    return x.to(dev), y.to(dev)
-
-
-def clean_correct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Per image: is the unattacked image classified correctly?"""
-    with eval_mode(model):
-        parts = [_correct(model, *_on_model_device(model, images[i : i + batch_size], labels[i : i + batch_size]))
-                 for i in range(0, len(labels), batch_size)]
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
-
-
-def clean_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> float:
-    return float(clean_correct(model, images, labels, batch_size).sum()) / max(1, len(labels))
 
 
 def robust_accuracy(
@@ -234,11 +212,6 @@ def _load_subset(model_path: Path, test_path: Path, n_images: int | None, seed: 
     return model, ckpt, images[index], labels[index]
 
 
-def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
-
-
 def evaluate_robustness(
     model_path: Path,
     test_path: Path,
@@ -262,7 +235,7 @@ def evaluate_robustness(
             raise ValueError(f"attack {name!r}: {exc}") from exc
     model, ckpt, images, labels = _load_subset(model_path, test_path, n_images, seed)
     records = evaluate_model(model, images, labels, attacks, model_name, seed, batch_size)
-    _write_csv(records, out_csv)
+    write_csv(records, out_csv)
     meta = metadata(
         "evaluate_robustness",
         {"attacks": attacks, "model_name": model_name, "n_images": n_images, "batch_size": batch_size,
@@ -415,11 +388,6 @@ def mark_warned_cells(table: pd.DataFrame, settings: pd.DataFrame, floatfmt: str
     return marked, note
 
 
-def _write_markdown(frame: pd.DataFrame, path: Path, title: str, notes: str = "") -> None:
-    text = f"# {title}\n\n" + (notes.strip() + "\n\n" if notes.strip() else "") + markdown_table(frame, ".2f") + "\n"
-    write_markdown(path, text)
-
-
 def robustness_tables(
     record_csvs: list[Path],
     layout: str,
@@ -449,10 +417,10 @@ def robustness_tables(
              f"{Path(settings_md).name}.\n\n" + "\n".join(
                  f"- {label}: {desc}" for label, desc in settings.drop_duplicates("column")[["column", "description"]].values))
     marked, warned = mark_warned_cells(table, settings)
-    _write_csv(table, out_csv)
-    _write_markdown(marked, out_md, title, notes + ("\n\n" + warned if warned else ""))
-    _write_csv(settings, settings_csv)
-    _write_markdown(settings, settings_md, f"Settings of every cell of {Path(out_md).name}")
+    write_csv(table, out_csv)
+    write_table(marked, None, out_md, title, notes + ("\n\n" + warned if warned else ""), floatfmt=".2f")
+    write_csv(settings, settings_csv)
+    write_table(settings, None, settings_md, f"Settings of every cell of {Path(out_md).name}", floatfmt=".2f")
     return table
 
 
@@ -511,7 +479,7 @@ def robustness_sweep(
     specs = sweep_specs(eps, steps_values, eps_values, steps, random_start)  # validates before loading
     model, ckpt, images, labels = _load_subset(model_path, test_path, n_images, seed)
     frame = pgd_sweep(model, images, labels, model_name, specs, seed, batch_size)
-    _write_csv(frame, out_csv)
+    write_csv(frame, out_csv)
     params = {"model_name": model_name, "eps": eps, "steps_values": list(steps_values), "eps_values": list(eps_values),
               "steps": steps, "random_start": random_start, "n_images": n_images, "batch_size": batch_size,
               "model": str(model_path), "test": str(test_path)}
@@ -557,7 +525,7 @@ def sweep_figures(sweep_csvs: list[Path], out_csv: Path, steps_png: Path, eps_pn
         if missing:
             raise TableError(f"{path} is not a sweep file: missing columns {', '.join(missing)}")
     frame = pd.concat(frames, ignore_index=True)
-    _write_csv(frame, out_csv)
+    write_csv(frame, out_csv)
     by_steps, by_eps = frame[frame.sweep == "steps"], frame[frame.sweep == "eps"]
     for name, part in (("steps", by_steps), ("eps", by_eps)):
         if not len(part):

@@ -22,6 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from advneurons.report.figures import LAYER_LABEL, figure_width, layer_ticks, plotting, save_figure
+from advneurons.attacks import uniform_noise
+from advneurons.evaluation.accuracy import clean_accuracy
+from advneurons.io import write_table
+from advneurons.sns.similarity import jaccard
 from advneurons.report.markdown import markdown_table, write_markdown
 from advneurons.psn.scores import read_scores, select_images, top_units_table
 from advneurons.psn.graph import ActivationRecorder, ScoredLayer, scored_layers
@@ -111,23 +115,6 @@ def _load_test(model_path, test_path, n_images, seed):
     return model, ckpt, images[index], labels[index], index
 
 
-@torch.no_grad()
-def _accuracy(model, x, y, batch_size=256) -> float:
-    if len(x) == 0:
-        return float("nan")
-    pred = torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
-    return float((pred == y).float().mean())
-
-
-def _save_table(table: pd.DataFrame, csv_path, md_path=None, floatfmt=".4f", title: str = ""):
-    from advneurons.runtime import atomic_path
-
-    with atomic_path(csv_path) as tmp:
-        table.to_csv(tmp, index=False)
-    if md_path is not None:
-        write_markdown(md_path, (f"# {title}\n\n" if title else "") + markdown_table(table, floatfmt) + "\n")
-
-
 # ------------------------------------------------------------------------------------------ deviation
 @torch.no_grad()
 def mean_abs_deviation(model: nn.Module, clean: torch.Tensor, perturbed: torch.Tensor, layers,
@@ -143,12 +130,6 @@ def mean_abs_deviation(model: nn.Module, clean: torch.Tensor, perturbed: torch.T
             diff = (value[:half] - value[half:]).abs().flatten(1).sum(0).double()
             sums[name] = sums[name] + diff if name in sums else diff
     return OrderedDict((name, s / len(clean)) for name, s in sums.items())
-
-
-def uniform_noise(x: torch.Tensor, eps: float, gen: torch.Generator) -> torch.Tensor:
-    """x + U(-eps, eps) per pixel, clipped to [0, 1]."""
-    noise = torch.rand(x.shape, generator=gen) * 2.0 - 1.0
-    return (x + eps * noise).clamp(0.0, 1.0)
 
 
 def pgd_images(model, x, y, eps, step, steps, gen, batch_size=128):
@@ -237,8 +218,8 @@ def activation_deviation(model_path: Path, test_path: Path, units_path: Path, pe
         "pgd": mean_abs_deviation(model, x, x_pgd, layers, batch_size),
     }
     per_layer, per_block = deviation_tables(layers, chosen, baseline, deviations)
-    _save_table(per_layer, out_layer_csv)
-    _save_table(per_block, out_block_csv)
+    write_table(per_layer, out_layer_csv)
+    write_table(per_block, out_block_csv)
     save_figure(plot_deviation(per_layer, f"{ckpt.get('arch', '')}: top {percent:g}% PSNs vs random units"), out_png)
     write_json(
         metadata(
@@ -247,7 +228,7 @@ def activation_deviation(model_path: Path, test_path: Path, units_path: Path, pe
              "noise_eps_255": noise_eps, "pgd_eps_255": pgd_eps, "pgd_step_255": pgd_step, "pgd_steps": pgd_steps},
             seed=seed,
             n_images_used=len(index),
-            pgd_accuracy=_accuracy(model, x_pgd, y, batch_size),
+            pgd_accuracy=clean_accuracy(model, x_pgd, y, batch_size),
         ),
         meta_path,
     )
@@ -292,7 +273,7 @@ def attack_table(model, layers, scores: pd.DataFrame, x, y, ratios, sigma: float
     from advneurons.runtime import generator
 
     shapes = layer_shapes(model, tuple(x.shape[1:]), layers)
-    clean = _accuracy(model, x, y, batch_size)
+    clean = clean_accuracy(model, x, y, batch_size)
     rows = []
     for i, ratio in enumerate(ratios):
         chosen = top_fraction_units(scores, shapes, ratio)
@@ -333,7 +314,7 @@ def attack_psns(model_path: Path, test_path: Path, scores_path: Path, n_images: 
     wide = wide.rename(columns={"ratio_percent": "units noised (%)", "psn": "PSN accuracy", "random": "random accuracy"})
     wide["PSN drop"] = wide["clean"] - wide["PSN accuracy"]
     wide["random drop"] = wide["clean"] - wide["random accuracy"]
-    _save_table(table, out_csv)
+    write_table(table, out_csv)
     write_markdown(out_md, "# Attacking PSNs: accuracy when the top units are noised, against random units\n\n"
                    + markdown_table(wide, ".4f") + "\n")
     title = f"{ckpt.get('arch', '')}: N(0, {sigma:g}²) on PSNs vs random units"
@@ -545,11 +526,6 @@ def focus_heatmaps(model_path: Path, test_path: Path, scores_path: Path, layers:
 
 
 # ------------------------------------------------------------------------------------------ agreement
-def jaccard(a, b) -> float:
-    a, b = set(a), set(b)
-    return len(a & b) / len(a | b) if (a or b) else float("nan")
-
-
 def agreement_table(scores: pd.DataFrame, sensitivity: pd.DataFrame, k_percent: float) -> pd.DataFrame:
     """Per scored layer with a conv counterpart: Spearman correlation and top-k% Jaccard between the
     PSN ranking aggregated to channels (mean score over h, w) and the channel sensitivity ranking."""
@@ -597,7 +573,7 @@ def method_agreement(scores_path: Path, sensitivity_csv: Path, k_percent: float,
     scores = read_scores(scores_path)
     sensitivity = pd.read_csv(sensitivity_csv)
     table = agreement_table(scores, sensitivity, k_percent)
-    _save_table(table, out_csv, out_md,
+    write_table(table, out_csv, out_md, floatfmt=".4f",
                 title=f"PSN vs neuron sensitivity: rank agreement and top-{k_percent:g}% overlap per layer")
     save_figure(agreement_figure(table, k_percent), out_png)
     return table

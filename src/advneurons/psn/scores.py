@@ -80,9 +80,7 @@ import torch
 from torch import nn
 
 from advneurons.psn.lirpa_compat import bounded_module, import_auto_lirpa
-from advneurons.psn.graph import (  # noqa: F401 -- ActivationRecorder, NODE_SETS re-exported for callers of this module
-    NODE_SETS,
-    ActivationRecorder,
+from advneurons.psn.graph import (
     ScoredLayer,
     check_node_set,
     input_normalisation,

@@ -14,15 +14,11 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
-import pandas as pd
 import torch
 from torch import nn
 
-from advneurons.report.markdown import markdown_table, write_markdown
-from advneurons.runtime import atomic_path
 
 # Name the analyses give to the penultimate representation (VGG: pool5 flattened; ResNet: global average pool).
 PENULTIMATE = "penultimate"
@@ -136,15 +132,3 @@ def layers_with_penultimate(model: nn.Module, site: str = "conv") -> "OrderedDic
     if PENULTIMATE not in out:
         out[PENULTIMATE] = model.penultimate()
     return out
-
-
-# ------------------------------------------------------------------------------------------------- output
-def write_table(frame: pd.DataFrame, csv_path: Path | None, md_path: Path | None, title: str, notes: str = "") -> None:
-    """CSV via pandas and a Markdown version with a title and optional notes under it."""
-    if csv_path is not None:
-        with atomic_path(csv_path) as tmp:
-            frame.to_csv(tmp, index=False)
-    if md_path is not None:
-        body = markdown_table(frame, ".4g")
-        text = f"# {title}\n\n" + (notes.strip() + "\n\n" if notes.strip() else "") + body + "\n"
-        write_markdown(md_path, text)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from advneurons.io import write_table
 from advneurons.report.figures import LAYER_LABEL, MAX_COLS, grid, layer_ticks, plotting, save_figure
 from advneurons.runtime import atomic_path, generator, metadata, write_json
 from advneurons.evaluation.sensitivity import PairHooks
@@ -31,7 +32,6 @@ from advneurons.sns.common import (
     named_modules_for,
     resolve_attack,
     strength_label,
-    write_table,
 )
 
 # Layers of the sorted-sensitivity curves (TIP Fig 10) and of ratio vs eps (TIP Fig 14).

@@ -20,11 +20,12 @@ import pandas as pd
 from rapidfuzz.distance import Levenshtein
 from scipy import stats
 
+from advneurons.io import write_table
 from advneurons.report.figures import LAYER_LABEL, figure_width, grid, layer_ticks, plotting, save_figure
 from advneurons.report.markdown import markdown_table, write_markdown
 from advneurons.runtime import metadata, write_json
 from advneurons.evaluation.sensitivity import top_channels
-from advneurons.sns.common import PENULTIMATE, write_table
+from advneurons.sns.common import PENULTIMATE
 from advneurons.sns.importance import DEFAULT_K, layer_order, ranked_by
 
 # Means over the ten CIFAR-10 target classes, VGG16 vanilla (TIP Sec. IV-B).

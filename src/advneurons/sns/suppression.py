@@ -29,9 +29,11 @@ from torch import nn
 from tqdm import tqdm
 
 from advneurons.runtime import atomic_path, generator, metadata, write_json
+from advneurons.evaluation.accuracy import clean_accuracy
 from advneurons.evaluation.sensitivity import top_channels
+from advneurons.io import write_table
 from advneurons.report.figures import grid, plotting, save_figure
-from advneurons.sns.common import activation_names, resolve_attack, write_table
+from advneurons.sns.common import activation_names, resolve_attack
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +105,6 @@ def random_selection(model: nn.Module, sensitive: dict[str, list[int]], seed: in
     return out
 
 
-@torch.no_grad()
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
-    correct = sum(
-        int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
-        for i in range(0, len(x), batch_size)
-    )
-    return correct / max(1, len(x))
-
-
 def evaluate_variant(
     model: nn.Module,
     x: torch.Tensor,
@@ -121,14 +114,14 @@ def evaluate_variant(
     batch_size: int,
 ) -> dict[str, float]:
     """Clean accuracy and accuracy under each perturbation (crafted against `model` as it is now)."""
-    out = {CLEAN: _accuracy(model, x, y, batch_size)}
+    out = {CLEAN: clean_accuracy(model, x, y, batch_size)}
     for j, (name, spec) in enumerate(perturbations.items()):
         attack = resolve_attack(spec)
         gen = generator(seed + 101 * (j + 1))  # the same draws for every model variant
         adv = torch.cat(
             [attack(model, x[i : i + batch_size], y[i : i + batch_size], gen) for i in range(0, len(x), batch_size)]
         )
-        out[name] = _accuracy(model, adv, y, batch_size)
+        out[name] = clean_accuracy(model, adv, y, batch_size)
     return out
 
 

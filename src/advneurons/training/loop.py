@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from advneurons.evaluation.accuracy import clean_accuracy
 from advneurons.models import checkpoint as ckpt_io
 from advneurons.attacks import from_255, pgd_linf
 from advneurons.data import load_split
@@ -134,19 +135,6 @@ def augment(x: torch.Tensor, kind: str, gen: torch.Generator, pad: int = 4) -> t
         flip = torch.rand(n, generator=gen) < 0.5
         out[flip] = out[flip].flip(-1)
     return out
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
-    was_training = model.training
-    model.eval()
-    dev = model_device(model)
-    correct = sum(
-        (model(x[i : i + batch_size].to(dev)).argmax(1).cpu() == y[i : i + batch_size]).sum().item()
-        for i in range(0, len(x), batch_size)
-    )
-    model.train(was_training)
-    return correct / max(1, len(x))
 
 
 def nat_examples(model, x, eps: float, gen: torch.Generator) -> torch.Tensor:
@@ -324,7 +312,7 @@ def train_model(
         else:
             row.update(_train_epoch(model, optimizer, scheduler, cfg, x_train, y_train, gen, static=static))
         if x_val is not None and len(x_val):
-            row["val_clean_acc"] = accuracy(model, x_val, y_val)
+            row["val_clean_acc"] = clean_accuracy(model, x_val, y_val, batch_size=500)
         row["seconds"] = time.perf_counter() - started
         history.append(row)
         log.info("epoch %s", ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
