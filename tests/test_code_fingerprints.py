@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from advneurons.workflow.fingerprints import CodeIndex, reachable_definitions, script_fingerprint
-from workflow_helpers import ROOT
+from workflow_helpers import ROOT, edit_definition
 
 SCRIPTS = ROOT / "workflow_scripts"
 PACKAGE = ROOT / "src" / "advneurons"
@@ -142,29 +142,11 @@ def all_fingerprints(pkg: Path) -> dict[str, str]:
     return {path.stem: script_fingerprint(path, pkg) for path in sorted(SCRIPTS.glob("*.py"))}
 
 
-def defining_file(pkg: Path, name: str) -> tuple[Path, ast.stmt]:
-    """The one module of `pkg` that defines `name` at its top level (tests must not depend on the layout)."""
-    hits = [(path, node) for path in pkg.rglob("*.py") for node in ast.parse(path.read_text()).body
-            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == name]
-    assert len(hits) == 1, f"{name} is defined {len(hits)} times in the package"
-    return hits[0]
-
-
 def edit_copy(tmp_path: Path, name: str, docstring_only: bool = False) -> Path:
     """A copy of the package with a line of code (or only the docstring) of definition `name` changed."""
     pkg = tmp_path / "advneurons"
     shutil.copytree(PACKAGE, pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    path, node = defining_file(pkg, name)
-    lines = path.read_text().splitlines()
-    has_doc = isinstance(node.body[0], ast.Expr) and isinstance(getattr(node.body[0], "value", None), ast.Constant)
-    if docstring_only:
-        assert has_doc, f"{name} has no docstring"
-        doc = node.body[0]
-        lines[doc.lineno - 1] = lines[doc.lineno - 1].replace('"""', '"""Reworded. ', 1)
-    else:
-        first = node.body[1] if has_doc and len(node.body) > 1 else node.body[0]
-        lines.insert(first.lineno - 1, " " * first.col_offset + "_edited = 1")
-    path.write_text("\n".join(lines) + "\n")
+    edit_definition(pkg, name, docstring_only)
     return pkg
 
 
