@@ -12,7 +12,7 @@ CORES ?= 2
 install: $(VENV)/.installed
 
 # The environment is pinned: envs/requirements.lock lists every package at its exact version (torch and
-# torchvision included); `make lock` re-resolves it from pyproject.toml's ranges. tests/test_environment.py
+# torchvision included); `make lock` re-resolves it from pyproject.toml's ranges. tests/unit/test_environment.py
 # fails when the installed versions drift from the lock.
 $(VENV)/.installed: pyproject.toml envs/requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -4,6 +4,17 @@ import torch
 from advneurons.runtime import setup
 
 
+def pytest_collection_modifyitems(items):
+    """Tests under tests/workflow run the Snakemake command line: mark them `workflow` (`-m "not workflow"` runs
+    the unit tests alone, in minutes); the SLURM test also `slurm`."""
+    for item in items:
+        parts = item.path.parts
+        if "workflow" in parts[-2:-1]:
+            item.add_marker(pytest.mark.workflow)
+        if item.path.name == "test_slurm.py":
+            item.add_marker(pytest.mark.slurm)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _single_thread():
     # Tests share a 2-core machine with whatever else runs; one thread keeps them fast and deterministic.

@@ -478,7 +478,7 @@ def base_config():
     import yaml
     from pathlib import Path
 
-    return yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
+    return yaml.safe_load((Path(__file__).resolve().parents[2] / "config.yaml").read_text())
 
 
 @pytest.mark.parametrize("kind", ATTACK_TYPES)

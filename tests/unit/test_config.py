@@ -6,7 +6,7 @@ import yaml
 
 from advneurons.config import settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

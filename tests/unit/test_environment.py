@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-LOCK = Path(__file__).resolve().parents[1] / "envs" / "requirements.lock"
+LOCK = Path(__file__).resolve().parents[2] / "envs" / "requirements.lock"
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)\s*$")
 
 

@@ -128,6 +128,7 @@ def test_offline_download_fails_fast_with_instructions(tmp_path):
     assert "could not download" in msg and str((tmp_path / "cifar" / data.CIFAR10_ARCHIVE).resolve()) in msg
 
 
+@pytest.mark.workflow
 def test_a_hand_placed_archive_survives_config_changes(tmp_path):
     """The archive is placed by hand; the workflow verifies it, and a changed url (or a re-run of the
     download rule for any reason) re-verifies it without deleting, re-fetching or re-splitting it."""
