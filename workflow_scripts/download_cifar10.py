@@ -2,11 +2,8 @@
 
 from advneurons import runtime
 from advneurons.data import acquire_cifar10
+from advneurons.workflow.standalone import snakemake_object
 
-if "snakemake" not in globals():  # by hand: python workflow_scripts/<step>.py <output file> [--configfile ...]
-    from advneurons.workflow.standalone import mock_snakemake
-
-    snakemake = mock_snakemake(__file__)
-smk = snakemake
+smk = snakemake_object(globals())  # Snakemake's, or built from the command line when run by hand
 runtime.configure_logging(smk.log[0])
 acquire_cifar10(smk.output[0], url=smk.params.url, md5=smk.params.md5)

@@ -3,12 +3,9 @@ under attacks on the undefended model (advneurons.defenses.ig_defense.activation
 
 from advneurons import runtime
 from advneurons.defenses.ig_defense import activation_analysis
+from advneurons.workflow.standalone import snakemake_object
 
-if "snakemake" not in globals():  # by hand: python workflow_scripts/<step>.py <output file> [--configfile ...]
-    from advneurons.workflow.standalone import mock_snakemake
-
-    snakemake = mock_snakemake(__file__)
-smk = snakemake
+smk = snakemake_object(globals())  # Snakemake's, or built from the command line when run by hand
 runtime.configure_logging(smk.log[0])
 a = smk.params.analysis
 runtime.setup(smk.threads, a["seed"])

@@ -3,12 +3,9 @@
 
 from advneurons import runtime
 from advneurons.defenses.ig_defense import ig_defense_model
+from advneurons.workflow.standalone import snakemake_object
 
-if "snakemake" not in globals():  # by hand: python workflow_scripts/<step>.py <output file> [--configfile ...]
-    from advneurons.workflow.standalone import mock_snakemake
-
-    snakemake = mock_snakemake(__file__)
-smk = snakemake
+smk = snakemake_object(globals())  # Snakemake's, or built from the command line when run by hand
 runtime.configure_logging(smk.log[0])
 s = smk.params.ig_defense
 runtime.setup(smk.threads, s["seed"])

@@ -3,12 +3,9 @@
 
 from advneurons import runtime
 from advneurons.defenses.meansparse import meansparse_model
+from advneurons.workflow.standalone import snakemake_object
 
-if "snakemake" not in globals():  # by hand: python workflow_scripts/<step>.py <output file> [--configfile ...]
-    from advneurons.workflow.standalone import mock_snakemake
-
-    snakemake = mock_snakemake(__file__)
-smk = snakemake
+smk = snakemake_object(globals())  # Snakemake's, or built from the command line when run by hand
 runtime.configure_logging(smk.log[0])
 m = smk.params.meansparse
 runtime.setup(smk.threads, m["seed"])

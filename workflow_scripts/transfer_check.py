@@ -3,12 +3,9 @@ cells (advneurons.evaluation.transfer.transfer_check)."""
 
 from advneurons import runtime
 from advneurons.evaluation.transfer import transfer_check
+from advneurons.workflow.standalone import snakemake_object
 
-if "snakemake" not in globals():  # by hand: python workflow_scripts/<step>.py <output file> [--configfile ...]
-    from advneurons.workflow.standalone import mock_snakemake
-
-    snakemake = mock_snakemake(__file__)
-smk = snakemake
+smk = snakemake_object(globals())  # Snakemake's, or built from the command line when run by hand
 runtime.configure_logging(smk.log[0])
 c = smk.params.check
 runtime.setup(smk.threads, c["seed"])  # a randomised defense draws its noise from the seeded generator

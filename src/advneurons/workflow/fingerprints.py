@@ -33,6 +33,9 @@ from functools import lru_cache
 from pathlib import Path
 
 PACKAGE = "advneurons"
+# Workflow wiring (fingerprints, running a script by hand) does not change what a step computes: what reaches the
+# step is in its params, which Snakemake compares itself. Its definitions are never hashed.
+WIRING = f"{PACKAGE}.workflow"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 # A reference target: ("def", module, name) for a top-level definition, ("module", module, "") for a module.
@@ -236,6 +239,10 @@ class CodeIndex:
                         todo += list(self.references(stmt, owner) - seen)
         return {t for t in seen if t[0] == "def"}
 
+    @staticmethod
+    def _is_wiring(module: str) -> bool:
+        return module == WIRING or module.startswith(WIRING + ".")
+
     def _owning_packages(self, module: str) -> list[str]:
         """The module and the packages above it: importing it runs all of their module-level statements."""
         parts = module.split(".")
@@ -243,11 +250,11 @@ class CodeIndex:
 
     def fingerprint(self, roots: set[Target]) -> str:
         """Hash of the code of every definition reachable from `roots` (12 hex digits)."""
-        reached = self.closure(roots)
+        reached = {t for t in self.closure(roots) if not self._is_wiring(t[1])}
         for target in reached - self._code.keys():
             self._code[target] = _code_text(self.modules[target[1]].definitions[target[2]])
         items = sorted((target[2], self._code[target]) for target in reached)
-        for owner in sorted({o for _, m, _ in reached for o in self._owning_packages(m)}):
+        for owner in sorted({o for _, m, _ in reached for o in self._owning_packages(m) if not self._is_wiring(o)}):
             items += [("<prelude>", _code_text(stmt)) for stmt in self.modules[owner].prelude]
         digest = hashlib.sha256()
         for name, text in items:

@@ -2,9 +2,7 @@
 
 Every script in workflow_scripts/ starts with
 
-    if "snakemake" not in globals():  # run by hand: python workflow_scripts/<step>.py <output file> [...]
-        from advneurons.workflow.standalone import mock_snakemake
-        snakemake = mock_snakemake(__file__)
+    smk = snakemake_object(globals())
 
 so that `python workflow_scripts/train_model.py results/<data>/models/<model>/model.pt` runs that one step in the
 current folder with exactly the inputs, params, threads and log file Snakemake would give it: the workflow is
@@ -25,6 +23,14 @@ WORKFLOW_ROOT = Path(__file__).resolve().parents[3]  # the folder of the Snakefi
 
 class StandaloneError(RuntimeError):
     """The command line names no file that this script makes, or the step's inputs are missing."""
+
+
+def snakemake_object(namespace: dict):
+    """The `snakemake` object of a workflow script: the one Snakemake injected into its globals, or, when the
+    script is run by hand, the one `mock_snakemake` builds from the command line."""
+    if "snakemake" in namespace:
+        return namespace["snakemake"]
+    return mock_snakemake(namespace["__file__"])
 
 
 def parse_args(script: str, argv: list[str]) -> argparse.Namespace:
