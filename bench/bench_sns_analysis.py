@@ -42,7 +42,7 @@ def main():
     from advneurons.evaluation.pairs import generate_pairs, save_pairs
     from advneurons.attacks import AttackSpec
     from advneurons.runtime import setup
-    from advneurons.evaluation.sensitivity import neuron_sensitivity, sensitivity_table
+    from advneurons.evaluation.sensitivity import compute_neuron_sensitivity, sensitivity_table
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, help="results/<data>/models directory with trained models")
@@ -85,19 +85,19 @@ def main():
         pairs = generate_pairs(model, x, y, AttackSpec.from_config(pgd), None, 0, 256)
         save_pairs(pairs, work / f"{arch}_pairs.npz")
         sens_csv = work / f"{arch}_sens.csv"
-        sensitivity_table(neuron_sensitivity(model, pairs.batches(256))).to_csv(sens_csv, index=False)
+        sensitivity_table(compute_neuron_sensitivity(model, pairs.batches(256))).to_csv(sens_csv, index=False)
 
         t = times.setdefault(arch, {})
         o = work / arch
         start = clock()
-        importance.targeted_pair_set(model_path, test, pgd, 40, 0, 256, o / "tp.npz", o / "tp.json")
-        t["targeted_pair_set (40/class)"] = since(start)
+        importance.targeted_pairs(model_path, test, pgd, 40, 0, 256, o / "tp.npz", o / "tp.json")
+        t["targeted_pairs (40/class)"] = since(start)
         start = clock()
-        importance.targeted_neuron_tables(model_path, o / "tp.npz", 20, 256, o / "ts.csv", o / "ti.csv", o / "tn.json")
-        similarity.importance_sensitivity_report(
+        importance.targeted_neurons(model_path, o / "tp.npz", 20, 256, o / "ts.csv", o / "ti.csv", o / "tn.json")
+        similarity.importance_report(
             o / "ts.csv", o / "ti.csv", 20, o / "i.csv", o / "i.md", o / "is.csv", o / "i.png", o / "i.json"
         )
-        similarity.layer_similarity_report(o / "ts.csv", 10, o / "l.csv", o / "l.md", o / "l.png", o / "l.json")
+        similarity.layer_similarity(o / "ts.csv", 10, o / "l.csv", o / "l.md", o / "l.png", o / "l.json")
         t["neuron tables + reports"] = since(start)
         start = clock()
         suppression.suppression_study(
@@ -114,8 +114,8 @@ def main():
         )
         t["suppression_study (200 images, 4 attacks)"] = since(start)
         start = clock()
-        ratios.sensitivity_ratio_table(model_path, test, ratio_families, o / "r.csv", o / "r.json", n_images=200)
-        t["sensitivity_ratio_table (8 PGD + 5 noise)"] = since(start)
+        ratios.sensitivity_ratios(model_path, test, ratio_families, o / "r.csv", o / "r.json", n_images=200)
+        t["sensitivity_ratios (8 PGD + 5 noise)"] = since(start)
 
     print(f"{'step':45s} {'vgg16 wall/cpu s':>17s} {'resnet18 wall/cpu s':>20s}")
     for step in times["vgg16"]:

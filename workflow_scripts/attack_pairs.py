@@ -1,14 +1,14 @@
-"""Rule attack_pairs: attack the test split and store the pair set (advneurons.evaluation.pairs.attack_pair_set)."""
+"""Rule attack_pairs: attack the test split and store the pair set (advneurons.evaluation.pairs.attack_pairs)."""
 
 from advneurons import runtime
-from advneurons.evaluation.pairs import attack_pair_set
+from advneurons.evaluation.pairs import attack_pairs
 from advneurons.workflow.standalone import snakemake_object
 
 smk = snakemake_object(globals())  # Snakemake's, or built from the command line when run by hand
 runtime.configure_logging(smk.log[0])
 a = smk.params.attack
 runtime.setup(smk.threads, a["seed"])
-attack_pair_set(
+attack_pairs(
     model_path=smk.input.model,
     test_path=smk.input.test,
     attack_cfg=a["attack"],

@@ -1,4 +1,4 @@
-"""Rule defense_findings: the defense claims for results/findings.md (advneurons.defenses.tables)."""
+"""Rule defense_findings: the defense claims for results/findings.md (advneurons.defenses.tables.defense_findings)."""
 
 from advneurons import runtime
 from advneurons.defenses.tables import defense_findings

@@ -1,9 +1,9 @@
-"""Rule download_cifar10: verify (or fetch) the CIFAR-10 archive and record it (advneurons.data.acquire_cifar10)."""
+"""Rule download_cifar10: verify (or fetch) the CIFAR-10 archive and record it (advneurons.data.download_cifar10)."""
 
 from advneurons import runtime
-from advneurons.data import acquire_cifar10
+from advneurons.data import download_cifar10
 from advneurons.workflow.standalone import snakemake_object
 
 smk = snakemake_object(globals())  # Snakemake's, or built from the command line when run by hand
 runtime.configure_logging(smk.log[0])
-acquire_cifar10(smk.output[0], url=smk.params.url, md5=smk.params.md5)
+download_cifar10(smk.output[0], url=smk.params.url, md5=smk.params.md5)

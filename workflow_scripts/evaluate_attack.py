@@ -1,14 +1,14 @@
-"""Rule evaluate_attack: accuracy of one model under one attack (advneurons.evaluation.robustness.evaluate_robustness)."""
+"""Rule evaluate_attack: accuracy of one model under one attack (advneurons.evaluation.robustness.evaluate_attack)."""
 
 from advneurons import runtime
-from advneurons.evaluation.robustness import evaluate_robustness
+from advneurons.evaluation.robustness import evaluate_attack
 from advneurons.workflow.standalone import snakemake_object
 
 smk = snakemake_object(globals())  # Snakemake's, or built from the command line when run by hand
 runtime.configure_logging(smk.log[0])
 e = smk.params.evaluation
 runtime.setup(smk.threads, e["seed"])
-evaluate_robustness(
+evaluate_attack(
     model_path=smk.input.model,
     test_path=smk.input.test,
     attacks={e["name"]: e["attack"]},

@@ -1,4 +1,4 @@
-"""Rule final_robustness_table: every model and defense x the attack suite (advneurons.defenses.tables)."""
+"""Rule final_robustness_table: every model and defense x the attack suite (advneurons.defenses.tables.final_robustness_table)."""
 
 from advneurons import runtime
 from advneurons.defenses.tables import final_robustness_table

@@ -1,4 +1,4 @@
-"""Rule findings: results/findings.md, each paper claim and whether this run supports it (advneurons.sns.findings)."""
+"""Rule findings: results/findings.md, each paper claim and whether this run supports it (advneurons.sns.findings.sns_findings)."""
 
 from advneurons import runtime
 from advneurons.sns.findings import sns_findings

@@ -1,15 +1,15 @@
 """Rule ig_defense_analysis: relative activation change of the four channel groups of an IG-Defense mask
-under attacks on the undefended model (advneurons.defenses.ig_defense.activation_analysis)."""
+under attacks on the undefended model (advneurons.defenses.ig_defense.ig_defense_analysis)."""
 
 from advneurons import runtime
-from advneurons.defenses.ig_defense import activation_analysis
+from advneurons.defenses.ig_defense import ig_defense_analysis
 from advneurons.workflow.standalone import snakemake_object
 
 smk = snakemake_object(globals())  # Snakemake's, or built from the command line when run by hand
 runtime.configure_logging(smk.log[0])
 a = smk.params.analysis
 runtime.setup(smk.threads, a["seed"])
-activation_analysis(
+ig_defense_analysis(
     model_path=smk.input.model,
     test_path=smk.input.test,
     attack=a["attack"],

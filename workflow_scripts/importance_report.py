@@ -1,12 +1,12 @@
-"""Rule importance_report: Spearman / Levenshtein / Jaccard per target class (advneurons.sns.findings)."""
+"""Rule importance_report: Spearman / Levenshtein / Jaccard per target class (advneurons.sns.similarity.importance_report)."""
 
 from advneurons import runtime
-from advneurons.sns.similarity import importance_sensitivity_report
+from advneurons.sns.similarity import importance_report
 from advneurons.workflow.standalone import snakemake_object
 
 smk = snakemake_object(globals())  # Snakemake's, or built from the command line when run by hand
 runtime.configure_logging(smk.log[0])
-importance_sensitivity_report(
+importance_report(
     sensitivity_csv=smk.input.sensitivity,
     importance_csv=smk.input.importance,
     k=int(smk.wildcards.k),

@@ -1,12 +1,12 @@
-"""Rule layer_similarity: similarity of per-target sensitive neurons per layer (advneurons.sns.findings)."""
+"""Rule layer_similarity: similarity of per-target sensitive neurons per layer (advneurons.sns.similarity.layer_similarity)."""
 
 from advneurons import runtime
-from advneurons.sns.similarity import layer_similarity_report
+from advneurons.sns.similarity import layer_similarity
 from advneurons.workflow.standalone import snakemake_object
 
 smk = snakemake_object(globals())  # Snakemake's, or built from the command line when run by hand
 runtime.configure_logging(smk.log[0])
-layer_similarity_report(
+layer_similarity(
     sensitivity_csv=smk.input.sensitivity[0],
     top_percent=float(smk.wildcards.percent),
     out_csv=smk.output.csv,

@@ -1,5 +1,5 @@
 """Rule meansparse_model: MeanSparse statistics, alpha sweep on validation data, defended checkpoint
-(advneurons.defenses.meansparse)."""
+(advneurons.defenses.meansparse.meansparse_model)."""
 
 from advneurons import runtime
 from advneurons.defenses.meansparse import meansparse_model

@@ -1,13 +1,13 @@
-"""Rule neuron_sensitivity: per-channel sensitivity of every layer (advneurons.evaluation.sensitivity)."""
+"""Rule neuron_sensitivity: per-channel sensitivity of every layer (advneurons.evaluation.sensitivity.neuron_sensitivity)."""
 
 from advneurons import runtime
-from advneurons.evaluation.sensitivity import sensitivity_from_pairs
+from advneurons.evaluation.sensitivity import neuron_sensitivity
 from advneurons.workflow.standalone import snakemake_object
 
 smk = snakemake_object(globals())  # Snakemake's, or built from the command line when run by hand
 runtime.configure_logging(smk.log[0])
 runtime.setup(smk.threads)
-sensitivity_from_pairs(
+neuron_sensitivity(
     model_path=smk.input.model,
     pairs_path=smk.input.pairs,
     normalise=smk.params.normalise,

@@ -1,14 +1,14 @@
-"""Rule pgd_sweep: L-inf PGD accuracy of one model over steps and eps (advneurons.evaluation.robustness.robustness_sweep)."""
+"""Rule pgd_sweep: L-inf PGD accuracy of one model over steps and eps (advneurons.evaluation.robustness.pgd_sweep)."""
 
 from advneurons import runtime
-from advneurons.evaluation.robustness import robustness_sweep
+from advneurons.evaluation.robustness import pgd_sweep
 from advneurons.workflow.standalone import snakemake_object
 
 smk = snakemake_object(globals())  # Snakemake's, or built from the command line when run by hand
 runtime.configure_logging(smk.log[0])
 s = smk.params.sweep
 runtime.setup(smk.threads, s["seed"])
-robustness_sweep(
+pgd_sweep(
     model_path=smk.input.model,
     test_path=smk.input.test,
     model_name=smk.params.model_name,

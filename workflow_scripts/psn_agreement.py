@@ -1,12 +1,12 @@
-"""Rule psn_agreement: PSN ranking vs neuron-sensitivity ranking per layer (advneurons.psn.analysis)."""
+"""Rule psn_agreement: PSN ranking vs neuron-sensitivity ranking per layer (advneurons.psn.analysis.psn_agreement)."""
 
 from advneurons import runtime
-from advneurons.psn.analysis import method_agreement
+from advneurons.psn.analysis import psn_agreement
 from advneurons.workflow.standalone import snakemake_object
 
 smk = snakemake_object(globals())  # Snakemake's, or built from the command line when run by hand
 runtime.configure_logging(smk.log[0])
-method_agreement(
+psn_agreement(
     scores_path=smk.input.scores,
     sensitivity_csv=smk.input.sensitivity,
     k_percent=float(smk.wildcards.percent),

@@ -1,14 +1,14 @@
-"""Rule psn_attack: Gaussian noise on PSN vs random units' activations (advneurons.psn.analysis)."""
+"""Rule psn_attack: Gaussian noise on PSN vs random units' activations (advneurons.psn.analysis.psn_attack)."""
 
 from advneurons import runtime
-from advneurons.psn.analysis import attack_psns
+from advneurons.psn.analysis import psn_attack
 from advneurons.workflow.standalone import snakemake_object
 
 smk = snakemake_object(globals())  # Snakemake's, or built from the command line when run by hand
 runtime.configure_logging(smk.log[0])
 a = smk.params.attack
 runtime.setup(smk.threads, a["seed"])
-attack_psns(
+psn_attack(
     model_path=smk.input.model,
     test_path=smk.input.test,
     scores_path=smk.input.scores,

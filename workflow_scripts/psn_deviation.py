@@ -1,14 +1,14 @@
-"""Rule psn_deviation: activation deviation of PSN vs random units (advneurons.psn.analysis)."""
+"""Rule psn_deviation: activation deviation of PSN vs random units (advneurons.psn.analysis.psn_deviation)."""
 
 from advneurons import runtime
-from advneurons.psn.analysis import activation_deviation
+from advneurons.psn.analysis import psn_deviation
 from advneurons.workflow.standalone import snakemake_object
 
 smk = snakemake_object(globals())  # Snakemake's, or built from the command line when run by hand
 runtime.configure_logging(smk.log[0])
 d = smk.params.deviation
 runtime.setup(smk.threads, d["seed"])
-activation_deviation(
+psn_deviation(
     model_path=smk.input.model,
     test_path=smk.input.test,
     units_path=smk.input.scores,

@@ -1,14 +1,14 @@
-"""Rule psn_heatmaps: single-unit Grad-CAM of a layer's extreme PSN units (advneurons.psn.analysis)."""
+"""Rule psn_heatmaps: single-unit Grad-CAM of a layer's extreme PSN units (advneurons.psn.analysis.psn_heatmaps)."""
 
 from advneurons import runtime
-from advneurons.psn.analysis import focus_heatmaps
+from advneurons.psn.analysis import psn_heatmaps
 from advneurons.workflow.standalone import snakemake_object
 
 smk = snakemake_object(globals())  # Snakemake's, or built from the command line when run by hand
 runtime.configure_logging(smk.log[0])
 h = smk.params.heatmaps
 runtime.setup(smk.threads, h["seed"])
-focus_heatmaps(
+psn_heatmaps(
     model_path=smk.input.model,
     test_path=smk.input.test,
     scores_path=smk.input.scores,

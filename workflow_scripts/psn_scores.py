@@ -1,4 +1,4 @@
-"""Rule psn_scores: verified-bound PSN score of every unit of every scored layer (advneurons.psn.scores)."""
+"""Rule psn_scores: verified-bound PSN score of every unit of every scored layer (advneurons.psn.scores.psn_scores)."""
 
 from advneurons import runtime
 from advneurons.psn.scores import psn_scores

@@ -1,9 +1,9 @@
-"""Rule psn_top_units: the top-p% PSN units of each layer, for every p (advneurons.psn.scores)."""
+"""Rule psn_top_units: the top-p% PSN units of each layer, for every p (advneurons.psn.scores.psn_top_units)."""
 
 from advneurons import runtime
-from advneurons.psn.scores import top_units
+from advneurons.psn.scores import psn_top_units
 from advneurons.workflow.standalone import snakemake_object
 
 smk = snakemake_object(globals())  # Snakemake's, or built from the command line when run by hand
 runtime.configure_logging(smk.log[0])
-top_units(scores_path=smk.input[0], percents=smk.params.percents, out_path=smk.output[0])
+psn_top_units(scores_path=smk.input[0], percents=smk.params.percents, out_path=smk.output[0])

@@ -1,4 +1,4 @@
-"""Rule ratio_report: TIP Table II, Fig 13 and Fig 14 for one architecture (advneurons.sns.findings)."""
+"""Rule ratio_report: TIP Table II, Fig 13 and Fig 14 for one architecture (advneurons.sns.ratios.ratio_report)."""
 
 from advneurons import runtime
 from advneurons.sns.ratios import ratio_report

@@ -1,12 +1,12 @@
-"""Rule report_landing_page: the first page of the HTML report (advneurons.report.landing_page)."""
+"""Rule report_landing_page: the first page of the HTML report (advneurons.report.landing_page.report_landing_page)."""
 
 from advneurons import runtime
-from advneurons.report.landing_page import write_landing_page
+from advneurons.report.landing_page import report_landing_page
 from advneurons.workflow.standalone import snakemake_object
 
 smk = snakemake_object(globals())  # Snakemake's, or built from the command line when run by hand
 runtime.configure_logging(smk.log[0])
-write_landing_page(
+report_landing_page(
     smk.output[0],
     dataset=smk.params.dataset,
     seed=smk.params.seed,

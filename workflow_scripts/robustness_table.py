@@ -1,12 +1,12 @@
-"""Rules robustness_table / robustness_table_i: the TIP Table III / I layouts (advneurons.evaluation.robustness)."""
+"""Rules robustness_table / robustness_table_i: the TIP Table III / I layouts (advneurons.evaluation.robustness.robustness_table)."""
 
 from advneurons import runtime
-from advneurons.evaluation.robustness import robustness_tables
+from advneurons.evaluation.robustness import robustness_table
 from advneurons.workflow.standalone import snakemake_object
 
 smk = snakemake_object(globals())  # Snakemake's, or built from the command line when run by hand
 runtime.configure_logging(smk.log[0])
-robustness_tables(
+robustness_table(
     record_csvs=list(smk.input.records),
     layout=smk.params.layout,
     dataset=smk.params.dataset,

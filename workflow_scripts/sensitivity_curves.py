@@ -1,12 +1,12 @@
-"""Rule sensitivity_curves: sorted per-channel sensitivity per training, TIP Fig 10 (advneurons.sns.findings)."""
+"""Rule sensitivity_curves: sorted per-channel sensitivity per training, TIP Fig 10 (advneurons.sns.ratios.sensitivity_curves)."""
 
 from advneurons import runtime
-from advneurons.sns.ratios import sensitivity_curves_figure
+from advneurons.sns.ratios import sensitivity_curves
 from advneurons.workflow.standalone import snakemake_object
 
 smk = snakemake_object(globals())  # Snakemake's, or built from the command line when run by hand
 runtime.configure_logging(smk.log[0])
-sensitivity_curves_figure(
+sensitivity_curves(
     sensitivity_csvs=dict(smk.input.items()),
     out_png=smk.output.png,
     summary_csv=smk.output.summary,

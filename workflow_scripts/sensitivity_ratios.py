@@ -1,14 +1,14 @@
-"""Rule sensitivity_ratios: per-channel sensitivity ratios of conv and ReLU outputs (advneurons.sns.findings)."""
+"""Rule sensitivity_ratios: per-channel sensitivity ratios of conv and ReLU outputs (advneurons.sns.ratios.sensitivity_ratios)."""
 
 from advneurons import runtime
-from advneurons.sns.ratios import sensitivity_ratio_table
+from advneurons.sns.ratios import sensitivity_ratios
 from advneurons.workflow.standalone import snakemake_object
 
 smk = snakemake_object(globals())  # Snakemake's, or built from the command line when run by hand
 runtime.configure_logging(smk.log[0])
 r = smk.params.ratios
 runtime.setup(smk.threads, r["seed"])
-sensitivity_ratio_table(
+sensitivity_ratios(
     model_path=smk.input.model,
     test_path=smk.input.test,
     perturbations=r["perturbations"],

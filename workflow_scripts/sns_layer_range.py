@@ -1,4 +1,4 @@
-"""Rule sns_layer_range: SNS by fine-tuned layer range, table and figure (advneurons.sns.layer_range)."""
+"""Rule sns_layer_range: SNS by fine-tuned layer range, table and figure (advneurons.sns.layer_range.sns_layer_range)."""
 
 from advneurons import runtime
 from advneurons.sns.layer_range import sns_layer_range

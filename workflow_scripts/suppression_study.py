@@ -1,4 +1,4 @@
-"""Rule suppression_study: sensitive vs random channels scaled by beta (advneurons.sns.findings)."""
+"""Rule suppression_study: sensitive vs random channels scaled by beta (advneurons.sns.suppression.suppression_study)."""
 
 from advneurons import runtime
 from advneurons.sns.suppression import suppression_study

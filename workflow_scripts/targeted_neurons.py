@@ -1,13 +1,13 @@
-"""Rule targeted_neurons: per-target sensitivity and importance votes (advneurons.sns.findings)."""
+"""Rule targeted_neurons: per-target sensitivity and importance votes (advneurons.sns.importance.targeted_neurons)."""
 
 from advneurons import runtime
-from advneurons.sns.importance import targeted_neuron_tables
+from advneurons.sns.importance import targeted_neurons
 from advneurons.workflow.standalone import snakemake_object
 
 smk = snakemake_object(globals())  # Snakemake's, or built from the command line when run by hand
 runtime.configure_logging(smk.log[0])
 runtime.setup(smk.threads)
-targeted_neuron_tables(
+targeted_neurons(
     model_path=smk.input.model,
     targeted_pairs_path=smk.input.pairs,
     k=int(smk.wildcards.k),

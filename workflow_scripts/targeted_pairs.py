@@ -1,14 +1,14 @@
-"""Rule targeted_pairs: targeted L-inf PGD towards every class (advneurons.sns.findings.targeted_pair_set)."""
+"""Rule targeted_pairs: targeted L-inf PGD towards every class (advneurons.sns.importance.targeted_pairs)."""
 
 from advneurons import runtime
-from advneurons.sns.importance import targeted_pair_set
+from advneurons.sns.importance import targeted_pairs
 from advneurons.workflow.standalone import snakemake_object
 
 smk = snakemake_object(globals())  # Snakemake's, or built from the command line when run by hand
 runtime.configure_logging(smk.log[0])
 t = smk.params.targeted
 runtime.setup(smk.threads, t["seed"])
-targeted_pair_set(
+targeted_pairs(
     model_path=smk.input.model,
     test_path=smk.input.test,
     attack_cfg=t["attack"],

@@ -146,7 +146,7 @@ def fetch_cifar10_archive(data_dir: Path, url: str = CIFAR10_URL, md5: str = CIF
 ARCHIVE_RECORD_SUFFIX = ".verified.json"
 
 
-def acquire_cifar10(record_path: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5) -> dict:
+def download_cifar10(record_path: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5) -> dict:
     """Workflow step: make sure the verified CIFAR-10 archive is in place and write a record of it.
 
     The record (``<data_dir>/cifar-10-python.tar.gz.verified.json``) is the rule's output, not the
@@ -176,7 +176,7 @@ def acquire_cifar10(record_path: Path, url: str = CIFAR10_URL, md5: str = CIFAR1
 
 
 def archive_from_record(record_path: Path) -> Path:
-    """The archive a record of :func:`acquire_cifar10` names (it must still be there)."""
+    """The archive a record of :func:`download_cifar10` names (it must still be there)."""
     import json
 
     record = json.loads(Path(record_path).read_text())
@@ -297,7 +297,7 @@ def prepare_dataset(
 ) -> dict:
     """Workflow step: write the train/val/test split files of a dataset and a metadata JSON.
 
-    CIFAR-10 reads ``archive``, or the archive named by ``archive_record`` (:func:`acquire_cifar10`).
+    CIFAR-10 reads ``archive``, or the archive named by ``archive_record`` (:func:`download_cifar10`).
     """
     from advneurons.runtime import metadata, write_json
 

@@ -157,7 +157,7 @@ def real_fingerprints():
 
 # definition edited -> the workflow steps that run it (and so must re-run)
 CODE_EDITS = {
-    "attack_pair_set": {"attack_pairs"},  # pairs: making a pair set
+    "attack_pairs": {"attack_pairs"},  # pairs: making a pair set
     "pair_ratios": {"sensitivity_ratios"},  # SNS ratios of one pair
     "mean_abs_deviation": {"psn_deviation"},  # PSN analysis: activation deviation
     # C&W: every step that can run an attack from the catalog
@@ -173,7 +173,7 @@ def test_editing_package_code_changes_exactly_the_steps_that_run_it(tmp_path, re
     assert changed == CODE_EDITS[name]
 
 
-@pytest.mark.parametrize("name", ["attack_pair_set", "cw_l2", "train_model", "psn_scores"])
+@pytest.mark.parametrize("name", ["attack_pairs", "cw_l2", "train_model", "psn_scores"])
 def test_a_docstring_edit_changes_no_fingerprint(tmp_path, real_fingerprints, name):
     assert all_fingerprints(edit_copy(tmp_path, name, docstring_only=True)) == real_fingerprints
 
@@ -182,4 +182,4 @@ def test_training_and_psn_scoring_do_not_hash_attack_or_pair_code():
     train = {d.split(":")[1] for d in reachable_definitions(SCRIPTS / "train_model.py")}
     scores = {d.split(":")[1] for d in reachable_definitions(SCRIPTS / "psn_scores.py")}
     assert "pgd_linf" in train  # PAT trains on PGD examples
-    assert not {"cw_l2", "attack_pair_set", "generate_pairs", "autoattack"} & (train | scores)
+    assert not {"cw_l2", "attack_pairs", "generate_pairs", "autoattack"} & (train | scores)

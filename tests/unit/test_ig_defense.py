@@ -11,7 +11,7 @@ from advneurons.models.defended import ig_defense_record
 from advneurons.defenses.ig_defense import (
     GROUPS,
     IGDefense,
-    activation_analysis,
+    ig_defense_analysis,
     class_mask,
     group_change,
     ig_defense_model,
@@ -176,7 +176,7 @@ def test_workflow_steps_on_a_trained_model(tmp_path, trained_vgg_path, digits_fi
     assert len(ranking) == 10 * channels and (ranking.groupby("class").in_mask.sum() == top_k_count(channels, 10)).all()
     assert (ranking[ranking["rank"] == 1].importance.to_numpy() >= ranking.groupby("class").importance.max().to_numpy() - 1e-9).all()
     attack = {"type": "pgd", "eps": 32, "steps": 5}
-    summary = activation_analysis(tmp_path / "d.pt", digits_files["test"], attack, 60, 0, tmp_path / "a.csv",
+    summary = ig_defense_analysis(tmp_path / "d.pt", digits_files["test"], attack, 60, 0, tmp_path / "a.csv",
                                   tmp_path / "s.csv", tmp_path / "s.md", tmp_path / "a.png", tmp_path / "a.json",
                                   "vgg16-test")
     assert list(summary.group) == list(GROUPS) and (summary.images > 0).sum() >= 3
@@ -185,6 +185,6 @@ def test_workflow_steps_on_a_trained_model(tmp_path, trained_vgg_path, digits_fi
         ig_defense_model(tmp_path / "d.pt", digits_files["train"], digits_files["test"], 10, 16, 100, 2, 30, 0,
                          tmp_path / "x.pt", tmp_path / "x.csv", tmp_path / "x.json")
     with pytest.raises(ValueError, match="not an IG-Defense"):
-        activation_analysis(trained_vgg_path, digits_files["test"], attack, 10, 0, *(tmp_path / f"y{i}" for i in range(5)),
+        ig_defense_analysis(trained_vgg_path, digits_files["test"], attack, 10, 0, *(tmp_path / f"y{i}" for i in range(5)),
                             "m")
     assert AttackSpec.from_config(attack).type == "pgd"

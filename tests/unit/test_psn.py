@@ -530,29 +530,29 @@ class _RawSplit:
 
 
 def test_step_functions_write_their_files(tiny_files):
-    from advneurons.psn.scores import psn_scores, read_scores, top_units
+    from advneurons.psn.scores import psn_scores, read_scores, psn_top_units
 
     tmp, test = tiny_files
     table = psn_scores("model.pt", test, 2, 8, "CROWN-IBP", 64, 0, tmp / "s.csv.gz", tmp / "s.json")
     back = read_scores(tmp / "s.csv.gz")
     assert len(back) == len(table) == 4 * 16 * 16 + 6 * 8 * 8 + 12
     assert list(back["layer"].unique()) == ["conv1.bn", "conv2.bn", "fc1"]
-    top = top_units(tmp / "s.csv.gz", [1, 10], tmp / "top.csv")
+    top = psn_top_units(tmp / "s.csv.gz", [1, 10], tmp / "top.csv")
     assert set(top["percent"]) == {1.0, 10.0}
-    dev = pa.activation_deviation("model.pt", test, tmp / "top.csv", 10, 4, 0, tmp / "dl.csv", tmp / "db.csv",
+    dev = pa.psn_deviation("model.pt", test, tmp / "top.csv", 10, 4, 0, tmp / "dl.csv", tmp / "db.csv",
                                   tmp / "d.png", tmp / "d.json", pgd_steps=2)
     assert set(dev["group"]) == {"psn", "random"} and (tmp / "d.png").stat().st_size > 0
-    att = pa.attack_psns("model.pt", test, tmp / "s.csv.gz", None, 0, tmp / "a.csv", tmp / "a.md", tmp / "a.png",
+    att = pa.psn_attack("model.pt", test, tmp / "s.csv.gz", None, 0, tmp / "a.csv", tmp / "a.md", tmp / "a.png",
                          tmp / "a.json", ratios=(1, 30))
     assert len(att) == 4 and (tmp / "a.md").read_text().count("\n") == 6  # title, blank line, 4 table lines
     assert "<table>" in (tmp / "a.html").read_text() and (tmp / "a.pdf").exists()
-    pa.focus_heatmaps("model.pt", test, tmp / "s.csv.gz", ["conv2.bn"], [tmp / "f.png"], tmp / "f.json",
+    pa.psn_heatmaps("model.pt", test, tmp / "s.csv.gz", ["conv2.bn"], [tmp / "f.png"], tmp / "f.json",
                       n_units=1, n_top=2, pgd_steps=2)
     assert (tmp / "f.png").stat().st_size > 0
     sens = pd.DataFrame({"layer": ["conv1"] * 4 + ["conv2"] * 6, "depth": [0] * 4 + [1] * 6,
                          "channel": list(range(4)) + list(range(6)), "sensitivity": np.arange(10.0)})
     sens.to_csv(tmp / "sens.csv", index=False)
-    agree = pa.method_agreement(tmp / "s.csv.gz", tmp / "sens.csv", 50, tmp / "m.csv", tmp / "m.md", tmp / "m.png")
+    agree = pa.psn_agreement(tmp / "s.csv.gz", tmp / "sens.csv", 50, tmp / "m.csv", tmp / "m.md", tmp / "m.png")
     assert list(agree["conv"]) == ["conv1", "conv2"]
     with pytest.raises(ValueError, match="bound method"):
         psn_scores("model.pt", test, 2, 8, "IBP", 64, 0, tmp / "x.csv", tmp / "x.json")
@@ -561,7 +561,7 @@ def test_step_functions_write_their_files(tiny_files):
 
 
 def test_every_analysis_runs_on_an_all_node_score_table(tiny_files):
-    from advneurons.psn.scores import psn_scores, top_units
+    from advneurons.psn.scores import psn_scores, psn_top_units
 
     tmp, test = tiny_files
     table = psn_scores("model.pt", test, 1, 8, "CROWN", 64, 0, tmp / "s.csv.gz", tmp / "s.json", nodes="all")
@@ -569,19 +569,19 @@ def test_every_analysis_runs_on_an_all_node_score_table(tiny_files):
                                              "conv2.relu", "pool2", "flatten", "fc1", "fc1.relu"]
     meta = __import__("json").loads((tmp / "s.json").read_text())
     assert meta["bound_device"] == "cpu" and meta["params"]["nodes"] == "all"
-    top_units(tmp / "s.csv.gz", [10], tmp / "top.csv")
-    dev = pa.activation_deviation("model.pt", test, tmp / "top.csv", 10, 4, 0, tmp / "dl.csv", tmp / "db.csv",
+    psn_top_units(tmp / "s.csv.gz", [10], tmp / "top.csv")
+    dev = pa.psn_deviation("model.pt", test, tmp / "top.csv", 10, 4, 0, tmp / "dl.csv", tmp / "db.csv",
                                   tmp / "d.png", tmp / "d.json", pgd_steps=2)
     assert set(dev["layer"]) == set(table["layer"])
-    att = pa.attack_psns("model.pt", test, tmp / "s.csv.gz", None, 0, tmp / "a.csv", tmp / "a.md", tmp / "a.png",
+    att = pa.psn_attack("model.pt", test, tmp / "s.csv.gz", None, 0, tmp / "a.csv", tmp / "a.md", tmp / "a.png",
                          tmp / "a.json", ratios=(30,))
     assert len(att) == 2
-    pa.focus_heatmaps("model.pt", test, tmp / "s.csv.gz", ["conv2.relu", "pool1"], [tmp / "f.png", tmp / "g.png"],
+    pa.psn_heatmaps("model.pt", test, tmp / "s.csv.gz", ["conv2.relu", "pool1"], [tmp / "f.png", tmp / "g.png"],
                       tmp / "f.json", n_units=1, n_top=2, pgd_steps=2)
     sens = pd.DataFrame({"layer": ["conv1"] * 4 + ["conv2"] * 6, "depth": [0] * 4 + [1] * 6,
                          "channel": list(range(4)) + list(range(6)), "sensitivity": np.arange(10.0)})
     sens.to_csv(tmp / "sens.csv", index=False)
-    agree = pa.method_agreement(tmp / "s.csv.gz", tmp / "sens.csv", 50, tmp / "m.csv", tmp / "m.md", tmp / "m.png")
+    agree = pa.psn_agreement(tmp / "s.csv.gz", tmp / "sens.csv", 50, tmp / "m.csv", tmp / "m.md", tmp / "m.png")
     assert list(agree["layer"]) == ["conv1", "conv1.bn", "conv1.relu", "conv2", "conv2.bn", "conv2.relu"]
 
 

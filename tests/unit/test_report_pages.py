@@ -6,7 +6,7 @@ from docutils.core import publish_parts
 
 from advneurons.report.findings import Claim, Section, write_sections_json
 from advneurons.report.markdown import html_page, markdown_table, write_markdown
-from advneurons.report.landing_page import landing_page, rst_text, verdict_counts, write_landing_page
+from advneurons.report.landing_page import landing_page, rst_text, verdict_counts, report_landing_page
 
 
 def test_markdown_table_becomes_an_html_table_with_its_title_and_notes(tmp_path):
@@ -82,7 +82,7 @@ def test_written_landing_page_is_fenced_from_jinja(tmp_path):
     from jinja2 import Environment
 
     out = tmp_path / "landing.rst"
-    text = write_landing_page(out, dataset="digits", seed=0, data_id="d~0", models=["m{{x}}"], defenses=[])
+    text = report_landing_page(out, dataset="digits", seed=0, data_id="d~0", models=["m{{x}}"], defenses=[])
     rendered = Environment(trim_blocks=True, lstrip_blocks=True).from_string(out.read_text()).render()
     assert rendered.strip() == text.strip() and "m{{x}}" in rendered
 

@@ -59,7 +59,7 @@ ATTACKS = {
 
 def test_evaluate_robustness_writes_records_that_match_a_direct_computation(tmp_path, tiny_vgg):
     model_path, test_path = _split_and_model(tmp_path, tiny_vgg)
-    out = robustness.evaluate_robustness(
+    out = robustness.evaluate_attack(
         model_path, test_path, ATTACKS, "vgg16-vanilla", n_images=16, seed=3, batch_size=5,
         out_csv=tmp_path / "rec.csv", meta_path=tmp_path / "rec.json",
     )
@@ -104,7 +104,7 @@ def test_per_image_records_round_trip_and_refuse_other_text():
 
 def test_a_bad_attack_fails_before_the_model_is_loaded(tmp_path):
     with pytest.raises(ValueError, match="attack 'bad'.*unknown attack type"):
-        robustness.evaluate_robustness(tmp_path / "missing.pt", tmp_path / "missing.npz", {"bad": {"type": "pgdd", "eps": 1}},
+        robustness.evaluate_attack(tmp_path / "missing.pt", tmp_path / "missing.npz", {"bad": {"type": "pgdd", "eps": 1}},
                                        "m", None, 0, 8, tmp_path / "a.csv", tmp_path / "a.json")
 
 
@@ -184,21 +184,21 @@ def test_robustness_tables_step_writes_table_and_settings(tmp_path):
         paths.append(path)
     out = {k: tmp_path / f"t.{k}" for k in ("csv", "md")}
     sets = {k: tmp_path / f"s.{k}" for k in ("csv", "md")}
-    table = robustness.robustness_tables(paths, "table_iii", "digits", out["csv"], out["md"], sets["csv"], sets["md"])
+    table = robustness.robustness_table(paths, "table_iii", "digits", out["csv"], out["md"], sets["csv"], sets["md"])
     assert pd.read_csv(out["csv"]).equals(table)
     md = out["md"].read_text()
     assert "TIP Table III" in md and "L2 PGD eps=320/255" in md and "s.md" in md
     assert len(pd.read_csv(sets["csv"])) == 14
     with pytest.raises(TableError, match="unknown table layout"):
-        robustness.robustness_tables(paths, "table_v", "digits", out["csv"], out["md"], sets["csv"], sets["md"])
+        robustness.robustness_table(paths, "table_v", "digits", out["csv"], out["md"], sets["csv"], sets["md"])
     # the same record twice (e.g. the clean row of per-attack files) collapses; different values conflict
-    same = robustness.robustness_tables(paths + paths[:1], "table_iii", "digits", out["csv"], out["md"], sets["csv"], sets["md"])
+    same = robustness.robustness_table(paths + paths[:1], "table_iii", "digits", out["csv"], out["md"], sets["csv"], sets["md"])
     assert same.equals(table)
     changed = _records(models=("vanilla",))
     changed.loc[changed.attack == "pgd", "accuracy"] = 0.99
     changed.to_csv(tmp_path / "changed.csv", index=False)
     with pytest.raises(TableError, match="conflicting records.*vanilla.*pgd"):
-        robustness.robustness_tables(paths + [tmp_path / "changed.csv"], "table_iii", "digits", out["csv"], out["md"], sets["csv"], sets["md"])
+        robustness.robustness_table(paths + [tmp_path / "changed.csv"], "table_iii", "digits", out["csv"], out["md"], sets["csv"], sets["md"])
 
 
 def test_records_reject_bad_values():
@@ -214,7 +214,7 @@ def test_sweep_step_and_figures(tmp_path, tiny_vgg):
     csvs = []
     for name in ("vgg16-vanilla", "vgg16-other"):
         out = tmp_path / f"{name}.csv"
-        frame = robustness.robustness_sweep(
+        frame = robustness.pgd_sweep(
             model_path, test_path, name, eps=32, steps_values=[1, 2, 3], eps_values=[8, 16], steps=2,
             n_images=8, seed=0, batch_size=4, out_csv=out, meta_path=tmp_path / f"{name}.json",
         )
@@ -235,7 +235,7 @@ def test_sweep_step_and_figures(tmp_path, tiny_vgg):
 def test_tables_mark_cells_whose_attack_warned(tmp_path):
     import json
 
-    from advneurons.evaluation.robustness import accuracy_record, records_frame, robustness_tables
+    from advneurons.evaluation.robustness import accuracy_record, records_frame, robustness_table
 
     correct = torch.arange(20) < 15
     log = {"robust_accuracy_after_pct": {"clean": 100.0, "apgd-ce": 90.0, "square": 75.0},
@@ -246,7 +246,7 @@ def test_tables_mark_cells_whose_attack_warned(tmp_path):
     assert json.loads(rows[2]["attack_log"]) == log and rows[1]["attack_log"] == ""
     records_frame(rows).to_csv(tmp_path / "r.csv", index=False)
     out = {k: tmp_path / f"{k}" for k in ("t.csv", "t.md", "s.csv", "s.md")}
-    robustness_tables([tmp_path / "r.csv"], "table_iii", "digits", out["t.csv"], out["t.md"], out["s.csv"], out["s.md"],
+    robustness_table([tmp_path / "r.csv"], "table_iii", "digits", out["t.csv"], out["t.md"], out["s.csv"], out["s.md"],
                       columns={"L-inf PGD": "pgd"})
     text = out["t.md"].read_text()
     assert "| 75.00 †" in text and "| 75.00 " in text  # the warned AutoAttack cell marked, the PGD cell not

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from advneurons.evaluation.sensitivity import channel_distance, neuron_sensitivity, sensitivity_table, top_channels
+from advneurons.evaluation.sensitivity import channel_distance, compute_neuron_sensitivity, sensitivity_table, top_channels
 
 
 class Identity2(nn.Module):
@@ -38,9 +38,9 @@ def test_sensitivity_matches_hand_computed_example():
     layers = OrderedDict(layer=model.layer)
     # channel 0: pair 1 |4-0| = 4 -> 4/4 = 1; pair 2 |0-2| = 2 -> 2/4 = 0.5; mean 0.75
     # channel 1: pair 1 |0-1| + |0+1| = 2 -> 0.5; pair 2 0 -> 0; mean 0.25
-    tip = neuron_sensitivity(model, [(clean, perturbed)], layers)["layer"]
+    tip = compute_neuron_sensitivity(model, [(clean, perturbed)], layers)["layer"]
     np.testing.assert_allclose(tip, [0.75, 0.25])
-    eccv = neuron_sensitivity(model, [(clean, perturbed)], layers, normalise=False)["layer"]
+    eccv = compute_neuron_sensitivity(model, [(clean, perturbed)], layers, normalise=False)["layer"]
     np.testing.assert_allclose(eccv, [3.0, 1.0])
 
 
@@ -48,8 +48,8 @@ def test_streaming_over_batches_equals_one_batch(tiny_vgg):
     g = torch.Generator().manual_seed(1)
     clean = torch.rand(10, 3, 32, 32, generator=g)
     adv = (clean + 0.1 * torch.randn(clean.shape, generator=g)).clamp(0, 1)
-    whole = neuron_sensitivity(tiny_vgg, [(clean, adv)])
-    streamed = neuron_sensitivity(tiny_vgg, ((clean[i : i + 3], adv[i : i + 3]) for i in range(0, 10, 3)))
+    whole = compute_neuron_sensitivity(tiny_vgg, [(clean, adv)])
+    streamed = compute_neuron_sensitivity(tiny_vgg, ((clean[i : i + 3], adv[i : i + 3]) for i in range(0, 10, 3)))
     assert list(whole) == [f"conv{i}" for i in range(1, 14)] + ["fc"]
     for name in whole:
         np.testing.assert_allclose(whole[name], streamed[name], rtol=1e-5, atol=1e-7)
@@ -66,7 +66,7 @@ def test_streaming_over_batches_equals_one_batch(tiny_vgg):
 
 def test_identical_pairs_have_zero_sensitivity(tiny_vgg):
     x = torch.rand(4, 3, 32, 32)
-    sens = neuron_sensitivity(tiny_vgg, [(x, x.clone())])
+    sens = compute_neuron_sensitivity(tiny_vgg, [(x, x.clone())])
     assert all(np.all(v == 0) for v in sens.values())
 
 
@@ -91,4 +91,4 @@ def test_top_channels_picks_ceil_percent_per_layer():
 
 def test_no_pairs_is_an_error(tiny_vgg):
     with pytest.raises(ValueError, match="no pairs"):
-        neuron_sensitivity(tiny_vgg, [])
+        compute_neuron_sensitivity(tiny_vgg, [])

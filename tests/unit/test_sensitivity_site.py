@@ -10,7 +10,7 @@ from torch import nn
 from advneurons.models import checkpoint
 from advneurons.models.architectures import DEFAULT_SITE, SITES, build_model, layer_channels
 from advneurons.evaluation.pairs import PairSet, save_pairs
-from advneurons.evaluation.sensitivity import neuron_sensitivity, sensitivity_from_pairs
+from advneurons.evaluation.sensitivity import compute_neuron_sensitivity, neuron_sensitivity
 from advneurons.training.sns import StabilityLoss, selected_layers, sns_batch_loss
 from advneurons.training.loop import TrainConfig
 
@@ -52,12 +52,12 @@ def test_rescaling_a_filter_moves_only_the_conv_site(arch, layer):
     torch.manual_seed(0)
     model = random_bn_stats(build_model(arch, "digits", 0.0625))
     clean, perturbed = pairs()
-    before = {site: neuron_sensitivity(model, [(clean, perturbed)], site=site) for site in SITES}
+    before = {site: compute_neuron_sensitivity(model, [(clean, perturbed)], site=site) for site in SITES}
     with torch.no_grad():
         logits = model(clean)
     channel, s = 2, 7.0
     rescale_filter(model, layer, channel, s)
-    after = {site: neuron_sensitivity(model, [(clean, perturbed)], site=site) for site in SITES}
+    after = {site: compute_neuron_sensitivity(model, [(clean, perturbed)], site=site) for site in SITES}
     with torch.no_grad():
         torch.testing.assert_close(model(clean), logits, rtol=1e-4, atol=1e-5)
     for site in ("bn", "relu"):
@@ -80,7 +80,7 @@ def test_every_site_has_the_same_layers_and_channels(arch):
     clean, perturbed = pairs(n=2)
     for site in SITES:
         assert list(model.layers(site)) == list(counts)
-        sens = neuron_sensitivity(model, [(clean, perturbed)], site=site)
+        sens = compute_neuron_sensitivity(model, [(clean, perturbed)], site=site)
         assert {name: len(values) for name, values in sens.items()} == dict(counts), site
     assert model.layers()["fc"] is model.layers("relu")["fc"] is model.fc
 
@@ -107,13 +107,13 @@ def test_an_unknown_site_is_refused_naming_the_sites(tiny_vgg):
     with pytest.raises(ValueError, match=allowed):
         build_model("resnet18", "digits", 0.0625).layers("output")
     with pytest.raises(ValueError, match=allowed):
-        neuron_sensitivity(tiny_vgg, [pairs(n=1)], site="BN")
+        compute_neuron_sensitivity(tiny_vgg, [pairs(n=1)], site="BN")
     with pytest.raises(ValueError, match=allowed):
         selected_layers(tiny_vgg, "vgg16", None, site="relu6")
     with pytest.raises(ValueError, match=allowed):
         TrainConfig(method="sns", base="vanilla", site="post")
     with pytest.raises(ValueError, match="not both"):
-        neuron_sensitivity(tiny_vgg, [pairs(n=1)], tiny_vgg.layers("bn"), site="bn")
+        compute_neuron_sensitivity(tiny_vgg, [pairs(n=1)], tiny_vgg.layers("bn"), site="bn")
 
 
 @pytest.mark.parametrize("site, kind", [("bn", nn.BatchNorm2d), ("conv", nn.Conv2d), ("relu", nn.ReLU)])
@@ -147,13 +147,13 @@ def test_sensitivity_from_pairs_reads_and_records_its_site(tmp_path):
     labels = np.zeros(4, dtype=np.int64)
     save_pairs(PairSet(clean.numpy(), perturbed.numpy(), labels, labels, labels, np.arange(4)), tmp_path / "pairs.npz")
     for site in ("conv", "relu"):
-        table = sensitivity_from_pairs(tmp_path / "model.pt", tmp_path / "pairs.npz", True, 2,
+        table = neuron_sensitivity(tmp_path / "model.pt", tmp_path / "pairs.npz", True, 2,
                                        tmp_path / f"{site}.csv", tmp_path / f"{site}.json", site=site)
         assert json.loads((tmp_path / f"{site}.json").read_text())["params"]["site"] == site
-        direct = neuron_sensitivity(model, [(clean, perturbed)], site=site)
+        direct = compute_neuron_sensitivity(model, [(clean, perturbed)], site=site)
         np.testing.assert_allclose(table[table.layer == "conv4"].sensitivity, direct["conv4"], rtol=1e-5)
     with pytest.raises(ValueError, match="choose one of conv, bn, relu"):
-        sensitivity_from_pairs(tmp_path / "model.pt", tmp_path / "pairs.npz", True, 2,
+        neuron_sensitivity(tmp_path / "model.pt", tmp_path / "pairs.npz", True, 2,
                                tmp_path / "x.csv", tmp_path / "x.json", site="relu1")
 
 

@@ -16,10 +16,10 @@ from advneurons.sns.findings import (
     claims_suppression,
     sns_findings,
 )
-from advneurons.sns.importance import targeted_neuron_tables, targeted_pair_set
-from advneurons.sns.similarity import importance_sensitivity_report, layer_similarity_report
+from advneurons.sns.importance import targeted_neurons, targeted_pairs
+from advneurons.sns.similarity import importance_report, layer_similarity
 from advneurons.sns.common import PENULTIMATE, resolve_attack, strength_label
-from advneurons.sns.importance import open_targeted_pairs, targeted_pairs
+from advneurons.sns.importance import open_targeted_pairs, compute_targeted_pairs
 
 
 # ------------------------------------------------------------------------------------------ targeted sets
@@ -28,7 +28,7 @@ def test_targeted_pairs_keep_only_successes_within_budget(trained_vgg, digits_fi
 
     x, y = load_split(digits_files["test"])
     eps = 32 / 255
-    pairs, target, counts = targeted_pairs(trained_vgg, x, y, eps, steps=5, n_per_class=6, seed=0, num_classes=10)
+    pairs, target, counts = compute_targeted_pairs(trained_vgg, x, y, eps, steps=5, n_per_class=6, seed=0, num_classes=10)
     assert counts["attempted"].tolist() == [6] * 10
     assert counts["successful"].sum() == len(pairs) == len(target) and len(pairs) > 0
     assert np.all(pairs.label != target)  # D^y: images whose label is not the target
@@ -37,7 +37,7 @@ def test_targeted_pairs_keep_only_successes_within_budget(trained_vgg, digits_fi
     np.testing.assert_array_equal(pairs.clean, x[pairs.index].numpy())
     with torch.no_grad():
         assert (trained_vgg(torch.from_numpy(pairs.perturbed)).argmax(1).numpy() == target).all()
-    again, target2, _ = targeted_pairs(trained_vgg, x, y, eps, steps=5, n_per_class=6, seed=0, num_classes=10)
+    again, target2, _ = compute_targeted_pairs(trained_vgg, x, y, eps, steps=5, n_per_class=6, seed=0, num_classes=10)
     np.testing.assert_array_equal(again.perturbed, pairs.perturbed)
     np.testing.assert_array_equal(target2, target)
 
@@ -61,12 +61,12 @@ def test_resolve_attack_forms():
 
 def test_analysis_chain_on_trained_model(trained_vgg_path, digits_files, tmp_path):
     pgd = {"type": "pgd", "eps": 32, "steps": 5}
-    targeted_pair_set(trained_vgg_path, digits_files["test"], pgd, 5, 0, 64, tmp_path / "tp.npz", tmp_path / "tp.json")
+    targeted_pairs(trained_vgg_path, digits_files["test"], pgd, 5, 0, 64, tmp_path / "tp.npz", tmp_path / "tp.json")
     pairs, target = open_targeted_pairs(tmp_path / "tp.npz")
     meta = json.loads((tmp_path / "tp.json").read_text())
     assert meta["n_pairs"] == len(pairs) and sum(c["successful"] for c in meta["per_class"]) == len(pairs)
     with pytest.raises(ValueError, match="L-inf PGD"):
-        targeted_pair_set(
+        targeted_pairs(
             trained_vgg_path,
             digits_files["test"],
             {"type": "fgsm", "eps": 8},
@@ -77,7 +77,7 @@ def test_analysis_chain_on_trained_model(trained_vgg_path, digits_files, tmp_pat
             tmp_path / "x.json",
         )
 
-    sens, imp = targeted_neuron_tables(
+    sens, imp = targeted_neurons(
         trained_vgg_path, tmp_path / "tp.npz", 8, 64, tmp_path / "ts.csv", tmp_path / "ti.csv", tmp_path / "tn.json"
     )
     classes = sorted(set(target.tolist()))
@@ -87,7 +87,7 @@ def test_analysis_chain_on_trained_model(trained_vgg_path, digits_files, tmp_pat
     counts = pd.Series(target).value_counts().sort_index()
     np.testing.assert_array_equal(per_target.to_numpy(), counts.to_numpy() * (8 * 9 // 2))
 
-    per_class = importance_sensitivity_report(
+    per_class = importance_report(
         tmp_path / "ts.csv",
         tmp_path / "ti.csv",
         8,
@@ -101,7 +101,7 @@ def test_analysis_chain_on_trained_model(trained_vgg_path, digits_files, tmp_pat
     assert per_class["gamma"].str.split().map(len).eq(8).all()
     assert "0.428" in (tmp_path / "imp.md").read_text() and (tmp_path / "imp.png").exists()
 
-    layers = layer_similarity_report(
+    layers = layer_similarity(
         tmp_path / "ts.csv", 10, tmp_path / "ls.csv", tmp_path / "ls.md", tmp_path / "ls.png", tmp_path / "ls.json"
     )
     assert layers["layer"].tolist() == [f"conv{i}" for i in range(1, 14)] + [PENULTIMATE]

@@ -17,8 +17,8 @@ from advneurons.sns.ratios import (
     pair_ratios,
     ratio_report,
     ratio_table,
-    sensitivity_curves_figure,
-    sensitivity_ratios,
+    sensitivity_curves,
+    compute_sensitivity_ratios,
 )
 
 
@@ -63,7 +63,7 @@ def test_ratio_hand_computed_with_zero_clean_map_excluded():
 
 def test_ratios_of_vgg_layer_match_direct_computation(tiny_vgg):
     x = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    table = sensitivity_ratios(
+    table = compute_sensitivity_ratios(
         tiny_vgg,
         x,
         torch.zeros(5, dtype=torch.long),
@@ -120,7 +120,7 @@ def test_layer_means_and_table_layout(tiny_vgg):
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     y = torch.zeros(4, dtype=torch.long)
     attacks = {"fgsm": [{"type": "fgsm", "eps": 4}, {"type": "fgsm", "eps": 8}]}
-    ratios = sensitivity_ratios(tiny_vgg, x, y, attacks, batch_size=4)
+    ratios = compute_sensitivity_ratios(tiny_vgg, x, y, attacks, batch_size=4)
     table = ratio_table({"vanilla": ratios, "pat": ratios}, "fgsm")
     assert table.columns.tolist() == ["model", "layer", "kind", "eps=4", "eps=8"]
     expected_layers = ["conv10", "relu10", "conv11", "relu11", "conv12", "relu12", "conv13", "relu13"]
@@ -143,7 +143,7 @@ def test_layer_means_and_table_layout(tiny_vgg):
 
 def test_ratio_report_and_curves_steps(tiny_vgg, tmp_path):
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
-    ratios = sensitivity_ratios(
+    ratios = compute_sensitivity_ratios(
         tiny_vgg,
         x,
         torch.zeros(4, dtype=torch.long),
@@ -175,7 +175,7 @@ def test_ratio_report_and_curves_steps(tiny_vgg, tmp_path):
     pat = van.assign(sensitivity=van["sensitivity"] / 4)
     van.to_csv(tmp_path / "sv.csv", index=False)
     pat.to_csv(tmp_path / "sp.csv", index=False)
-    summary = sensitivity_curves_figure(
+    summary = sensitivity_curves(
         {"vanilla": tmp_path / "sv.csv", "pat": tmp_path / "sp.csv"},
         tmp_path / "f10.png",
         tmp_path / "f10.csv",
@@ -187,7 +187,7 @@ def test_ratio_report_and_curves_steps(tiny_vgg, tmp_path):
     assert conv1["mean_top10pct"] == pytest.approx(10.0)  # top 1 of 10 channels: 9 + 1
     assert (tmp_path / "f10.png").exists()
     with pytest.raises(ValueError, match="lacks layer"):
-        sensitivity_curves_figure(
+        sensitivity_curves(
             {"vanilla": tmp_path / "sv.csv"},
             tmp_path / "x.png",
             tmp_path / "x.csv",

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from advneurons.sns.common import PENULTIMATE
-from advneurons.sns.importance import channel_importance, important_neurons, ranked_by, targeted_neurons, vote_counts
+from advneurons.sns.importance import channel_importance, important_neurons, ranked_by, compute_targeted_neurons, vote_counts
 from advneurons.sns.similarity import (
     average_pair,
     chance_jaccard,
@@ -17,7 +17,7 @@ from advneurons.sns.similarity import (
     importance_summary,
     importance_vs_sensitivity,
     jaccard,
-    layer_similarity,
+    compute_layer_similarity,
     levenshtein_distance,
     levenshtein_similarity,
     spearman,
@@ -167,7 +167,7 @@ def test_layer_similarity_hand_computed():
             rows.append((target, "b", 1, c, value, 5))
         rows.append((target, "fc", 2, 0, 1.0, 5))
     sens = pd.DataFrame(rows, columns=["target", "layer", "depth", "channel", "sensitivity", "n_pairs"])
-    table = layer_similarity(sens, top_percent=10).set_index("layer")
+    table = compute_layer_similarity(sens, top_percent=10).set_index("layer")
     assert list(table.index) == ["a", "b"]  # fc excluded by default
     assert table.loc["a", ["total_jaccard", "avg_pair_jaccard", "avg_pair_levenshtein"]].tolist() == [1.0, 1.0, 1.0]
     assert table.loc["b", "k"] == 2
@@ -192,7 +192,7 @@ def test_targeted_neurons_match_direct_computation(tiny_vgg):
         clean.numpy(), adv.numpy(), np.zeros(6, np.int64), np.zeros(6, np.int64), np.zeros(6, np.int64), np.arange(6)
     )
     target = np.array([2, 2, 2, 5, 5, 5])
-    sens, imp = targeted_neurons(tiny_vgg, pairs, target, k=3, batch_size=2)
+    sens, imp = compute_targeted_neurons(tiny_vgg, pairs, target, k=3, batch_size=2)
     with torch.no_grad():
         f_clean = tiny_vgg.flatten(tiny_vgg.features(tiny_vgg.normalize(clean)))
         f_adv = tiny_vgg.flatten(tiny_vgg.features(tiny_vgg.normalize(adv)))

@@ -12,7 +12,7 @@ from advneurons.evaluation import robustness
 from advneurons.attacks import AttackSpec
 from advneurons.models.checkpoint import load_model
 from advneurons.data import load_split
-from advneurons.evaluation.pairs import attack_pair_set, generate_pairs, open_pairs
+from advneurons.evaluation.pairs import attack_pairs, generate_pairs, open_pairs
 from advneurons.evaluation.transfer import COLUMNS, transfer_check, transfer_row, transfer_table
 
 PGD = {"type": "pgd", "eps": 32, "steps": 5}
@@ -79,7 +79,7 @@ def _records(path, model_name, accuracy, n, attack="pgd"):
 
 def test_workflow_step_writes_the_row_and_the_table(setting, trained_vgg_path, digits_files, tmp_path):
     model, images, labels, spec, pairs = setting
-    attack_pair_set(trained_vgg_path, digits_files["test"], PGD, None, SEED, 64, tmp_path / "pairs.npz",
+    attack_pairs(trained_vgg_path, digits_files["test"], PGD, None, SEED, 64, tmp_path / "pairs.npz",
                     tmp_path / "pairs.json")
     base_wb = _whitebox(model, images, labels, spec)
     n = len(labels)

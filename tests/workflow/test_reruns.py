@@ -228,7 +228,7 @@ def test_undoing_a_change_reuses_earlier_results(tiny_run, tmp_path):
 # re-run (and, through newer inputs, what is computed from them). Fingerprint-level twins of these cases, and
 # the docstring edits, are in test_code_fingerprints.py.
 CODE_EDIT_RULES = {
-    "attack_pair_set": {"attack_pairs"},  # pairs code: not training, not the robustness tables
+    "attack_pairs": {"attack_pairs"},  # pairs code: not training, not the robustness tables
     "pair_ratios": {"sensitivity_ratios"},  # SNS ratios
     "mean_abs_deviation": {"psn_deviation"},  # PSN analysis: not CROWN scoring
     # the C&W attack: every step that can run an attack from the catalog; not training, not PSN scoring
@@ -246,7 +246,7 @@ def test_a_code_edit_reruns_exactly_the_rules_that_run_that_code(tiny_run, tmp_p
 
 def test_docstring_edits_rerun_nothing(tiny_run, tmp_path):
     code = copy_of_workflow(tmp_path / "code")
-    for name in ("attack_pair_set", "cw_l2", "train_model", "psn_scores", "sns_findings"):
+    for name in ("attack_pairs", "cw_l2", "train_model", "psn_scores", "sns_findings"):
         edit_definition(code / "src" / "advneurons", name, docstring_only=True)
     output = dry_run_with_copy(code, tiny_run)
     assert rules_with_changed_params(output) == set() and "Nothing to be done" in output, output[-3000:]

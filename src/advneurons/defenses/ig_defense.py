@@ -42,7 +42,7 @@ from advneurons.models.defended import IGDefense, linear_head, ig_defense_record
 
 log = logging.getLogger("advneurons")
 
-__all__ = ["DEFENSE_TYPE", "GROUPS", "IGDefense", "activation_analysis", "class_mask", "group_change",
+__all__ = ["DEFENSE_TYPE", "GROUPS", "IGDefense", "ig_defense_analysis", "class_mask", "group_change",
            "ig_defense_model", "lo_ir_importance", "penultimate", "top_k_count"]
 GROUPS = ("true-class top-k", "adversarial-class top-k", "other classes' top-k", "in no top-k")
 
@@ -176,7 +176,7 @@ def ig_defense_model(model_path: Path, train_path: Path, val_path: Path, top_per
     return defended
 
 
-def activation_analysis(model_path: Path, test_path: Path, attack: dict, n_images: int | None, seed: int,
+def ig_defense_analysis(model_path: Path, test_path: Path, attack: dict, n_images: int | None, seed: int,
                         per_image_csv: Path, summary_csv: Path, summary_md: Path, figure_png: Path,
                         meta_path: Path, model_name: str, batch_size: int = 256) -> pd.DataFrame:
     """Workflow step (the paper's Fig. 2): adversarial examples crafted against the undefended model, and the

@@ -145,7 +145,7 @@ def generate_pairs(
     )
 
 
-def attack_pair_set(
+def attack_pairs(
     model_path: Path,
     test_path: Path,
     attack_cfg: dict,

@@ -2,12 +2,12 @@
 
 Workflow steps (each takes file paths and plain parameters and writes its outputs):
 
-* `evaluate_robustness`: one model, clean accuracy plus accuracy under each named attack, on one seeded
+* `evaluate_attack`: one model, clean accuracy plus accuracy under each named attack, on one seeded
   subset of the test split -> a records CSV (one row per attack) and a metadata JSON.
-* `robustness_tables`: records CSVs of several models -> a table in the TIP Table III or Table I shape (or
+* `robustness_table`: records CSVs of several models -> a table in the TIP Table III or Table I shape (or
   custom columns), as CSV and Markdown, plus a settings table that traces every cell to its attack, eps,
   steps and number of images.
-* `robustness_sweep`: one model, L-inf PGD accuracy over k (fixed eps) and over eps (fixed k) -> CSV.
+* `pgd_sweep`: one model, L-inf PGD accuracy over k (fixed eps) and over eps (fixed k) -> CSV.
 * `sweep_figures`: sweep CSVs of several models -> one combined CSV and two seaborn line figures, PNG + PDF
   (accuracy vs k, accuracy vs eps; one line per model), as in TIP Fig 15.
 
@@ -212,7 +212,7 @@ def _load_subset(model_path: Path, test_path: Path, n_images: int | None, seed: 
     return model, ckpt, images[index], labels[index]
 
 
-def evaluate_robustness(
+def evaluate_attack(
     model_path: Path,
     test_path: Path,
     attacks: dict[str, dict],
@@ -237,7 +237,7 @@ def evaluate_robustness(
     records = evaluate_model(model, images, labels, attacks, model_name, seed, batch_size)
     write_csv(records, out_csv)
     meta = metadata(
-        "evaluate_robustness",
+        "evaluate_attack",
         {"attacks": attacks, "model_name": model_name, "n_images": n_images, "batch_size": batch_size,
          "model": str(model_path), "test": str(test_path)},
         seed=seed,
@@ -388,7 +388,7 @@ def mark_warned_cells(table: pd.DataFrame, settings: pd.DataFrame, floatfmt: str
     return marked, note
 
 
-def robustness_tables(
+def robustness_table(
     record_csvs: list[Path],
     layout: str,
     dataset: str,
@@ -437,7 +437,7 @@ def sweep_specs(
     return out
 
 
-def pgd_sweep(
+def compute_pgd_sweep(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -455,7 +455,7 @@ def pgd_sweep(
     return pd.DataFrame(rows, columns=list(SWEEP_COLUMNS))
 
 
-def robustness_sweep(
+def pgd_sweep(
     model_path: Path,
     test_path: Path,
     model_name: str,
@@ -478,12 +478,12 @@ def robustness_sweep(
         raise ValueError("a sweep needs steps_values or eps_values")
     specs = sweep_specs(eps, steps_values, eps_values, steps, random_start)  # validates before loading
     model, ckpt, images, labels = _load_subset(model_path, test_path, n_images, seed)
-    frame = pgd_sweep(model, images, labels, model_name, specs, seed, batch_size)
+    frame = compute_pgd_sweep(model, images, labels, model_name, specs, seed, batch_size)
     write_csv(frame, out_csv)
     params = {"model_name": model_name, "eps": eps, "steps_values": list(steps_values), "eps_values": list(eps_values),
               "steps": steps, "random_start": random_start, "n_images": n_images, "batch_size": batch_size,
               "model": str(model_path), "test": str(test_path)}
-    write_json(metadata("robustness_sweep", params, seed=seed, model_meta=ckpt.get("meta", {}).get("params")), meta_path)
+    write_json(metadata("pgd_sweep", params, seed=seed, model_meta=ckpt.get("meta", {}).get("params")), meta_path)
     return frame
 
 

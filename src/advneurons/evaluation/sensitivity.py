@@ -88,7 +88,7 @@ class SensitivityAccumulator(PairHooks):
 
 
 @torch.no_grad()
-def neuron_sensitivity(
+def compute_neuron_sensitivity(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     layers: "OrderedDict[str, nn.Module] | None" = None,
@@ -140,7 +140,7 @@ def top_channels(table: pd.DataFrame, percent: float) -> pd.DataFrame:
     return pd.concat(picked, ignore_index=True)[["layer", "depth", "rank", "channel", "sensitivity", "n_channels"]]
 
 
-def sensitivity_from_pairs(
+def neuron_sensitivity(
     model_path: Path,
     pairs_path: Path,
     normalise: bool,
@@ -160,7 +160,7 @@ def sensitivity_from_pairs(
     model, _ = load_model(model_path)
     model.to(device())
     pairs = open_pairs(pairs_path)
-    sens = neuron_sensitivity(model, pairs.batches(batch_size, desc="sensitivity"), normalise=normalise, site=site)
+    sens = compute_neuron_sensitivity(model, pairs.batches(batch_size, desc="sensitivity"), normalise=normalise, site=site)
     table = sensitivity_table(sens)
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False)
@@ -178,7 +178,7 @@ def sensitivity_from_pairs(
     return table
 
 
-def top_channels_file(sensitivity_csv: Path, percent: float, out_csv: Path) -> pd.DataFrame:
+def sensitive_channels(sensitivity_csv: Path, percent: float, out_csv: Path) -> pd.DataFrame:
     """Workflow step: the top `percent`% sensitive channels of each layer."""
     from advneurons.runtime import atomic_path
 

@@ -2,7 +2,7 @@
 single-unit Grad-CAM focus maps, and agreement with channel-level neuron sensitivity.
 
 Every analysis reads units from a PSN score table (:func:`advneurons.psn.scores.psn_scores`) or a top-unit
-table (:func:`advneurons.psn.scores.top_units`), on the nodes that table holds (the ReLU inputs or every
+table (:func:`advneurons.psn.scores.psn_top_units`), on the nodes that table holds (the ReLU inputs or every
 node, :mod:`advneurons.psn.graph`). A unit's activation is the value of its node, which is what the
 PSN score rates; noise is injected there too. Random baselines are drawn, per node, from the units
 *outside* the chosen set, with a seeded generator, and have the same size as the chosen set.
@@ -185,7 +185,7 @@ def plot_deviation(per_layer: pd.DataFrame, title: str):
     return fig
 
 
-def activation_deviation(model_path: Path, test_path: Path, units_path: Path, percent: float,
+def psn_deviation(model_path: Path, test_path: Path, units_path: Path, percent: float,
                          n_images: int | None, seed: int, out_layer_csv: Path, out_block_csv: Path,
                          out_png: Path, meta_path: Path, noise_eps: float = 8, pgd_eps: float = 8,
                          pgd_step: float = 2, pgd_steps: int = 40, batch_size: int = 128) -> pd.DataFrame:
@@ -285,7 +285,7 @@ def attack_table(model, layers, scores: pd.DataFrame, x, y, ratios, sigma: float
     return pd.DataFrame(rows)
 
 
-def attack_psns(model_path: Path, test_path: Path, scores_path: Path, n_images: int | None, seed: int,
+def psn_attack(model_path: Path, test_path: Path, scores_path: Path, n_images: int | None, seed: int,
                 out_csv: Path, out_md: Path, out_png: Path, meta_path: Path,
                 ratios=(1, 2, 5, 10, 20, 30), sigma: float = 0.8, batch_size: int = 256) -> pd.DataFrame:
     """Workflow step: "attacking PSNs" (docs/methods.md, propagation-sensitive neurons).
@@ -479,7 +479,7 @@ def focus_figure(model, layers, layer_name: str, units: pd.DataFrame, x, y, pgd,
     return fig
 
 
-def focus_heatmaps(model_path: Path, test_path: Path, scores_path: Path, layers: list[str], out_pngs: list[Path],
+def psn_heatmaps(model_path: Path, test_path: Path, scores_path: Path, layers: list[str], out_pngs: list[Path],
                    meta_path: Path, n_units: int = 3, n_top: int = 5, n_images: int | None = None, seed: int = 0,
                    pgd_eps: float = 8, pgd_step: float = 2, pgd_steps: int = 40) -> None:
     """Workflow step: focus-region heatmaps of the ``n_units`` highest- and lowest-scoring units of
@@ -561,7 +561,7 @@ def agreement_table(scores: pd.DataFrame, sensitivity: pd.DataFrame, k_percent: 
     return pd.DataFrame(rows)
 
 
-def method_agreement(scores_path: Path, sensitivity_csv: Path, k_percent: float, out_csv: Path, out_md: Path,
+def psn_agreement(scores_path: Path, sensitivity_csv: Path, k_percent: float, out_csv: Path, out_md: Path,
                      out_png: Path) -> pd.DataFrame:
     """Workflow step: agreement between PSN (aggregated to channels) and neuron sensitivity (SNS).
 

@@ -678,7 +678,7 @@ def read_scores(path: Path) -> pd.DataFrame:
     return table
 
 
-def top_units(scores_path: Path, percents, out_path: Path) -> pd.DataFrame:
+def psn_top_units(scores_path: Path, percents, out_path: Path) -> pd.DataFrame:
     """Workflow step: top-p% units per layer for every p in ``percents`` (e.g. [0.1, 1, 10]).
 
     Writes a CSV (gzip when it ends in .gz) with columns percent, layer, depth, block, conv, channel,

@@ -122,7 +122,7 @@ def landing_page(
     return "\n".join(lines)
 
 
-def write_landing_page(out_rst: Path, **kwargs) -> str:
+def report_landing_page(out_rst: Path, **kwargs) -> str:
     """Write `landing_page(**kwargs)` to `out_rst`, fenced so that the report's Jinja pass leaves it as it is."""
     text = landing_page(**kwargs)
     with atomic_path(out_rst) as tmp:

@@ -410,11 +410,11 @@ def sns_findings(
     """Workflow step: write findings.md (and optionally the sections as JSON) from the analyses' tables.
 
     Every argument maps a label (e.g. "vgg16-vanilla", or "vgg16" for the cross-model ratio tables) to a file:
-    importance -> per-class CSV and importance_summaries -> summary CSV of `importance_sensitivity_report`;
-    layer_similarity -> CSV of `layer_similarity_report`; targeted_sensitivity -> sensitivity CSV of
-    `targeted_neuron_tables` (final-layer check); suppression -> summary CSV of `suppression_study`;
+    importance -> per-class CSV and importance_summaries -> summary CSV of `importance_report`;
+    layer_similarity -> CSV of `layer_similarity`; targeted_sensitivity -> sensitivity CSV of
+    `targeted_neurons` (final-layer check); suppression -> summary CSV of `suppression_study`;
     ratio_tables / ratio_layer_means -> Table II CSV / layer means CSV of `ratio_report`;
-    sensitivity_summaries -> summary CSV of `sensitivity_curves_figure`. Missing arguments skip their sections.
+    sensitivity_summaries -> summary CSV of `sensitivity_curves`. Missing arguments skip their sections.
     `ratio_family`: the perturbation family of the error-amplification claim (default: the family whose name
     contains "linf", else "pgd").
     `extra_sections`: JSON files of other analyses' sections (`findings.write_sections_json`), appended.

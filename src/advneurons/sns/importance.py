@@ -84,7 +84,7 @@ def ranked_by(values: np.ndarray, k: int) -> list[int]:
 
 
 # ------------------------------------------------------------------------------------------ targeted sets
-def targeted_pairs(
+def compute_targeted_pairs(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -165,14 +165,14 @@ def open_targeted_pairs(path: Path) -> tuple[PairSet, np.ndarray]:
     pairs = open_pairs(path)
     with np.load(path, allow_pickle=False) as f:
         if "target" not in f.files:
-            raise ValueError(f"{path} is a pair set without targets; make it with targeted_pair_set")
+            raise ValueError(f"{path} is a pair set without targets; make it with targeted_pairs")
         target = f["target"].astype(np.int64)
     if len(target) != len(pairs):
         raise ValueError(f"{path}: {len(target)} targets for {len(pairs)} pairs")
     return pairs, target
 
 
-def targeted_pair_set(
+def targeted_pairs(
     model_path: Path,
     test_path: Path,
     attack_cfg: dict,
@@ -204,7 +204,7 @@ def targeted_pair_set(
     )
     model, ckpt = load_model(model_path)
     images, labels = load_split(test_path)
-    pairs, target, counts = targeted_pairs(
+    pairs, target, counts = compute_targeted_pairs(
         model,
         images,
         labels,
@@ -233,7 +233,7 @@ def targeted_pair_set(
 
 # ---------------------------------------------------------------------------------- per-target neurons
 @torch.no_grad()
-def targeted_neurons(
+def compute_targeted_neurons(
     model: nn.Module, pairs: PairSet, target: np.ndarray, k: int = DEFAULT_K, batch_size: int = 256,
     site: str = DEFAULT_SITE,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -303,7 +303,7 @@ def targeted_neurons(
     return sensitivity, importance
 
 
-def targeted_neuron_tables(
+def targeted_neurons(
     model_path: Path,
     targeted_pairs_path: Path,
     k: int,
@@ -316,7 +316,7 @@ def targeted_neuron_tables(
     """Workflow step: per-target sensitivity of every layer (incl. penultimate), read at `site`, and
     importance votes.
 
-    Inputs: a model and its targeted pair file (`targeted_pair_set`). Outputs: `sensitivity_csv`
+    Inputs: a model and its targeted pair file (`targeted_pairs`). Outputs: `sensitivity_csv`
     (target, layer, depth, channel, sensitivity, n_pairs), `importance_csv` (target, channel, votes,
     mean_phi, n_pairs) and `meta_path`.
     """
@@ -326,7 +326,7 @@ def targeted_neuron_tables(
         raise ValueError(f"k must be positive, got {k}")
     model, _ = load_model(model_path)
     pairs, target = open_targeted_pairs(targeted_pairs_path)
-    sensitivity, importance = targeted_neurons(model, pairs, target, k, batch_size, site)
+    sensitivity, importance = compute_targeted_neurons(model, pairs, target, k, batch_size, site)
     with atomic_path(sensitivity_csv) as tmp:
         sensitivity.to_csv(tmp, index=False)
     with atomic_path(importance_csv) as tmp:

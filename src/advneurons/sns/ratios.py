@@ -7,7 +7,7 @@ Sensitivity ratio of channel m of layer l over pairs (x, x'):
 measured on conv outputs and on the outputs of the ReLU that follows each conv (`activation_names`). A pair
 whose clean map is all zero (common after a ReLU) has no defined ratio; it is left out of that channel's mean
 and `n_valid` counts the pairs that were used. A layer's value in Table II is the mean over its channels;
-Fig 13 averages over the layer's sensitive channels (top-k% by sensitivity, from `top_channels_file`).
+Fig 13 averages over the layer's sensitive channels (top-k% by sensitivity, from `sensitive_channels`).
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def pair_ratios(
     return acc.result()
 
 
-def sensitivity_ratios(
+def compute_sensitivity_ratios(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
@@ -173,7 +173,7 @@ def sensitivity_ratios(
     return pd.concat(frames, ignore_index=True)
 
 
-def sensitivity_ratio_table(
+def sensitivity_ratios(
     model_path: Path,
     test_path: Path,
     perturbations: dict[str, Sequence[Any]],
@@ -189,7 +189,7 @@ def sensitivity_ratio_table(
     `perturbations`: family -> list of attack config dicts (1/255 units) of increasing strength, e.g.
     {"linf_pgd": [{"type": "pgd", "eps": 4, "steps": 10}, ..., {... "eps": 32 ...}], "gaussian": [...]}.
     The perturbations are untargeted and crafted against this model on a seeded subset of `n_images` test
-    images. Outputs `out_csv` (long table, see `sensitivity_ratios`) and `meta_path`.
+    images. Outputs `out_csv` (long table, see `compute_sensitivity_ratios`) and `meta_path`.
     """
     from advneurons.models.checkpoint import load_model
     from advneurons.data import load_split
@@ -205,7 +205,7 @@ def sensitivity_ratio_table(
     named_modules_for(model, names)
     images, labels = load_split(test_path)
     index = torch.from_numpy(select_subset(len(labels), n_images, seed))
-    table = sensitivity_ratios(model, images[index], labels[index], perturbations, names, seed, batch_size)
+    table = compute_sensitivity_ratios(model, images[index], labels[index], perturbations, names, seed, batch_size)
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False)
     write_json(
@@ -234,7 +234,7 @@ def sensitivity_ratio_table(
 def layer_mean_ratios(ratios: pd.DataFrame, sensitive: pd.DataFrame | None = None) -> pd.DataFrame:
     """Mean ratio over the channels of each layer (or over its sensitive channels, if given).
 
-    `sensitive` holds (layer, channel) rows of conv layers (e.g. `top_channels_file` output); a ReLU row
+    `sensitive` holds (layer, channel) rows of conv layers (e.g. `sensitive_channels` output); a ReLU row
     then averages over the channels of the conv layer it follows. Channels with no valid pair are skipped.
     """
     data = ratios
@@ -296,8 +296,8 @@ def ratio_report(
 ) -> pd.DataFrame:
     """Workflow step: TIP Table II, Fig 13 and Fig 14 from the ratio tables of several models.
 
-    `ratio_csvs`: model label (e.g. "vanilla", "pat") -> CSV of `sensitivity_ratio_table` (same architecture).
-    `top_csvs`: model label -> sensitive channels CSV (`top_channels_file`, layer/channel columns) of that
+    `ratio_csvs`: model label (e.g. "vanilla", "pat") -> CSV of `sensitivity_ratios` (same architecture).
+    `top_csvs`: model label -> sensitive channels CSV (`sensitive_channels`, layer/channel columns) of that
     model; Fig 13 averages over them (all channels if not given). `table_family` picks the family of Table II
     and Fig 14 (e.g. "linf_pgd"). Outputs: Table II (`out_table_csv`, `out_table_md`), per-layer means of
     every family (`layer_means_csv`: model, family, level, strength, layer, kind, ratio_all, ratio_sensitive),
@@ -464,7 +464,7 @@ def sensitivity_layer_summary(tables: dict[str, pd.DataFrame], top_percent: floa
     return pd.DataFrame(rows).sort_values(["depth", "model"], kind="stable").reset_index(drop=True)
 
 
-def sensitivity_curves_figure(
+def sensitivity_curves(
     sensitivity_csvs: dict[str, Path],
     out_png: Path,
     summary_csv: Path,
@@ -476,7 +476,7 @@ def sensitivity_curves_figure(
 ) -> pd.DataFrame:
     """Workflow step: sorted per-channel sensitivity, one line per model, four layers (TIP Fig 10).
 
-    `sensitivity_csvs`: model label (e.g. "vanilla", "pat") -> CSV of `sensitivity_from_pairs` (each model on
+    `sensitivity_csvs`: model label (e.g. "vanilla", "pat") -> CSV of `neuron_sensitivity` (each model on
     its own PGD pairs). `layers` defaults to conv1, conv4, conv7, conv13 (VGG16) or l1b1c1, l2b1c1, l3b1c2,
     l4b1c1 (ResNet18). Outputs: `out_png`; `summary_csv`/`summary_md` with the mean sensitivity of every layer
     per model (all channels and the top `top_percent`%); `meta_path`.

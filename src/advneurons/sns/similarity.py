@@ -113,7 +113,7 @@ def importance_vs_sensitivity(sensitivity: pd.DataFrame, importance: pd.DataFram
     """
     penult = sensitivity[sensitivity["layer"] == PENULTIMATE]
     if penult.empty:
-        raise ValueError(f"the sensitivity table has no {PENULTIMATE!r} layer; make it with targeted_neuron_tables")
+        raise ValueError(f"the sensitivity table has no {PENULTIMATE!r} layer; make it with targeted_neurons")
     rows = []
     for target, imp in importance.groupby("target", sort=True):
         sens = penult[penult["target"] == target].sort_values("channel")
@@ -175,7 +175,7 @@ def importance_summary(per_class: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def importance_sensitivity_report(
+def importance_report(
     sensitivity_csv: Path,
     importance_csv: Path,
     k: int,
@@ -188,7 +188,7 @@ def importance_sensitivity_report(
 ) -> pd.DataFrame:
     """Workflow step: per-class Spearman / Levenshtein / Jaccard of sensitive vs important neurons.
 
-    Inputs: the two CSVs of `targeted_neuron_tables`. Outputs: `out_csv` (one row per target class),
+    Inputs: the two CSVs of `targeted_neurons`. Outputs: `out_csv` (one row per target class),
     `summary_csv` (mean, range beside the paper's CIFAR-10 VGG16 means), `out_md` (both tables),
     `figure_png` (bar chart per class with the mean as a line, one panel per metric), `meta_path`.
     """
@@ -249,7 +249,7 @@ def importance_figure(per_class: pd.DataFrame, title: str = ""):
 
 
 # ------------------------------------------------------------------------------------------ across layers
-def layer_similarity(
+def compute_layer_similarity(
     sensitivity: pd.DataFrame, top_percent: float = 10.0, exclude_layers: Sequence[str] = ("fc",)
 ) -> pd.DataFrame:
     """Per layer, across target classes: total Jaccard, average pair Jaccard and Levenshtein similarity.
@@ -296,7 +296,7 @@ def fc_top_unit_is_target(sensitivity: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["target", "most_sensitive_logit", "matches"])
 
 
-def layer_similarity_report(
+def layer_similarity(
     sensitivity_csv: Path,
     top_percent: float,
     out_csv: Path,
@@ -308,12 +308,12 @@ def layer_similarity_report(
 ) -> pd.DataFrame:
     """Workflow step: similarity of the per-target sensitive neurons of each layer (TIP Fig 8, ECCV Fig 2b).
 
-    Input: the sensitivity CSV of `targeted_neuron_tables`. Outputs: `out_csv`/`out_md` (one row per layer:
+    Input: the sensitivity CSV of `targeted_neurons`. Outputs: `out_csv`/`out_md` (one row per layer:
     total_jaccard, avg_pair_jaccard, avg_pair_levenshtein), `figure_png` (the three over layer depth) and
     `meta_path` (also whether the most sensitive fc unit of each targeted set is its target class).
     """
     sensitivity = pd.read_csv(sensitivity_csv)
-    table = layer_similarity(sensitivity, top_percent, exclude_layers)
+    table = compute_layer_similarity(sensitivity, top_percent, exclude_layers)
     fc_check = fc_top_unit_is_target(sensitivity)
     heading = (
         f"Sensitive neurons across target classes per layer{' — ' + title if title else ''} (top {top_percent:g}%)"

@@ -1,7 +1,7 @@
 """Suppression study (TIP Fig 9, ECCV Fig 3a): scale the outputs of sensitive channels by beta <= 1.
 
 Which channels: the top `top_percent`% of every conv layer by sensitivity (the sensitivity CSV of
-`sensitivity_from_pairs`, untargeted PGD pairs), all conv layers at once, as the paper suppresses "the top-10%
+`neuron_sensitivity`, untargeted PGD pairs), all conv layers at once, as the paper suppresses "the top-10%
 sensitive neurons" of the model. Control: the same number of channels per layer drawn at random (seeded) from
 the non-sensitive channels of that layer, `n_random` repeats averaged.
 

@@ -40,7 +40,7 @@ from torch import nn
 
 from advneurons.attacks import pgd_linf
 from advneurons.models.architectures import DEFAULT_SITE, layer_channels
-from advneurons.evaluation.sensitivity import PairHooks, channel_distance, neuron_sensitivity
+from advneurons.evaluation.sensitivity import PairHooks, channel_distance, compute_neuron_sensitivity
 
 VARIANTS = ("sen", "all", "rand", "dyn", "cls")
 
@@ -115,7 +115,7 @@ def choose_channels(model: nn.Module, layers: "OrderedDict[str, nn.Module]", var
             xb, yb = x[i : i + batch_size], y[i : i + batch_size]
             yield xb, pgd_linf(model, xb, yb, eps, steps, step_size, random_start=True, generator=gen)
 
-    sens = neuron_sensitivity(model, pairs(), layers)
+    sens = compute_neuron_sensitivity(model, pairs(), layers)
     model.train(was_training)
     return OrderedDict(
         (n, torch.from_numpy(sens[n]).argsort(descending=True)[: k[n]].sort().values) for n in layers

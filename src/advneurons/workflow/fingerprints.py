@@ -289,7 +289,7 @@ def script_fingerprint(script: str | Path, package_dir: str | Path = PACKAGE_DIR
 
 
 def function_fingerprint(qualified: str, package_dir: str | Path = PACKAGE_DIR) -> str:
-    """Fingerprint of the code a package function runs, e.g. "advneurons.evaluation.pairs:attack_pair_set"."""
+    """Fingerprint of the code a package function runs, e.g. "advneurons.evaluation.pairs:attack_pairs"."""
     module, _, name = qualified.partition(":")
     index = _index(str(package_dir))
     target = index.resolve(("def", module, name)) if name else ("module", module, "")
