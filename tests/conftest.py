@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from advneurons.runtime import setup
+from tiny_models import tiny_model
 
 
 def pytest_collection_modifyitems(items):
@@ -23,10 +24,8 @@ def _single_thread():
 
 @pytest.fixture
 def tiny_vgg():
-    from advneurons.models.architectures import build_model
-
     torch.manual_seed(0)
-    return build_model("vgg16", "digits", width=0.0625).eval()
+    return tiny_model("vgg16").eval()
 
 
 @pytest.fixture(scope="session")

@@ -31,6 +31,7 @@ from advneurons.attacks import (
     spsa,
     spsa_gradient,
 )
+from tiny_models import tiny_model
 
 LINF = 32 / 255
 L2 = 640 / 255
@@ -41,13 +42,12 @@ N_IMAGES = 48
 def trained():
     """A tiny VGG16 (width 1/16) trained for 4 epochs on digits (about 97% test accuracy), and test images."""
     from advneurons import data
-    from advneurons.models.architectures import build_model
 
     parts = data.prepare_digits(0.2, 0.1, 0)
     x_train = torch.from_numpy(parts["train"].images).float() / 255
     y_train = torch.from_numpy(parts["train"].labels)
     torch.manual_seed(0)
-    model = build_model("vgg16", "digits", 0.0625)
+    model = tiny_model("vgg16")
     epochs, batch = 4, 64
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.05, total_steps=epochs * math.ceil(len(x_train) / batch), pct_start=0.25)

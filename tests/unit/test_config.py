@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from advneurons.config import settings
+from tiny_models import tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -114,12 +115,11 @@ def test_param_hash_ignores_key_order():
 
 
 def test_psn_layer_names_are_the_models_scored_layers():
-    from advneurons.models.architectures import build_model
     from advneurons.psn.scores import scored_layers
 
     for nodes, by_arch in settings.PSN_LAYERS.items():
         for arch, names in by_arch.items():
-            assert list(scored_layers(build_model(arch, "digits", width=0.0625), nodes)) == names, (nodes, arch)
+            assert list(scored_layers(tiny_model(arch), nodes)) == names, (nodes, arch)
 
 
 def test_heatmap_nodes_are_checked_against_the_node_set(cfg):

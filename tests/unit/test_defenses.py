@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from advneurons.models import checkpoint
-from advneurons.models.architectures import build_model, layer_channels
+from advneurons.models.architectures import layer_channels
 from advneurons.training.sns import (
     StabilityLoss,
     choose_channels,
@@ -19,6 +19,7 @@ from advneurons.training.sns import (
 )
 from advneurons.training.loop import TrainConfig, nat_examples, train_model
 from training_helpers import train_tiny, write_small_splits
+from tiny_models import tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def base(splits, tmp_path_factory):
 
 def test_stability_loss_is_the_mean_l1_distance_of_the_chosen_channels():
     torch.manual_seed(0)
-    model = build_model("vgg16", "digits", width=0.0625).eval()
+    model = tiny_model("vgg16").eval()
     layers = selected_layers(model, "vgg16", ["conv8", "conv13"])
     channels = {"conv8": torch.tensor([0, 3]), "conv13": torch.tensor([1])}
     x, x_adv = torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32)
@@ -66,7 +67,7 @@ def test_stability_loss_is_the_mean_l1_distance_of_the_chosen_channels():
 
 def test_channel_choices_per_variant():
     torch.manual_seed(0)
-    model = build_model("vgg16", "digits", width=0.0625).eval()
+    model = tiny_model("vgg16").eval()
     layers = selected_layers(model, "vgg16", None)
     assert list(layers) == [f"conv{i}" for i in range(8, 14)]
     x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
@@ -89,7 +90,7 @@ def test_channel_choices_per_variant():
 
 
 def test_freezing_keeps_the_lower_layers_and_their_statistics():
-    model = build_model("resnet18", "digits", width=0.0625)
+    model = tiny_model("resnet18")
     frozen_bn = freeze_below(model, "l3b2c1")
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert not any(n.startswith(("conv1", "bn1", "layer1", "layer2")) for n in trainable)
@@ -157,7 +158,7 @@ def test_alp_adds_the_logit_pairing_term(splits, tmp_path):
 
 def test_nat_examples_are_step_ll_with_per_image_budgets():
     torch.manual_seed(0)
-    model = build_model("vgg16", "digits", width=0.0625).eval()
+    model = tiny_model("vgg16").eval()
     x = torch.rand(64, 3, 32, 32) * 0.5 + 0.25  # away from the box so clipping does not hide the step
     eps = 32 / 255
     adv = nat_examples(model, x, eps, torch.Generator().manual_seed(0))
@@ -326,7 +327,7 @@ def test_defense_claims_take_the_papers_signs_and_decide_with_paired_tests(tmp_p
 def test_stability_loss_ignores_forward_passes_outside_the_training_step():
     # the attack's own forward passes (odd batch sizes included) must neither fail nor add to L_sns
     torch.manual_seed(0)
-    model = build_model("vgg16", "digits", width=0.0625).eval()
+    model = tiny_model("vgg16").eval()
     layers = selected_layers(model, "vgg16", None)
     channels = {n: torch.tensor([0]) for n in layers}
     with StabilityLoss(layers, channels) as stab, torch.no_grad():
@@ -339,13 +340,13 @@ def test_stability_loss_ignores_forward_passes_outside_the_training_step():
 
 def test_the_stabilised_features_are_the_batch_normalised_conv_outputs_by_default():
     for arch, first in (("vgg16", "conv8"), ("resnet18", "l3b2c1")):
-        model = build_model(arch, "digits", width=0.0625)
+        model = tiny_model(arch)
         layers = selected_layers(model, arch, None)
         assert all(isinstance(m, torch.nn.BatchNorm2d) for m in layers.values())
         assert layers[first].num_features == layer_channels(model)[first]
-    vgg = build_model("vgg16", "digits", width=0.0625)
+    vgg = tiny_model("vgg16")
     assert selected_layers(vgg, "vgg16", ["conv8"])["conv8"] is vgg.features.bn8
-    res = build_model("resnet18", "digits", width=0.0625)
+    res = tiny_model("resnet18")
     block = dict(res.blocks())["l4b2"]
     assert selected_layers(res, "resnet18", ["l4b2c2"])["l4b2c2"] is block.bn2
 

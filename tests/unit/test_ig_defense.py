@@ -19,13 +19,13 @@ from advneurons.defenses.ig_defense import (
     penultimate,
     top_k_count,
 )
-from advneurons.models.architectures import build_model
 from advneurons.evaluation.robustness import evaluate_model
+from tiny_models import tiny_model
 
 
 def _model(arch="resnet18"):
     torch.manual_seed(0)
-    model = build_model(arch, "digits", width=0.0625).eval()
+    model = tiny_model(arch).eval()
     with torch.no_grad():  # a non-trivial head: random weights and biases
         model.fc.weight.normal_()
         model.fc.bias.normal_()

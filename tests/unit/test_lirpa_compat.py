@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from bn_helpers import with_bn_stats
+from tiny_models import tiny_model, with_bn_stats
 from torch import nn
 
 from advneurons.psn.lirpa_compat import (
@@ -12,7 +12,6 @@ from advneurons.psn.lirpa_compat import (
     linf_bounds,
     linf_linear_bounds,
 )
-from advneurons.models.architectures import build_model
 
 TOL = 1e-4
 
@@ -204,7 +203,7 @@ def test_linf_linear_bounds_are_sound(small, method):
 def test_real_models_bounds_contain_outputs(arch):
     torch.manual_seed(1)
     model = _with_bn_stats(
-        build_model(arch, "digits", width=0.0625), (3, 32, 32), seed=1
+        tiny_model(arch), (3, 32, 32), seed=1
     )
     x = torch.rand(1, 3, 32, 32)
     bnet = bounded_module(model, x)

@@ -13,7 +13,7 @@ from advneurons.defenses.meansparse import (
     meansparse_model,
     set_alpha,
 )
-from advneurons.models.architectures import build_model
+from tiny_models import tiny_model
 
 
 def test_activations_near_the_mean_become_the_mean():
@@ -31,7 +31,7 @@ def test_activations_near_the_mean_become_the_mean():
 
 def test_channel_stats_match_a_direct_computation():
     torch.manual_seed(0)
-    model = build_model("resnet18", "digits", width=0.0625).eval()
+    model = tiny_model("resnet18").eval()
     x = torch.rand(20, 3, 32, 32)
     stats = channel_stats(model, x, batch_size=7)
     seen = {}
@@ -48,7 +48,7 @@ def test_channel_stats_match_a_direct_computation():
 
 def test_alpha_zero_is_the_undefended_model_and_checkpoints_round_trip(tmp_path):
     torch.manual_seed(0)
-    model = build_model("vgg16", "digits", width=0.0625).eval()
+    model = tiny_model("vgg16").eval()
     x = torch.rand(8, 3, 32, 32)
     with torch.no_grad():
         plain = model(x)

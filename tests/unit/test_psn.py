@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from bn_helpers import with_bn_stats
+from tiny_models import tiny_model, with_bn_stats
 from torch import nn
 
-from advneurons.models.architectures import BasicBlock, build_model
+from advneurons.models.architectures import BasicBlock
 from advneurons.psn.scores import (
     PSNBounder,
     layer_activations,
@@ -210,21 +210,21 @@ def test_chunked_backward_equals_single_pass(nets, bounders, kind):
 
 # ----------------------------------------------------------------------------------- naming
 def test_scored_layers_of_the_papers_models():
-    vgg = scored_layers(build_model("vgg16", "digits", width=0.0625))
+    vgg = scored_layers(tiny_model("vgg16"))
     assert list(vgg) == [f"conv{i}.bn" for i in range(1, 14)]
     assert [l.block for l in vgg.values()] == ["B1"] * 2 + ["B2"] * 2 + ["B3"] * 3 + ["B4"] * 3 + ["B5"] * 3
     assert vgg["conv7.bn"].conv == "conv7" and vgg["conv7.bn"].kind == "bn"
-    res = scored_layers(build_model("resnet18", "digits", width=0.0625))
+    res = scored_layers(tiny_model("resnet18"))
     expected = ["conv1.bn"] + [f"l{s}b{b}{k}" for s in range(1, 5) for b in (1, 2) for k in ("c1.bn", "add")]
     assert list(res) == expected
     assert res["l3b2add"].block == "layer3" and res["l3b2add"].conv == "l3b2c2" and res["conv1.bn"].block == "stem"
     # the all-node set extends the same names; the ReLU inputs are a subset of it
-    every = scored_layers(build_model("resnet18", "digits", width=0.0625), "all")
+    every = scored_layers(tiny_model("resnet18"), "all")
     assert set(res) < set(every)
     assert list(every)[:3] == ["conv1", "conv1.bn", "conv1.relu"] and list(every)[-2:] == ["avgpool", "flatten"]
     assert [n for n in every if n.startswith("l2b1")] == [
         "l2b1c1", "l2b1c1.bn", "l2b1c1.relu", "l2b1c2", "l2b1c2.bn", "l2b1sc", "l2b1sc.bn", "l2b1add", "l2b1add.relu"]
-    vgg_all = scored_layers(build_model("vgg16", "digits", width=0.0625), "all")
+    vgg_all = scored_layers(tiny_model("vgg16"), "all")
     assert list(vgg_all)[:7] == ["conv1", "conv1.bn", "conv1.relu", "conv2", "conv2.bn", "conv2.relu", "pool1"]
     assert list(vgg_all)[-2:] == ["pool5", "flatten"] and len(vgg_all) == 13 * 3 + 5 + 1
 

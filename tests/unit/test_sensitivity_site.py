@@ -8,24 +8,12 @@ import torch
 from torch import nn
 
 from advneurons.models import checkpoint
-from advneurons.models.architectures import DEFAULT_SITE, SITES, build_model, layer_channels
+from advneurons.models.architectures import DEFAULT_SITE, SITES, layer_channels
 from advneurons.evaluation.pairs import PairSet, save_pairs
 from advneurons.evaluation.sensitivity import compute_neuron_sensitivity, neuron_sensitivity
 from advneurons.training.sns import StabilityLoss, selected_layers, sns_batch_loss
 from advneurons.training.loop import TrainConfig
-
-
-def random_bn_stats(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BatchNorm statistics and affine parameters (eval mode), so BN is far from the identity."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(0.0, 0.5, generator=gen)
-                m.running_var.uniform_(0.2, 3.0, generator=gen)
-                m.weight.uniform_(0.5, 1.5, generator=gen)
-                m.bias.uniform_(-0.2, 0.2, generator=gen)
-    return model.eval()
+from tiny_models import random_bn_stats, tiny_model
 
 
 def pairs(seed: int = 1, n: int = 6):
@@ -50,7 +38,7 @@ def rescale_filter(model: nn.Module, layer: str, channel: int, s: float) -> None
 @pytest.mark.parametrize("arch, layer", [("vgg16", "conv5"), ("resnet18", "l2b1c2")])
 def test_rescaling_a_filter_moves_only_the_conv_site(arch, layer):
     torch.manual_seed(0)
-    model = random_bn_stats(build_model(arch, "digits", 0.0625))
+    model = random_bn_stats(tiny_model(arch))
     clean, perturbed = pairs()
     before = {site: compute_neuron_sensitivity(model, [(clean, perturbed)], site=site) for site in SITES}
     with torch.no_grad():
@@ -75,7 +63,7 @@ def test_rescaling_a_filter_moves_only_the_conv_site(arch, layer):
 @pytest.mark.parametrize("arch", ["vgg16", "resnet18"])
 def test_every_site_has_the_same_layers_and_channels(arch):
     torch.manual_seed(0)
-    model = random_bn_stats(build_model(arch, "digits", 0.0625))
+    model = random_bn_stats(tiny_model(arch))
     counts = layer_channels(model)
     clean, perturbed = pairs(n=2)
     for site in SITES:
@@ -86,12 +74,12 @@ def test_every_site_has_the_same_layers_and_channels(arch):
 
 
 def test_which_module_each_site_reads():
-    vgg = build_model("vgg16", "digits", 0.0625)
+    vgg = tiny_model("vgg16")
     for site, kind in (("conv", nn.Conv2d), ("bn", nn.BatchNorm2d), ("relu", nn.ReLU)):
         modules = vgg.layers(site)
         assert modules["conv7"] is getattr(vgg.features, f"{site}7")
         assert all(isinstance(m, kind) for name, m in modules.items() if name != "fc")
-    res = build_model("resnet18", "digits", 0.0625)
+    res = tiny_model("resnet18")
     block = dict(res.blocks())["l3b1"]
     assert [res.layers(site)["conv1"] for site in SITES] == [res.conv1, res.bn1, res.relu1]
     assert [res.layers(site)["l3b1c1"] for site in SITES] == [block.conv1, block.bn1, block.relu1]
@@ -105,7 +93,7 @@ def test_an_unknown_site_is_refused_naming_the_sites(tiny_vgg):
     with pytest.raises(ValueError, match=allowed):
         tiny_vgg.layers("pre")
     with pytest.raises(ValueError, match=allowed):
-        build_model("resnet18", "digits", 0.0625).layers("output")
+        tiny_model("resnet18").layers("output")
     with pytest.raises(ValueError, match=allowed):
         compute_neuron_sensitivity(tiny_vgg, [pairs(n=1)], site="BN")
     with pytest.raises(ValueError, match=allowed):
@@ -119,7 +107,7 @@ def test_an_unknown_site_is_refused_naming_the_sites(tiny_vgg):
 @pytest.mark.parametrize("site, kind", [("bn", nn.BatchNorm2d), ("conv", nn.Conv2d), ("relu", nn.ReLU)])
 def test_the_stability_loss_hooks_the_modules_of_its_site(site, kind):
     torch.manual_seed(0)
-    model = random_bn_stats(build_model("vgg16", "digits", 0.0625))
+    model = random_bn_stats(tiny_model("vgg16"))
     layers = selected_layers(model, "vgg16", ["conv9", "conv12"], site)
     assert all(isinstance(m, kind) for m in layers.values())
     channels = {"conv9": torch.tensor([0, 5]), "conv12": torch.tensor([3])}
@@ -141,7 +129,7 @@ def test_the_stability_loss_hooks_the_modules_of_its_site(site, kind):
 
 def test_sensitivity_from_pairs_reads_and_records_its_site(tmp_path):
     torch.manual_seed(0)
-    model = random_bn_stats(build_model("vgg16", "digits", 0.0625))
+    model = random_bn_stats(tiny_model("vgg16"))
     checkpoint.save_model(model, tmp_path / "model.pt", "vgg16", "digits", 0.0625, 10, {})
     clean, perturbed = pairs(n=4)
     labels = np.zeros(4, dtype=np.int64)
@@ -171,7 +159,7 @@ def test_the_sns_channel_choice_is_measured_at_the_sns_site(variant):
         return _sns_channels(model, layers, TrainConfig(**cfg, site=site), x, y, torch.Generator().manual_seed(0))
 
     torch.manual_seed(0)
-    model = random_bn_stats(build_model("vgg16", "digits", 0.0625))
+    model = random_bn_stats(tiny_model("vgg16"))
     bn_before = choice(model, "bn")["conv9"]
     channel = next(c for c in range(layer_channels(model)["conv9"]) if c not in choice(model, "conv")["conv9"])
     rescale_filter(model, "conv9", channel, 1000.0)

@@ -7,8 +7,6 @@ import pandas as pd
 import pytest
 import torch
 from torch import nn
-
-from advneurons.models.architectures import build_model
 from advneurons.sns.ratios import (
     arch_of,
     default_ratio_layers,
@@ -20,6 +18,7 @@ from advneurons.sns.ratios import (
     sensitivity_curves,
     compute_sensitivity_ratios,
 )
+from tiny_models import tiny_model
 
 
 class OneLayer(nn.Module):
@@ -89,9 +88,9 @@ def test_ratios_of_vgg_layer_match_direct_computation(tiny_vgg):
 
 
 def test_default_layers_vgg_and_resnet():
-    vgg = build_model("vgg16", "digits", 0.0625)
+    vgg = tiny_model("vgg16")
     assert default_ratio_layers(vgg)[:4] == ["conv1", "relu1", "conv2", "relu2"]
-    res = build_model("resnet18", "digits", 0.0625)
+    res = tiny_model("resnet18")
     layers = default_ratio_layers(res)
     assert layers[:6] == ["conv1", "relu1", "l1b1c1", "l1b1r1", "l1b1c2", "l1b1r2"]
     assert "l2b1sc" not in layers

@@ -7,8 +7,6 @@ import pandas as pd
 import pytest
 import torch
 from torch import nn
-
-from advneurons.models.architectures import build_model
 from advneurons.sns.common import activation_names
 from advneurons.sns.suppression import (
     evaluate_variant,
@@ -19,6 +17,7 @@ from advneurons.sns.suppression import (
     suppression_study,
 )
 from sns_fixtures import gaussian_noise
+from tiny_models import tiny_model
 
 
 def fake_sensitivity(model) -> pd.DataFrame:
@@ -42,9 +41,9 @@ def test_scaled_channels_scales_only_listed_channels_and_cleans_up():
 
 
 def test_activation_names_vgg_and_resnet():
-    vgg = build_model("vgg16", "digits", 0.0625)
+    vgg = tiny_model("vgg16")
     assert activation_names(vgg) == {f"conv{i}": f"relu{i}" for i in range(1, 14)}
-    res = build_model("resnet18", "digits", 0.0625)
+    res = tiny_model("resnet18")
     names = activation_names(res)
     assert names["conv1"] == "relu1" and names["l1b1c1"] == "l1b1r1" and names["l4b2c2"] == "l4b2r2"
     assert "l2b1sc" not in names and "fc" not in names and len(names) == 1 + 8 * 2
