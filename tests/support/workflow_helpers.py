@@ -19,9 +19,14 @@ def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
     # --quiet and --configfile take several values: keep targets and options apart from them.
     proc = snakemake(workdir, *args, "--dry-run", "--quiet", "rules")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return job_counts(proc.stdout + proc.stderr)
+
+
+def job_counts(dry_run_output: str) -> dict[str, int]:
+    """The per-rule job counts of a dry run's "job count" table."""
     counts: dict[str, int] = {}
     in_table = False
-    for line in (proc.stdout + proc.stderr).splitlines():
+    for line in dry_run_output.splitlines():
         parts = line.split()
         if parts[:2] == ["job", "count"]:
             in_table = True
@@ -85,6 +90,7 @@ def copy_of_workflow(dest: Path) -> Path:
     """A copy of the workflow (Snakefile, rules, scripts, ...) and of the package, modification times kept."""
     import shutil
 
+    dest.mkdir(parents=True, exist_ok=True)
     for part in WORKFLOW_PARTS:
         source = ROOT / part
         (shutil.copytree if source.is_dir() else shutil.copy2)(source, dest / part)
