@@ -70,6 +70,17 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what the platform module reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def versions() -> dict:
     import importlib.metadata as md
 
@@ -86,6 +97,10 @@ def versions() -> dict:
         if var in os.environ:
             out[var.lower()] = os.environ[var]
     out["threads"] = torch.get_num_threads()
+    # Results differ between CPUs (torch's kernels pick their instruction set, and so their rounding, by CPU):
+    # record which CPU and which instruction set the step ran with.
+    out["cpu"] = cpu_model()
+    out["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     return out
 
 

@@ -54,6 +54,7 @@ def test_same_seed_same_weights_and_metadata(splits, tmp_path):
     b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert meta["seed"] == 3 and meta["versions"]["torch"] == torch.__version__
+    assert meta["versions"]["cpu"] and meta["versions"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert meta["params"]["training"]["method"] == "vanilla"
 
 
