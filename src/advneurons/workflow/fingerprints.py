@@ -288,16 +288,6 @@ def script_fingerprint(script: str | Path, package_dir: str | Path = PACKAGE_DIR
     return index.fingerprint(roots)
 
 
-def function_fingerprint(qualified: str, package_dir: str | Path = PACKAGE_DIR) -> str:
-    """Fingerprint of the code a package function runs, e.g. "advneurons.evaluation.pairs:attack_pairs"."""
-    module, _, name = qualified.partition(":")
-    index = _index(str(package_dir))
-    target = index.resolve(("def", module, name)) if name else ("module", module, "")
-    if target is None:
-        raise LookupError(f"{qualified}: no such definition in the package")
-    return index.fingerprint({target})
-
-
 def reachable_definitions(script: str | Path, package_dir: str | Path = PACKAGE_DIR) -> list[str]:
     """"module:name" of every package definition the script can run, sorted (what its fingerprint hashes)."""
     index = _index(str(package_dir))
