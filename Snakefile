@@ -29,11 +29,11 @@ report: os.path.abspath(LANDING_PAGE) if os.path.exists(LANDING_PAGE) else "repo
 rule all:
     default_target: True
     input:
-        final_outputs(),
+        targets.final_outputs(plan),
     localrule: True
     message:
         "every result of the run is in place"
 
 
 onsuccess:
-    print(results_guide())
+    print(targets.results_guide(plan))

@@ -3,8 +3,8 @@
 
 rule attack_pairs:
     input:
-        model="results/{data}/models/{model}/model.pt",
-        test=split_file("test"),
+        model=rules.train_model.output.model,
+        test=rules.prepare_dataset.output.test,
     output:
         pairs="results/{data}/pairs/{model}/{attack}/pairs.npz",
         meta="results/{data}/pairs/{model}/{attack}/metadata.json",
@@ -20,7 +20,7 @@ rule attack_pairs:
         runtime=120,
     params:
         code=code_version("attack_pairs"),
-        attack=attack_settings,
+        attack=jobs.attack_settings,
         batch_size=config["evaluation"]["batch_size"],
     message:
         "adversarial pairs: {wildcards.model} under {wildcards.attack}"

@@ -5,7 +5,7 @@
 # re-running it (a changed url, a code change), and a hand-placed archive must never be deleted or re-fetched.
 rule download_cifar10:
     output:
-        CIFAR10_ARCHIVE_RECORD,
+        plan.cifar10_archive_record,
     log:
         "logs/download_cifar10.log",
     benchmark:
@@ -46,7 +46,7 @@ rule prepare_dataset:
         runtime=20,
     params:
         code=code_version("prepare_dataset"),
-        dataset=dataset_settings,
+        dataset=jobs.dataset_settings,
     message:
         "dataset splits: {wildcards.data}"
     script:

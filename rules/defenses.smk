@@ -4,7 +4,7 @@
 
 rule final_robustness_table:
     input:
-        records=final_table_records(),
+        records=plan.final_table_records(),
     output:
         csv="results/tables/final_robustness.csv",
         md="results/tables/final_robustness.md",
@@ -28,8 +28,8 @@ rule final_robustness_table:
     params:
         code=code_version("final_robustness_table"),
         columns=config["robustness"]["table_iii"],
-        models=final_table_models,
-        dataset=DATASET,
+        models=jobs.final_table_models,
+        dataset=plan.dataset,
     message:
         "final robustness table (every model and defense)"
     script:
@@ -38,7 +38,7 @@ rule final_robustness_table:
 
 rule sensitivity_by_training:
     input:
-        unpack(arch_all_sensitivity_files),
+        unpack(jobs.arch_all_sensitivity_files),
     output:
         csv="results/figures/sensitivity_by_training_{arch}.csv",
         png=report(
@@ -68,7 +68,7 @@ rule sensitivity_by_training:
 
 rule meansparse_model:
     input:
-        unpack(meansparse_inputs),
+        unpack(jobs.meansparse_inputs),
     output:
         model="results/{data}/defended/{model}/model.pt",
         sweep="results/{data}/defended/{model}/alpha_sweep.csv",
@@ -92,7 +92,7 @@ rule meansparse_model:
         runtime=120,
     params:
         code=code_version("meansparse_model"),
-        meansparse=meansparse_settings,
+        meansparse=jobs.meansparse_settings,
         batch_size=config["robustness"]["batch_size"],
     message:
         "MeanSparse around {wildcards.model}"
@@ -102,7 +102,7 @@ rule meansparse_model:
 
 rule ig_defense_model:
     input:
-        unpack(ig_defense_inputs),
+        unpack(jobs.ig_defense_inputs),
     output:
         model="results/{data}/ig_defense/{model}/model.pt",
         ranking="results/{data}/ig_defense/{model}/lo_ir_ranking.csv",
@@ -119,7 +119,7 @@ rule ig_defense_model:
         runtime=60,
     params:
         code=code_version("ig_defense_model"),
-        ig_defense=ig_defense_settings,
+        ig_defense=jobs.ig_defense_settings,
         batch_size=config["robustness"]["batch_size"],
     message:
         "IG-Defense around {wildcards.model}"
@@ -129,8 +129,8 @@ rule ig_defense_model:
 
 rule ig_defense_analysis:
     input:
-        model="results/{data}/ig_defense/{model}/model.pt",
-        test=split_file("test"),
+        model=rules.ig_defense_model.output.model,
+        test=rules.prepare_dataset.output.test,
     output:
         per_image="results/{data}/ig_defense/{model}/{analysis}_per_image.csv",
         summary="results/{data}/ig_defense/{model}/{analysis}_summary.csv",
@@ -161,8 +161,8 @@ rule ig_defense_analysis:
         runtime=60,
     params:
         code=code_version("ig_defense_analysis"),
-        analysis=ig_analysis_settings,
-        model_name=model_name,
+        analysis=jobs.ig_analysis_settings,
+        model_name=jobs.model_name,
         batch_size=config["robustness"]["batch_size"],
     message:
         "IG-Defense analysis: {wildcards.model}"
@@ -172,7 +172,7 @@ rule ig_defense_analysis:
 
 rule transfer_check:
     input:
-        unpack(transfer_inputs),
+        unpack(jobs.transfer_inputs),
     output:
         csv="results/{data}/transfer/{model}/{attack}.csv",
         meta="results/{data}/transfer/{model}/{attack}.json",
@@ -188,8 +188,8 @@ rule transfer_check:
         runtime=30,
     params:
         code=code_version("transfer_check"),
-        check=transfer_settings,
-        model_name=model_name,
+        check=jobs.transfer_settings,
+        model_name=jobs.model_name,
         batch_size=config["robustness"]["batch_size"],
     message:
         "transfer check: {wildcards.model} under {wildcards.attack}"
@@ -199,7 +199,7 @@ rule transfer_check:
 
 rule transfer_table:
     input:
-        rows=transfer_rows(),
+        rows=plan.transfer_rows(),
     output:
         csv="results/tables/transfer_check.csv",
         md="results/tables/transfer_check.md",
@@ -220,7 +220,7 @@ rule transfer_table:
         runtime=10,
     params:
         code=code_version("transfer_table"),
-        labels=transfer_labels,
+        labels=jobs.transfer_labels,
     message:
         "transfer check table"
     script:
@@ -229,7 +229,7 @@ rule transfer_table:
 
 rule defense_findings:
     input:
-        unpack(defense_findings_inputs),
+        unpack(jobs.defense_findings_inputs),
     output:
         "results/tables/defense_findings.json",
     log:
@@ -244,7 +244,7 @@ rule defense_findings:
         runtime=10,
     params:
         code=code_version("defense_findings"),
-        archs=ARCHS,
+        archs=plan.archs,
         trainings=config["training"],
     message:
         "defense claims"
@@ -254,7 +254,7 @@ rule defense_findings:
 
 rule sns_layer_range:
     input:
-        records=layer_range_records(),
+        records=plan.layer_range_records(),
     output:
         csv="results/tables/sns_layer_range.csv",
         md="results/tables/sns_layer_range.md",
@@ -281,8 +281,8 @@ rule sns_layer_range:
         runtime=10,
     params:
         code=code_version("sns_layer_range"),
-        models=layer_range_models,
-        attacks=layer_range_attack_labels(),
+        models=jobs.layer_range_models,
+        attacks=jobs.layer_range_attack_labels,
         training=config["sns_layer_range"]["training"],
     message:
         "SNS layer-range table and figure"

@@ -4,8 +4,8 @@
 
 rule evaluate_attack:
     input:
-        model=evaluated_model,
-        test=split_file("test"),
+        model=jobs.evaluated_model,
+        test=rules.prepare_dataset.output.test,
     output:
         records="results/{data}/robustness/{model}/{attack}.csv",
         meta="results/{data}/robustness/{model}/{attack}.json",
@@ -21,8 +21,8 @@ rule evaluate_attack:
         runtime=240,
     params:
         code=code_version("evaluate_attack"),
-        evaluation=robustness_settings,
-        model_name=model_name,
+        evaluation=jobs.robustness_settings,
+        model_name=jobs.model_name,
         batch_size=config["robustness"]["batch_size"],
     message:
         "robust accuracy: {wildcards.model} under {wildcards.attack}"
@@ -32,7 +32,7 @@ rule evaluate_attack:
 
 rule robustness_table:
     input:
-        records=robustness_records(config["robustness"]["table_iii"].values()),
+        records=plan.robustness_records(config["robustness"]["table_iii"].values()),
     output:
         csv="results/tables/robustness.csv",
         md="results/tables/robustness.md",
@@ -62,7 +62,7 @@ rule robustness_table:
         code=code_version("robustness_table"),
         layout="table_iii",
         columns=config["robustness"]["table_iii"],
-        dataset=DATASET,
+        dataset=plan.dataset,
     message:
         "robustness table (TIP Table III layout)"
     script:
@@ -71,7 +71,7 @@ rule robustness_table:
 
 rule robustness_table_i:
     input:
-        records=robustness_records(config["robustness"]["table_i"]),
+        records=plan.robustness_records(config["robustness"]["table_i"]),
     output:
         csv="results/tables/robustness_table_i.csv",
         md="results/tables/robustness_table_i.md",
@@ -101,7 +101,7 @@ rule robustness_table_i:
         code=code_version("robustness_table"),
         layout="table_i",
         columns=None,
-        dataset=DATASET,
+        dataset=plan.dataset,
     message:
         "robustness table (TIP Table I layout)"
     script:
@@ -110,8 +110,8 @@ rule robustness_table_i:
 
 rule pgd_sweep:
     input:
-        model=evaluated_model,
-        test=split_file("test"),
+        model=jobs.evaluated_model,
+        test=rules.prepare_dataset.output.test,
     output:
         csv="results/{data}/sweeps/{model}/{sweep}.csv",
         meta="results/{data}/sweeps/{model}/{sweep}.json",
@@ -127,8 +127,8 @@ rule pgd_sweep:
         runtime=240,
     params:
         code=code_version("pgd_sweep"),
-        sweep=sweep_settings,
-        model_name=model_name,
+        sweep=jobs.sweep_settings,
+        model_name=jobs.model_name,
     message:
         "PGD sweep: {wildcards.model}"
     script:
@@ -137,7 +137,7 @@ rule pgd_sweep:
 
 rule sweep_figures:
     input:
-        sweeps=sweep_files(),
+        sweeps=plan.sweep_files(),
     output:
         csv="results/tables/pgd_sweep.csv",
         steps_png=report(

@@ -5,8 +5,8 @@
 
 rule psn_scores:
     input:
-        model="results/{data}/models/{model}/model.pt",
-        test=split_file("test"),
+        model=rules.train_model.output.model,
+        test=rules.prepare_dataset.output.test,
     output:
         scores="results/{data}/psn/{model}/{psn}/scores.csv.gz",
         meta="results/{data}/psn/{model}/{psn}/scores.json",
@@ -18,11 +18,11 @@ rule psn_scores:
         "../envs/advneurons.yaml"
     threads: 1
     resources:
-        mem_mb=PSN["mem_budget_mb"] + 3000,
+        mem_mb=plan.psn["mem_budget_mb"] + 3000,
         runtime=240,
     params:
         code=code_version("psn_scores"),
-        scoring=psn_score_settings,
+        scoring=jobs.psn_score_settings,
     message:
         "PSN scores (auto_LiRPA bounds): {wildcards.model}"
     script:
@@ -31,7 +31,7 @@ rule psn_scores:
 
 rule psn_top_units:
     input:
-        "results/{data}/psn/{model}/{psn}/scores.csv.gz",
+        rules.psn_scores.output.scores,
     output:
         report(
             "results/{data}/psn/{model}/{psn}/top{percents}pct.csv.gz",
@@ -61,9 +61,9 @@ rule psn_top_units:
 
 rule psn_deviation:
     input:
-        model="results/{data}/models/{model}/model.pt",
-        test=split_file("test"),
-        scores="results/{data}/psn/{model}/{psn}/scores.csv.gz",
+        model=rules.train_model.output.model,
+        test=rules.prepare_dataset.output.test,
+        scores=rules.psn_scores.output.scores,
     output:
         layers="results/{data}/psn/{model}/{psn}/{deviation}_layers.csv",
         blocks="results/{data}/psn/{model}/{psn}/{deviation}_blocks.csv",
@@ -88,8 +88,8 @@ rule psn_deviation:
         runtime=60,
     params:
         code=code_version("psn_deviation"),
-        deviation=psn_deviation_settings,
-        batch_size=PSN_BATCH_SIZE,
+        deviation=jobs.psn_deviation_settings,
+        batch_size=plan.psn["batch_size"],
     message:
         "PSN deviation: {wildcards.model}"
     script:
@@ -98,9 +98,9 @@ rule psn_deviation:
 
 rule psn_attack:
     input:
-        model="results/{data}/models/{model}/model.pt",
-        test=split_file("test"),
-        scores="results/{data}/psn/{model}/{psn}/scores.csv.gz",
+        model=rules.train_model.output.model,
+        test=rules.prepare_dataset.output.test,
+        scores=rules.psn_scores.output.scores,
     output:
         csv="results/{data}/psn/{model}/{psn}/{noise}.csv",
         md="results/{data}/psn/{model}/{psn}/{noise}.md",
@@ -130,8 +130,8 @@ rule psn_attack:
         runtime=60,
     params:
         code=code_version("psn_attack"),
-        attack=psn_attack_settings,
-        batch_size=PSN_BATCH_SIZE,
+        attack=jobs.psn_attack_settings,
+        batch_size=plan.psn["batch_size"],
     message:
         "attacking PSNs: {wildcards.model}"
     script:
@@ -140,9 +140,9 @@ rule psn_attack:
 
 rule psn_heatmaps:
     input:
-        model="results/{data}/models/{model}/model.pt",
-        test=split_file("test"),
-        scores="results/{data}/psn/{model}/{psn}/scores.csv.gz",
+        model=rules.train_model.output.model,
+        test=rules.prepare_dataset.output.test,
+        scores=rules.psn_scores.output.scores,
     output:
         png=report(
             "results/{data}/psn/{model}/{psn}/{heatmaps}/{layer}.png",
@@ -165,7 +165,7 @@ rule psn_heatmaps:
         runtime=30,
     params:
         code=code_version("psn_heatmaps"),
-        heatmaps=psn_heatmap_settings,
+        heatmaps=jobs.psn_heatmap_settings,
     message:
         "PSN heatmaps: {wildcards.model} {wildcards.layer}"
     script:
@@ -174,8 +174,8 @@ rule psn_heatmaps:
 
 rule psn_agreement:
     input:
-        scores="results/{data}/psn/{model}/{psn}/scores.csv.gz",
-        sensitivity="results/{data}/sensitivity/{model}/{attack}/sensitivity_{form}.csv",
+        scores=rules.psn_scores.output.scores,
+        sensitivity=rules.neuron_sensitivity.output.table,
     output:
         csv="results/{data}/psn/{model}/{psn}/agreement_{attack}-{form}_top{percent}pct.csv",
         md="results/{data}/psn/{model}/{psn}/agreement_{attack}-{form}_top{percent}pct.md",

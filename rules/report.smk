@@ -3,7 +3,7 @@
 
 rule report_landing_page:
     input:
-        unpack(landing_page_inputs),
+        unpack(jobs.landing_page_inputs),
     output:
         LANDING_PAGE,
     log:
@@ -19,12 +19,12 @@ rule report_landing_page:
         runtime=5,
     params:
         code=code_version("report_landing_page"),
-        dataset=DATASET,
+        dataset=plan.dataset,
         seed=config["seed"],
-        data_id=DATA_ID,
-        models=list(MODELS),
-        defenses=list(DEFENSE_MODELS),
-        links=landing_page_links,
+        data_id=plan.data_id,
+        models=list(plan.analysed),
+        defenses=list(plan.defense_models),
+        links=jobs.landing_page_links,
     message:
         "report landing page"
     script:

@@ -3,8 +3,8 @@
 
 rule neuron_sensitivity:
     input:
-        model="results/{data}/models/{model}/model.pt",
-        pairs="results/{data}/pairs/{model}/{attack}/pairs.npz",
+        model=rules.train_model.output.model,
+        pairs=rules.attack_pairs.output.pairs,
     output:
         table=report(
             "results/{data}/sensitivity/{model}/{attack}/sensitivity_{form}.csv",
@@ -27,8 +27,8 @@ rule neuron_sensitivity:
     params:
         code=code_version("neuron_sensitivity"),
         batch_size=config["sensitivity"]["batch_size"],
-        normalise=sensitivity_normalised,
-        site=sensitivity_site,
+        normalise=jobs.sensitivity_normalised,
+        site=jobs.sensitivity_site,
     message:
         "neuron sensitivity ({wildcards.form}): {wildcards.model} under {wildcards.attack}"
     script:
@@ -37,7 +37,7 @@ rule neuron_sensitivity:
 
 rule sensitive_channels:
     input:
-        "results/{data}/sensitivity/{model}/{attack}/sensitivity_{form}.csv",
+        rules.neuron_sensitivity.output.table,
     output:
         report(
             "results/{data}/sensitivity/{model}/{attack}/top{percent}pct_{form}.csv",

@@ -4,8 +4,8 @@
 
 rule targeted_pairs:
     input:
-        model="results/{data}/models/{model}/model.pt",
-        test=split_file("test"),
+        model=rules.train_model.output.model,
+        test=rules.prepare_dataset.output.test,
     output:
         pairs="results/{data}/sns/{model}/{targeted}/pairs.npz",
         meta="results/{data}/sns/{model}/{targeted}/pairs.json",
@@ -21,8 +21,8 @@ rule targeted_pairs:
         runtime=120,
     params:
         code=code_version("targeted_pairs"),
-        targeted=targeted_settings,
-        batch_size=SNS["batch_size"],
+        targeted=jobs.targeted_settings,
+        batch_size=plan.sns["batch_size"],
     message:
         "targeted adversarial pairs: {wildcards.model}"
     script:
@@ -31,8 +31,8 @@ rule targeted_pairs:
 
 rule targeted_neurons:
     input:
-        model="results/{data}/models/{model}/model.pt",
-        pairs="results/{data}/sns/{model}/{targeted}/pairs.npz",
+        model=rules.train_model.output.model,
+        pairs=rules.targeted_pairs.output.pairs,
     output:
         sensitivity="results/{data}/sns/{model}/{targeted}/sensitivity_by_target_k{k}.csv",
         importance="results/{data}/sns/{model}/{targeted}/importance_by_target_k{k}.csv",
@@ -49,7 +49,7 @@ rule targeted_neurons:
         runtime=60,
     params:
         code=code_version("targeted_neurons"),
-        batch_size=SNS["batch_size"],
+        batch_size=plan.sns["batch_size"],
         site=config["sensitivity"]["site"],
     message:
         "targeted sensitive neurons: {wildcards.model}"
@@ -59,8 +59,8 @@ rule targeted_neurons:
 
 rule importance_report:
     input:
-        sensitivity="results/{data}/sns/{model}/{targeted}/sensitivity_by_target_k{k}.csv",
-        importance="results/{data}/sns/{model}/{targeted}/importance_by_target_k{k}.csv",
+        sensitivity=rules.targeted_neurons.output.sensitivity,
+        importance=rules.targeted_neurons.output.importance,
     output:
         csv="results/{data}/sns/{model}/{targeted}/importance_k{k}.csv",
         md="results/{data}/sns/{model}/{targeted}/importance_k{k}.md",
@@ -91,7 +91,7 @@ rule importance_report:
         runtime=10,
     params:
         code=code_version("importance_report"),
-        title=model_name,
+        title=jobs.model_name,
     message:
         "importance of sensitive neurons: {wildcards.model}"
     script:
@@ -102,7 +102,7 @@ rule layer_similarity:
     input:
         sensitivity=expand(
             "results/{{data}}/sns/{{model}}/{{targeted}}/sensitivity_by_target_k{k}.csv",
-            k=SNS["targeted"]["k"],
+            k=plan.sns["targeted"]["k"],
         ),
     output:
         csv="results/{data}/sns/{model}/{targeted}/layer_similarity_top{percent}pct.csv",
@@ -133,7 +133,7 @@ rule layer_similarity:
         runtime=10,
     params:
         code=code_version("layer_similarity"),
-        title=model_name,
+        title=jobs.model_name,
     message:
         "layer similarity of sensitive neurons: {wildcards.model}"
     script:
@@ -142,9 +142,9 @@ rule layer_similarity:
 
 rule suppression_study:
     input:
-        model="results/{data}/models/{model}/model.pt",
-        test=split_file("test"),
-        sensitivity=model_sensitivity_file,
+        model=rules.train_model.output.model,
+        test=rules.prepare_dataset.output.test,
+        sensitivity=jobs.model_sensitivity_file,
     output:
         csv="results/{data}/sns/{model}/{attack}-{form}/{suppression}.csv",
         summary="results/{data}/sns/{model}/{attack}-{form}/{suppression}_summary.csv",
@@ -175,9 +175,9 @@ rule suppression_study:
         runtime=240,
     params:
         code=code_version("suppression_study"),
-        suppression=suppression_settings,
-        batch_size=SNS["batch_size"],
-        title=model_name,
+        suppression=jobs.suppression_settings,
+        batch_size=plan.sns["batch_size"],
+        title=jobs.model_name,
     message:
         "suppression study: {wildcards.model}"
     script:
@@ -186,8 +186,8 @@ rule suppression_study:
 
 rule sensitivity_ratios:
     input:
-        model="results/{data}/models/{model}/model.pt",
-        test=split_file("test"),
+        model=rules.train_model.output.model,
+        test=rules.prepare_dataset.output.test,
     output:
         csv="results/{data}/sns/{model}/{ratios}.csv",
         meta="results/{data}/sns/{model}/{ratios}.json",
@@ -203,8 +203,8 @@ rule sensitivity_ratios:
         runtime=240,
     params:
         code=code_version("sensitivity_ratios"),
-        ratios=ratio_settings,
-        batch_size=SNS["batch_size"],
+        ratios=jobs.ratio_settings,
+        batch_size=plan.sns["batch_size"],
     message:
         "sensitivity ratios: {wildcards.model}"
     script:
@@ -213,8 +213,8 @@ rule sensitivity_ratios:
 
 rule ratio_report:
     input:
-        unpack(arch_ratio_files),
-        tops=arch_top_list,
+        unpack(jobs.arch_ratio_files),
+        tops=jobs.arch_top_list,
     output:
         table="results/{data}/sns/{arch}/{attack}-{form}/{ratios}_table_ii.csv",
         md="results/{data}/sns/{arch}/{attack}-{form}/{ratios}_table_ii.md",
@@ -253,8 +253,8 @@ rule ratio_report:
         runtime=10,
     params:
         code=code_version("ratio_report"),
-        labels=arch_ratio_labels,
-        table_family=SNS["ratios"]["table_family"],
+        labels=jobs.arch_ratio_labels,
+        table_family=plan.sns["ratios"]["table_family"],
         title="{arch}",
     message:
         "sensitivity ratio report: {wildcards.arch}"
@@ -264,7 +264,7 @@ rule ratio_report:
 
 rule sensitivity_curves:
     input:
-        unpack(arch_sensitivity_files),
+        unpack(jobs.arch_sensitivity_files),
     output:
         png=report(
             "results/{data}/sns/{arch}/{attack}/sensitivity_curves_{form}.png",
@@ -294,7 +294,7 @@ rule sensitivity_curves:
         runtime=10,
     params:
         code=code_version("sensitivity_curves"),
-        top_percent=SNS["layer_top_percent"],
+        top_percent=plan.sns["layer_top_percent"],
         title="{arch}",
     message:
         "sensitivity curves: {wildcards.arch}"
@@ -304,7 +304,7 @@ rule sensitivity_curves:
 
 rule findings:
     input:
-        findings_files,
+        jobs.findings_files,
     output:
         md="results/findings.md",
         html=report(
@@ -325,8 +325,8 @@ rule findings:
         runtime=10,
     params:
         code=code_version("findings"),
-        inputs=findings_inputs,
-        dataset=DATASET,
+        inputs=jobs.findings_inputs,
+        dataset=plan.dataset,
     message:
         "paper claims (findings.md)"
     script:

@@ -3,7 +3,7 @@
 
 rule train_model:
     input:
-        unpack(training_inputs),
+        unpack(jobs.training_inputs),
     output:
         model="results/{data}/models/{model}/model.pt",
         metrics="results/{data}/models/{model}/metrics.csv",
@@ -20,8 +20,8 @@ rule train_model:
         runtime=240,
     params:
         code=code_version("train_model"),
-        model=model_settings,
-        dataset=DATASET,
+        model=jobs.model_settings,
+        dataset=plan.dataset,
     message:
         "train {wildcards.model}"
     script:

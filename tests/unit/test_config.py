@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from advneurons.config import settings
+from advneurons.models.layer_names import PSN_LAYERS
 from tiny_models import tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,7 +118,7 @@ def test_param_hash_ignores_key_order():
 def test_psn_layer_names_are_the_models_scored_layers():
     from advneurons.psn.scores import scored_layers
 
-    for nodes, by_arch in settings.PSN_LAYERS.items():
+    for nodes, by_arch in PSN_LAYERS.items():
         for arch, names in by_arch.items():
             assert list(scored_layers(tiny_model(arch), nodes)) == names, (nodes, arch)
 

@@ -508,7 +508,6 @@ def test_agreement_table_by_hand():
 def tiny_files(tmp_path, monkeypatch, nets):
     """A test split file and a load_model that returns the tiny VGG for any path."""
     from advneurons.models import checkpoint
-    from advneurons.data import Split, save_split
 
     models, _ = nets
     gen = torch.Generator().manual_seed(0)

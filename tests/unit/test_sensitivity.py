@@ -1,7 +1,6 @@
 from collections import OrderedDict
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from torch import nn

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 from torch import nn
+from advneurons.models.layer_names import arch_of
 from advneurons.sns.ratios import (
-    arch_of,
     default_ratio_layers,
     default_table_layers,
     layer_mean_ratios,

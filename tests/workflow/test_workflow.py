@@ -104,7 +104,7 @@ def test_sns_analyses_and_findings(tiny_run):
 
 
 def test_psn_scores_and_analyses_on_the_vanilla_models(tiny_run):
-    from advneurons.config.settings import PSN_LAYERS
+    from advneurons.models.layer_names import PSN_LAYERS
 
     (data_dir,) = [p for p in (tiny_run / "results").iterdir() if p.name.startswith("digits~")]
     score_dirs = sorted((data_dir / "psn").glob("*/psn~*"))

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from advneurons.models.layer_names import CONV_LAYERS, PSN_LAYERS, SNS_LAYERS
+
 SCHEMA_FILE = "schema.yaml"
 
 
@@ -145,11 +147,6 @@ def check_references(config: dict) -> None:
             raise ConfigError(f"config key 'models.architectures[{i}]': {name!r} is not defined under 'architectures'")
 
 
-# Conv layers of each architecture (model.layers() without fc and shortcuts), for SNS fine-tuning layers.
-CONV_LAYERS = {
-    "vgg16": [f"conv{i}" for i in range(1, 14)],
-    "resnet18": ["conv1"] + [f"l{s}b{b}c{c}" for s in range(1, 5) for b in (1, 2) for c in (1, 2)],
-}
 SNS_ONLY = ("base", "variant", "sns_lambda", "sns_layers", "top_percent", "select_images", "dyn_images", "repeat",
             "site")
 
@@ -195,38 +192,6 @@ def _check_training(config: dict, name: str, training: dict) -> None:
         for i, layer in enumerate(layers):
             if layer not in CONV_LAYERS[arch]:
                 raise ConfigError(f"config key '{key}.sns_layers.{arch}[{i}]': {layer!r} is not a conv layer of {arch}")
-
-
-# Names of the PSN scored nodes by node set (advneurons.psn.graph.scored_layers), known without building a
-# model so that the config can be checked before anything runs; a test keeps them equal to the models'.
-def _vgg16_psn_nodes() -> list[str]:
-    names, pools_after = [], {2, 4, 7, 10, 13}
-    for i in range(1, 14):
-        names += [f"conv{i}", f"conv{i}.bn", f"conv{i}.relu"]
-        if i in pools_after:
-            names.append(f"pool{len([p for p in pools_after if p <= i])}")
-    return names + ["flatten"]
-
-
-def _resnet18_psn_nodes() -> list[str]:
-    names = ["conv1", "conv1.bn", "conv1.relu"]
-    for s in range(1, 5):
-        for b in (1, 2):
-            p = f"l{s}b{b}"
-            names += [f"{p}c1", f"{p}c1.bn", f"{p}c1.relu", f"{p}c2", f"{p}c2.bn"]
-            if s > 1 and b == 1:
-                names += [f"{p}sc", f"{p}sc.bn"]
-            names += [f"{p}add", f"{p}add.relu"]
-    return names + ["avgpool", "flatten"]
-
-
-PSN_LAYERS = {
-    "relu_inputs": {
-        "vgg16": [f"conv{i}.bn" for i in range(1, 14)],
-        "resnet18": ["conv1.bn"] + [f"l{s}b{b}{part}" for s in range(1, 5) for b in (1, 2) for part in ("c1.bn", "add")],
-    },
-    "all": {"vgg16": _vgg16_psn_nodes(), "resnet18": _resnet18_psn_nodes()},
-}
 
 
 def _check_psn(psn: dict, config: dict) -> None:
@@ -382,8 +347,6 @@ def sns_layer_range_models(config: dict) -> list[dict]:
     """The models of the SNS layer-range sweep, one per (architecture, first stabilised layer), in order:
     {model_id, arch, first_layer, layers, entry}. `entry` is None for the range of the swept training itself
     (its model is the defense model of that training); otherwise the settings of an extra fine-tuning."""
-    from advneurons.training.sns import DEFAULT_LAYERS
-
     sweep = config.get("sns_layer_range", {})
     if not sweep.get("enabled", False):
         return []
@@ -391,7 +354,7 @@ def sns_layer_range_models(config: dict) -> list[dict]:
     training = config["training"][name]
     out = []
     for arch in config["models"]["architectures"]:
-        own = list((training.get("sns_layers") or {}).get(arch) or DEFAULT_LAYERS[arch])
+        own = list((training.get("sns_layers") or {}).get(arch) or SNS_LAYERS[arch])
         order = CONV_LAYERS[arch]
         for first in sorted(sweep["first_layers"][arch], key=order.index):
             layers = order[order.index(first):]
@@ -455,6 +418,14 @@ def ig_defense_entries(config: dict) -> dict[str, dict]:
                 "base_id": make_id(f"{arch}-{train_name}", base), "settings": settings, "seed": config["seed"],
             }
     return out
+
+
+def display_group(training_name: str, training: dict) -> str:
+    """Display group of a training entry in the final table: repeats of SNS-rand (differing only in
+    ``repeat``) share one."""
+    if training.get("method") == "sns" and training.get("variant") == "rand":
+        return f"sns-rand (base {training.get('base')})"
+    return training_name
 
 
 def evaluated_attacks(config: dict, entry: dict) -> list[str]:

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from advneurons.models.hooks import hooked
 from advneurons.report.markdown import markdown_table, write_markdown
 from advneurons.models.defended import MEANSPARSE as DEFENSE_TYPE
 from advneurons.models.defended import MeanSparseReLU, attach, meansparse_record, set_alpha
@@ -54,13 +55,9 @@ def channel_stats(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> "
 
         return pre
 
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in model.relus().items()]
-    try:
+    with hooked(on_input=[(m, hook(n)) for n, m in model.relus().items()]):
         for i in range(0, len(x), batch_size):
             model(x[i : i + batch_size])
-    finally:
-        for h in handles:
-            h.remove()
     out = OrderedDict()
     for name in model.relus():
         s1, s2, n = sums[name]

@@ -14,6 +14,7 @@ import pandas as pd
 from advneurons.report.figures import LAYER_LABEL, figure_width, layer_ticks, plotting, save_figure
 from advneurons.report.markdown import markdown_table, write_markdown
 from advneurons.evaluation.robustness import accuracy_table, attack_report, mark_warned_cells, read_records, table_iii_columns
+from advneurons.models.layer_names import SNS_LAYERS
 from advneurons.runtime import atomic_path
 
 
@@ -136,17 +137,10 @@ def sensitivity_by_training_figure(summary: pd.DataFrame, arch: str):
     return fig
 
 
-def group_of(training_name: str, training: dict) -> str:
-    """Display group of a training entry: repeats of SNS-rand (differing only in ``repeat``) share one."""
-    if training.get("method") == "sns" and training.get("variant") == "rand":
-        return f"sns-rand (base {training.get('base')})"
-    return training_name
-
-
-
 # ------------------------------------------------------------------------------------------ claims
 # Defenses built on a trained model: method -> (display name, suffix of their training name).
 DEFENDED_METHODS = {"meansparse": ("MeanSparse", "_meansparse"), "ig_defense": ("IG-Defense", "_igdefense")}
+
 
 def _row(final: pd.DataFrame, arch: str, training: str) -> pd.Series | None:
     rows = final[(final.arch == arch) & (final.training == training)]
@@ -292,13 +286,12 @@ def defense_claims(final_csv: Path, sensitivity_csvs: dict[str, Path], record_cs
     the post-training defenses against their base models; and the per-layer sensitivity of the fine-tuned
     layers. `trainings` is the config's training section (to know each SNS variant)."""
     from advneurons.report.findings import Claim, Section
-    from advneurons.training.sns import DEFAULT_LAYERS
 
     final = pd.read_csv(final_csv)
     final = final[final.training.astype(str) != ""].dropna(subset=["training"])  # drop group mean/std rows
     per_image = PerImage(read_records([Path(p) for p in record_csvs]), pd.read_csv(settings_csv))
     transfer = pd.read_csv(transfer_csv) if transfer_csv is not None else None
-    layers = sns_layers or DEFAULT_LAYERS
+    layers = sns_layers or SNS_LAYERS
     sections = []
     attack_columns = [c for c in final.columns[4:] if c != "Clean"]
     for arch in dict.fromkeys(final.arch):

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from advneurons.models.hooks import hooked
 from advneurons.models.architectures import DEFAULT_SITE
 from advneurons.runtime import model_device
 
@@ -48,17 +49,16 @@ class PairHooks:
     def __init__(self, modules: "OrderedDict[str, nn.Module]"):
         self.modules = modules
         self.count = 0
-        self._handles = []
+        self._hooks = None
 
     def __enter__(self):
-        for name, module in self.modules.items():
-            self._handles.append(module.register_forward_hook(self._hook(name)))
+        self._hooks = hooked(on_output=[(module, self._hook(name)) for name, module in self.modules.items()])
+        self._hooks.__enter__()
         return self
 
     def __exit__(self, *exc):
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+        self._hooks.__exit__(*exc)
+        self._hooks = None
 
     def _hook(self, name):
         raise NotImplementedError

@@ -15,6 +15,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from advneurons.models.hooks import captured_outputs
+
 MEANSPARSE = "meansparse"
 IG_DEFENSE = "ig_defense"
 
@@ -109,12 +111,8 @@ def linear_head(model: nn.Module) -> nn.Linear:
 
 def penultimate(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(pooled features feeding the head, logits) of one batch; gradients flow when enabled."""
-    captured = []
-    handle = model.penultimate().register_forward_hook(lambda _m, _i, out: captured.append(out))
-    try:
+    with captured_outputs(model.penultimate()) as captured:
         logits = model(x)
-    finally:
-        handle.remove()
     features = captured[-1]
     if features.dim() != 2 or features.shape[1] != linear_head(model).in_features:
         raise ValueError(f"penultimate output of shape {tuple(features.shape)} does not feed the head "

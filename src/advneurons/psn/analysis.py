@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from advneurons.models.hooks import hooked
 from advneurons.report.figures import LAYER_LABEL, figure_width, layer_ticks, plotting, save_figure
 from advneurons.attacks import uniform_noise
 from advneurons.evaluation.accuracy import clean_accuracy
@@ -371,9 +372,8 @@ def unit_gradcam(model: nn.Module, layer, layer_name: str, layers, x: torch.Tens
 
     was_training = model.training
     model.eval()
-    handle = layer.source.register_forward_pre_hook(grab)
     try:
-        with torch.enable_grad(), ActivationRecorder(model, OrderedDict([(layer_name, layers[layer_name])])) as rec:
+        with hooked(on_input=[(layer.source, grab)]), torch.enable_grad(), ActivationRecorder(model, OrderedDict([(layer_name, layers[layer_name])])) as rec:
             x = x.detach().clone().requires_grad_(True)  # the first conv's input needs a graph too
             model(x)
             value = rec.values[layer_name]
@@ -381,7 +381,6 @@ def unit_gradcam(model: nn.Module, layer, layer_name: str, layers, x: torch.Tens
             # autograd.grad, not backward(): leaves the parameters' .grad untouched
             (grad,) = torch.autograd.grad(target.sum(), feats["F"])
     finally:
-        handle.remove()
         model.train(was_training)
     fmap = feats["F"].detach()
     weights = grad.mean(dim=(2, 3), keepdim=True)

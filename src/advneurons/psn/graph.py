@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from advneurons.models.hooks import hooked
+
 NODE_SETS = ("relu_inputs", "all")
 KINDS = ("conv", "bn", "relu", "pool", "flatten", "add", "linear")
 
@@ -176,20 +178,18 @@ class ActivationRecorder:
     def __init__(self, model: nn.Module, layers: "OrderedDict[str, ScoredLayer]", keep: bool = True, edit=None):
         self.model, self.layers, self.keep, self.edit = model, layers, keep, edit or {}
         self.values: "OrderedDict[str, torch.Tensor]" = OrderedDict()
-        self._handles = []
+        self._hooks = None
 
     def __enter__(self):
-        for name, layer in self.layers.items():
-            if layer.hook == "input":
-                self._handles.append(layer.module.register_forward_pre_hook(self._pre_hook(name)))
-            else:
-                self._handles.append(layer.module.register_forward_hook(self._hook(name)))
+        items = self.layers.items()
+        self._hooks = hooked(on_output=[(l.module, self._hook(n)) for n, l in items if l.hook != "input"],
+                             on_input=[(l.module, self._pre_hook(n)) for n, l in items if l.hook == "input"])
+        self._hooks.__enter__()
         return self
 
     def __exit__(self, *exc):
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        self._hooks.__exit__(*exc)
+        self._hooks = None
 
     def _visit(self, name, value):
         if name in self.edit:

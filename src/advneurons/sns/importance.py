@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from advneurons.models.hooks import captured_outputs
 from advneurons.evaluation.pairs import FIELDS, PairSet, open_pairs, predict
 from advneurons.runtime import atomic_path, generator, metadata, write_json
 from advneurons.evaluation.sensitivity import SensitivityAccumulator
@@ -253,23 +254,15 @@ def compute_targeted_neurons(
     classes = np.unique(target)
     for y in tqdm(classes, desc="per-target sensitivity", mininterval=5.0):
         where = np.flatnonzero(target == y)
-        feats: list[torch.Tensor] = []
-
-        def keep_adversarial_features(_m, _i, output):
-            feats.append(output[output.shape[0] // 2 :].detach())
-
-        handle = model.penultimate().register_forward_hook(keep_adversarial_features)
-        try:
-            with SensitivityAccumulator(layers, normalise=True) as acc:
-                for start in range(0, len(where), batch_size):
-                    idx = where[start : start + batch_size]
-                    clean = torch.from_numpy(np.asarray(pairs.clean[idx]))
-                    adv = torch.from_numpy(np.asarray(pairs.perturbed[idx]))
-                    model(torch.cat([clean, adv]))
-                    acc.count += len(idx)
-            sens = acc.result()
-        finally:
-            handle.remove()
+        with captured_outputs(model.penultimate()) as outputs, SensitivityAccumulator(layers, normalise=True) as acc:
+            for start in range(0, len(where), batch_size):
+                idx = where[start : start + batch_size]
+                clean = torch.from_numpy(np.asarray(pairs.clean[idx]))
+                adv = torch.from_numpy(np.asarray(pairs.perturbed[idx]))
+                model(torch.cat([clean, adv]))
+                acc.count += len(idx)
+        sens = acc.result()
+        feats = [out[out.shape[0] // 2 :].detach() for out in outputs]  # the adversarial halves
         for depth, (name, values) in enumerate(sens.items()):
             sens_rows.append(
                 pd.DataFrame(

@@ -27,27 +27,13 @@ from advneurons.io import write_table
 from advneurons.report.figures import LAYER_LABEL, MAX_COLS, grid, layer_ticks, plotting, save_figure
 from advneurons.runtime import atomic_path, generator, metadata, write_json
 from advneurons.evaluation.sensitivity import PairHooks
+from advneurons.models.layer_names import FIG10_LAYERS, FIG14_LAYERS, arch_of
 from advneurons.sns.common import (
     activation_names,
     named_modules_for,
     resolve_attack,
     strength_label,
 )
-
-# Layers of the sorted-sensitivity curves (TIP Fig 10) and of ratio vs eps (TIP Fig 14).
-FIG10_LAYERS = {"vgg16": ["conv1", "conv4", "conv7", "conv13"], "resnet18": ["l1b1c1", "l2b1c1", "l3b1c2", "l4b1c1"]}
-FIG14_LAYERS = {"vgg16": ["conv3", "conv7", "conv10", "conv13"], "resnet18": ["l1b1c1", "l2b1c1", "l3b1c2", "l4b1c1"]}
-
-
-def arch_of(layer_names: Sequence[str]) -> str:
-    """'vgg16' or 'resnet18' from the layer names a table holds."""
-    names = set(layer_names)
-    if "conv13" in names:
-        return "vgg16"
-    if any(n.startswith("l1b1") for n in names):
-        return "resnet18"
-    raise ValueError(f"cannot tell the architecture from layers {sorted(names)[:6]}...; pass the layers explicitly")
-
 
 def default_ratio_layers(model: nn.Module) -> list[str]:
     """Every conv layer that has a ReLU after it, each followed by that ReLU: conv1, relu1, conv2, relu2, ..."""

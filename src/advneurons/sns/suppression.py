@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from advneurons.models.hooks import hooked
 from advneurons.runtime import atomic_path, generator, metadata, write_json
 from advneurons.evaluation.accuracy import clean_accuracy
 from advneurons.evaluation.sensitivity import top_channels
@@ -44,8 +45,6 @@ CLEAN = "clean"
 @contextmanager
 def scaled_channels(modules: dict[str, nn.Module], channels: dict[str, Sequence[int]], beta: float):
     """Multiply the listed output channels of each named module by `beta` while the block runs."""
-    handles = []
-
     def make_hook(index: torch.Tensor):
         def hook(_module, _inputs, output):
             scale = torch.ones(output.shape[1], dtype=output.dtype, device=output.device)
@@ -54,17 +53,12 @@ def scaled_channels(modules: dict[str, nn.Module], channels: dict[str, Sequence[
 
         return hook
 
-    try:
-        for name, chans in channels.items():
-            if len(chans) == 0 or beta == 1.0:
-                continue
-            handles.append(
-                modules[name].register_forward_hook(make_hook(torch.as_tensor(list(chans), dtype=torch.long)))
-            )
+    scaled = [] if beta == 1.0 else [
+        (modules[name], make_hook(torch.as_tensor(list(chans), dtype=torch.long)))
+        for name, chans in channels.items() if len(chans)
+    ]
+    with hooked(on_output=scaled):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def sensitive_selection(model: nn.Module, sensitivity: pd.DataFrame, top_percent: float) -> dict[str, list[int]]:

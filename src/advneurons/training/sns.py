@@ -39,16 +39,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from advneurons.attacks import pgd_linf
+from advneurons.models.layer_names import SNS_LAYERS
 from advneurons.models.architectures import DEFAULT_SITE, layer_channels
 from advneurons.evaluation.sensitivity import PairHooks, channel_distance, compute_neuron_sensitivity
 
 VARIANTS = ("sen", "all", "rand", "dyn", "cls")
 
-# The papers' fine-tuned layers: VGG16 conv8..conv13; ResNet18 from the second block of layer3 to the end.
-DEFAULT_LAYERS = {
-    "vgg16": [f"conv{i}" for i in range(8, 14)],
-    "resnet18": ["l3b2c1", "l3b2c2", "l4b1c1", "l4b1c2", "l4b2c1", "l4b2c2"],
-}
 DEFAULT_LAMBDA = {"vgg16": 5.0, "resnet18": 6.0}
 
 
@@ -56,7 +52,7 @@ def selected_layers(model: nn.Module, arch: str, names: list[str] | None,
                     site: str = DEFAULT_SITE) -> "OrderedDict[str, nn.Module]":
     """The modules of the SNS layers (``names``, default the papers') at measurement site ``site``: the
     modules whose outputs both the channel choice and L_sns read."""
-    names = list(names) if names else DEFAULT_LAYERS.get(arch)
+    names = list(names) if names else SNS_LAYERS.get(arch)
     if not names:
         raise ValueError(f"no default SNS layers for architecture {arch!r}; set sns_layers")
     layers = model.layers(site)
