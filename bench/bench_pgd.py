@@ -63,7 +63,7 @@ def main() -> None:
 
     import torchattacks
 
-    from advneurons.attacks import AttackSpec
+    from advneurons.attacks import AttackSpec, run_attack
     from advneurons.models.architectures import build_model
     from advneurons.runtime import setup
 
@@ -77,7 +77,7 @@ def main() -> None:
     eps = args.eps / 255
     spec = AttackSpec("pgd", eps=eps, steps=args.steps)
     theirs_attack = torchattacks.PGD(model, eps=eps, alpha=spec.resolved_step_size, steps=args.steps, random_start=False)
-    runners = {"ours": lambda: spec.run(model, x, y), "torchattacks": lambda: theirs_attack(x, y)}
+    runners = {"ours": lambda: run_attack(spec, model, x, y), "torchattacks": lambda: theirs_attack(x, y)}
 
     outputs = {name: fn() for name, fn in runners.items()}  # warm-up, and a check that both do the same thing
     with torch.no_grad():

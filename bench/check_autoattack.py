@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--torchattacks", action="store_true", help="also run torchattacks.AutoAttack")
     args = parser.parse_args()
 
-    from advneurons.attacks import AttackSpec, autoattack
+    from advneurons.attacks import AttackSpec, autoattack, run_attack
     from advneurons.models.architectures import build_model
     from advneurons.runtime import setup
 
@@ -45,13 +45,13 @@ def main() -> None:
 
     runs = {
         "clean": lambda: x,
-        "our PGD-10": lambda: AttackSpec("pgd", eps=eps, steps=10).run(model, x, y),
-        "our PGD-50 (random start)": lambda: AttackSpec("pgd", eps=eps, steps=50, random_start=True).run(model, x, y, torch.Generator().manual_seed(0)),
+        "our PGD-10": lambda: run_attack(AttackSpec("pgd", eps=eps, steps=10), model, x, y),
+        "our PGD-50 (random start)": lambda: run_attack(AttackSpec("pgd", eps=eps, steps=50, random_start=True), model, x, y, torch.Generator().manual_seed(0)),
     }
     for part in ("apgd-ce", "apgd-t", "fab-t", "square"):
         runs[f"pyautoattack {part} alone"] = (lambda p: lambda: autoattack(
             model, x, y, eps, version="custom", attacks=[p], generator=torch.Generator().manual_seed(0)))(part)
-    runs["pyautoattack standard"] = lambda: AttackSpec("autoattack", eps=eps).run(model, x, y, torch.Generator().manual_seed(0))
+    runs["pyautoattack standard"] = lambda: run_attack(AttackSpec("autoattack", eps=eps), model, x, y, torch.Generator().manual_seed(0))
     if args.torchattacks:
         import torchattacks
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from advneurons.runtime import atomic_path, metadata, write_json
 
 DATASETS = ("digits", "cifar10")
 SPLITS = ("train", "val", "test")
@@ -157,8 +158,6 @@ def download_cifar10(record_path: Path, url: str = CIFAR10_URL, md5: str = CIFAR
     """
     import json
     import time
-
-    from advneurons.runtime import atomic_path
 
     record_path = Path(record_path)
     if not record_path.name.endswith(ARCHIVE_RECORD_SUFFIX):
@@ -299,7 +298,6 @@ def prepare_dataset(
 
     CIFAR-10 reads ``archive``, or the archive named by ``archive_record`` (:func:`download_cifar10`).
     """
-    from advneurons.runtime import metadata, write_json
 
     if name == "digits":
         parts = prepare_digits(test_fraction, val_fraction, split_seed)

@@ -507,7 +507,7 @@ def test_agreement_table_by_hand():
 @pytest.fixture
 def tiny_files(tmp_path, monkeypatch, nets):
     """A test split file and a load_model that returns the tiny VGG for any path."""
-    from advneurons.models import checkpoint
+    from advneurons.psn import analysis, scores
 
     models, _ = nets
     gen = torch.Generator().manual_seed(0)
@@ -516,7 +516,8 @@ def tiny_files(tmp_path, monkeypatch, nets):
     # Split insists on 32x32 images; the tiny net takes 16x16, so bypass the check for this file.
     path = tmp_path / "test.npz"
     np.savez(path, images=images, labels=labels)
-    monkeypatch.setattr(checkpoint, "load_model", lambda p: (models["vgg"], {"arch": "tiny"}))
+    for step_module in (scores, analysis):  # where the steps look the loader up
+        monkeypatch.setattr(step_module, "load_model", lambda p: (models["vgg"], {"arch": "tiny"}))
     import advneurons.data as data
 
     monkeypatch.setattr(data, "read_split", lambda p: _RawSplit(np.load(p)))
@@ -587,11 +588,11 @@ def test_every_analysis_runs_on_an_all_node_score_table(tiny_files):
 def test_the_bounder_runs_on_the_device_the_job_sees(nets, monkeypatch):
     """CUDA when the job sees a GPU: the device comes from runtime.device(); on this CPU machine the same
     code runs with that device, and every tensor the bounder returns is on the CPU."""
-    from advneurons import runtime
+    from advneurons.psn import scores
 
     models, x = nets
     asked = []
-    monkeypatch.setattr(runtime, "device", lambda: asked.append(1) or torch.device("cpu"))
+    monkeypatch.setattr(scores, "default_device", lambda: asked.append(1) or torch.device("cpu"))
     b = PSNBounder(models["resnet"], x, "CROWN", 64, scored_layers(models["resnet"], "all"))
     assert asked and b.device == torch.device("cpu")
     assert all(p.device == b.device for p in b.bm.parameters())

@@ -12,7 +12,7 @@ from advneurons import data
 from advneurons.models import checkpoint
 
 from advneurons.evaluation import robustness
-from advneurons.attacks import AttackSpec
+from advneurons.attacks import AttackSpec, run_attack
 from advneurons.evaluation.accuracy import clean_accuracy
 from advneurons.evaluation.robustness import TableError, accuracy_record, records_frame
 
@@ -27,7 +27,7 @@ def test_robust_accuracy_counts_correct_predictions_on_the_perturbed_images(tiny
     x, y = batch
     spec = AttackSpec("pgd", eps=4 / 255, steps=2)
     with torch.no_grad():
-        expected = (tiny_vgg(spec.run(tiny_vgg, x, y)).argmax(1) == y).float().mean().item()
+        expected = (tiny_vgg(run_attack(spec, tiny_vgg, x, y)).argmax(1) == y).float().mean().item()
     assert robustness.robust_accuracy(tiny_vgg, x, y, spec, batch_size=7) == pytest.approx(expected)
     # eps 0 changes nothing, so the accuracy is the clean one
     zero = AttackSpec("pgd", eps=0.0, steps=1)

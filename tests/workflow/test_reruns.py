@@ -234,7 +234,7 @@ CODE_EDIT_RULES = {
     "mean_abs_deviation": {"psn_deviation"},  # PSN analysis
     # the C&W attack: every step that can run an attack from the catalog
     "cw_l2": {"attack_pairs", "evaluate_attack", "ig_defense_analysis", "meansparse_model", "pgd_sweep",
-              "sensitivity_ratios", "targeted_pairs"},
+              "sensitivity_ratios"},
 }
 NEVER_FOR_THESE_EDITS = {"train_model", "psn_scores", "prepare_dataset"}  # none of them runs that code
 

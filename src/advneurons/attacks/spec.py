@@ -1,4 +1,6 @@
 """AttackSpec: one configured attack of any supported type, with its threat model and a description.
+What it describes runs through `advneurons.attacks.runner.run_attack`, kept apart so that code that only
+describes attacks (tables, settings) does not depend on, and is not re-run for, every attack's implementation.
 
 Config entries give pixel amounts (eps, step_size, sigma) in 1/255 units; AttackSpec holds them in [0, 1]
 units. Optimiser settings (lr, delta, search_sigma, initial_const, confidence, decay) are plain numbers as
@@ -11,14 +13,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-import torch
-from torch import nn
-
-from advneurons.attacks.black_box import nattack, spsa
-from advneurons.attacks.core import eval_mode, from_255
-from advneurons.attacks.ensemble import NORMS, STANDARD_ATTACKS, autoattack
-from advneurons.attacks.noise import gaussian_noise, severity_sigma, uniform_noise
-from advneurons.attacks.white_box import TARGET_RULES, choose_targets, cw_l2, fgsm, mifgsm, pgd_l2, pgd_linf, step_ll
+from advneurons.attacks.core import from_255
+from advneurons.attacks.ensemble import NORMS, STANDARD_ATTACKS
+from advneurons.attacks.noise import severity_sigma
+from advneurons.attacks.white_box import TARGET_RULES
 
 # type -> {parameter: default}; a default of None is derived (step size) or must be given (gaussian).
 PARAMETERS: dict[str, dict] = {
@@ -248,68 +246,3 @@ class AttackSpec:
                     f"lr {self.lr:g}, mu0=0")
         norm = {"linf": "L-inf", "l2": "L2"}[self.norm]
         return f"AutoAttack {self.version} ({', '.join(a.upper() for a in STANDARD_ATTACKS)}) {norm} {eps}"
-
-    # ------------------------------------------------------------------------------------------- run
-    def targets(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None):
-        """Target classes a pgd_targeted attack would aim at for these images."""
-        if self.type != "pgd_targeted":
-            raise ValueError(f"{self.type} is not a targeted attack")
-        if self.target == "least_likely":
-            logits = _eval_logits(model, x)
-        else:
-            logits = torch.empty(len(y), _num_classes(model, x), device=y.device)
-        return choose_targets(self.target, y, logits, generator)
-
-    def run(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        generator: torch.Generator | None = None,
-        targets: torch.Tensor | None = None,
-        autoattack_log=None,
-    ) -> torch.Tensor:
-        """Perturbed copies of x (labels y) in [0, 1]; `targets` overrides a targeted attack's target rule;
-        `autoattack_log` (an AutoAttackLog) collects AutoAttack's per-stage accuracy and warnings."""
-        t = self.type
-        if t == "fgsm":
-            return fgsm(model, x, y, self.eps)
-        if t == "step_ll":
-            return step_ll(model, x, self.eps)
-        if t == "mifgsm":
-            return mifgsm(model, x, y, self.eps, self.steps, self.step_size, self.decay)
-        if t == "pgd":
-            return pgd_linf(model, x, y, self.eps, self.steps, self.step_size, self.random_start, generator=generator)
-        if t == "pgd_targeted":
-            if targets is None:
-                targets = self.targets(model, x, y, generator)
-            return pgd_linf(model, x, targets, self.eps, self.steps, self.step_size, self.random_start,
-                            targeted=True, generator=generator)
-        if t == "pgd_l2":
-            return pgd_l2(model, x, y, self.eps, self.steps, self.step_size, self.random_start, generator=generator)
-        if t == "cw_l2":
-            return cw_l2(model, x, y, self.steps, self.search_steps, self.initial_const, self.confidence, self.lr,
-                         max_norm=self.eps)
-        if t == "gaussian":
-            return gaussian_noise(x, self.sigma, generator)
-        if t == "uniform":
-            return uniform_noise(x, self.eps, generator)
-        if t == "spsa":
-            return spsa(model, x, y, self.eps, self.steps, self.samples, self.lr, self.delta, self.random_start,
-                        generator=generator)
-        if t == "nattack":
-            return nattack(model, x, y, self.eps, self.steps, self.samples, self.lr, self.search_sigma,
-                           generator=generator)
-        return autoattack(model, x, y, self.eps, self.norm, self.version, generator=generator, log=autoattack_log)
-
-
-def _eval_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with eval_mode(model), torch.no_grad():
-        return model(x)
-
-
-def _num_classes(model: nn.Module, x: torch.Tensor) -> int:
-    fc = getattr(model, "fc", None)
-    if isinstance(fc, nn.Linear):
-        return fc.out_features
-    return _eval_logits(model, x[:1]).shape[1]

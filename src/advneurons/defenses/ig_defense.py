@@ -39,6 +39,13 @@ from advneurons.report.figures import plotting, save_figure
 from advneurons.report.markdown import markdown_table, write_markdown
 from advneurons.models.defended import IG_DEFENSE as DEFENSE_TYPE
 from advneurons.models.defended import IGDefense, linear_head, ig_defense_record, penultimate
+from advneurons.attacks import AttackSpec, run_attack
+from advneurons.data import load_split
+from advneurons.evaluation.accuracy import clean_accuracy
+from advneurons.evaluation.pairs import select_subset
+from advneurons.evaluation.robustness import attack_generator
+from advneurons.models.checkpoint import load_model, save_model
+from advneurons.runtime import atomic_path, metadata, write_json
 
 log = logging.getLogger("advneurons")
 
@@ -134,11 +141,6 @@ def ig_defense_model(model_path: Path, train_path: Path, val_path: Path, top_per
                      ranking_csv: Path, meta_path: Path, batch_size: int = 256) -> IGDefense:
     """Workflow step: LO-IR ranking on (a seeded subset of) the training split, the class-wise mask, and the
     defended checkpoint; the ranking CSV has one row per class and channel (importance, rank, in mask)."""
-    from advneurons.models.checkpoint import load_model, save_model
-    from advneurons.data import load_split
-    from advneurons.evaluation.pairs import select_subset
-    from advneurons.evaluation.accuracy import clean_accuracy
-    from advneurons.runtime import atomic_path, metadata, write_json
 
     model, ckpt = load_model(model_path)
     if ckpt.get("defense"):
@@ -182,12 +184,6 @@ def ig_defense_analysis(model_path: Path, test_path: Path, attack: dict, n_image
     """Workflow step (the paper's Fig. 2): adversarial examples crafted against the undefended model, and the
     relative change of the pooled activations of the four channel groups of an IG-Defense checkpoint's mask,
     over the successfully attacked images. Writes per-image rows, a summary (CSV + Markdown) and a figure."""
-    from advneurons.attacks import AttackSpec
-    from advneurons.models.checkpoint import load_model
-    from advneurons.data import load_split
-    from advneurons.evaluation.pairs import select_subset
-    from advneurons.evaluation.robustness import attack_generator
-    from advneurons.runtime import atomic_path, metadata, write_json
 
     spec = AttackSpec.from_config(attack)
     defended, ckpt = load_model(model_path)
@@ -201,7 +197,7 @@ def ig_defense_analysis(model_path: Path, test_path: Path, attack: dict, n_image
     clean_f, adv_f, adv_pred, keep, restored = [], [], [], [], 0
     for start in tqdm(range(0, len(labels), batch_size), desc="IG-Defense analysis", mininterval=5.0):
         x, y = images[start : start + batch_size], labels[start : start + batch_size]
-        x_adv = spec.run(base, x, y, generator=gen)
+        x_adv = run_attack(spec, base, x, y, generator=gen)
         with torch.no_grad():
             f, logits = penultimate(base, x)
             f_adv, logits_adv = penultimate(base, x_adv)

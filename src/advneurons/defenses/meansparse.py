@@ -27,6 +27,13 @@ from advneurons.models.hooks import hooked
 from advneurons.report.markdown import markdown_table, write_markdown
 from advneurons.models.defended import MEANSPARSE as DEFENSE_TYPE
 from advneurons.models.defended import MeanSparseReLU, attach, meansparse_record, set_alpha
+from advneurons.attacks import AttackSpec
+from advneurons.data import load_split
+from advneurons.evaluation.accuracy import clean_accuracy
+from advneurons.evaluation.robustness import attack_generator, robust_accuracy
+from advneurons.models.checkpoint import load_model, save_model
+from advneurons.psn.scores import select_images
+from advneurons.runtime import atomic_path, metadata, write_json
 
 log = logging.getLogger("advneurons")
 
@@ -74,10 +81,6 @@ def alpha_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, alphas, atta
     attacks run against the defended model at that alpha."""
     from tqdm import tqdm
 
-    from advneurons.attacks import AttackSpec
-    from advneurons.evaluation.accuracy import clean_accuracy
-    from advneurons.evaluation.robustness import attack_generator, robust_accuracy
-
     rows = []
     for alpha in tqdm(list(alphas), desc="MeanSparse alpha"):
         set_alpha(model, alpha)
@@ -110,10 +113,6 @@ def meansparse_model(model_path: Path, train_path: Path, val_path: Path, alphas,
     ``attacks``: name -> attack config entry (1/255 units) evaluated in the sweep; ``select_on`` names the
     one whose accuracy picks alpha (normally L-inf PGD). ``n_val``: seeded validation subset (None: all).
     """
-    from advneurons.models.checkpoint import load_model, save_model
-    from advneurons.data import load_split
-    from advneurons.psn.scores import select_images
-    from advneurons.runtime import atomic_path, metadata, write_json
 
     alphas = sorted(float(a) for a in alphas)
     if not alphas or alphas[0] != 0.0:

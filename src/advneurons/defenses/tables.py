@@ -16,6 +16,9 @@ from advneurons.report.markdown import markdown_table, write_markdown
 from advneurons.evaluation.robustness import accuracy_table, attack_report, mark_warned_cells, read_records, table_iii_columns
 from advneurons.models.layer_names import SNS_LAYERS
 from advneurons.runtime import atomic_path
+from advneurons.evaluation.paired_stats import decide, decide_pooled
+from advneurons.evaluation.robustness import CLEAN, decode_correct
+from advneurons.report.findings import Claim, Section, write_sections_json
 
 
 def _group_rows(table: pd.DataFrame, groups: dict[str, str], labels: list[str]) -> pd.DataFrame:
@@ -154,8 +157,6 @@ class PerImage:
     per-image results of that attack (robustness.RECORD_COLUMNS, correct_by_image)."""
 
     def __init__(self, records: pd.DataFrame, settings: pd.DataFrame):
-        from advneurons.evaluation.robustness import CLEAN, decode_correct
-
         by_attack = {(r.model, r.attack): decode_correct(r.correct_by_image) for r in records.itertuples()}
         reports = {(r.model, r.attack): attack_report(getattr(r, "attack_log", "")) for r in records.itertuples()}
         self.cells, self.warnings = {}, {}
@@ -192,9 +193,6 @@ def paired_claim(text: str, source: str, claim: str, a_models: list[str], b_mode
     observations; the evidence gives each column's accuracies and verdict. `claim` is a paired_stats claim
     ("a_better", "b_better", "a_not_worse", "about_equal")."""
     import numpy as np
-
-    from advneurons.report.findings import Claim
-    from advneurons.evaluation.paired_stats import decide, decide_pooled
 
     shared = per_image.shared_columns([*a_models, b_model], columns)
     if not shared:
@@ -254,9 +252,6 @@ def _transfer_claims(transfer: pd.DataFrame, defended: pd.Series, label: str, pe
     """Whether a defended model's gain over its base model survives the base model's transferred examples:
     per image, the defended model counts as robust only if it resists both its own white-box attack and the
     base model's examples; that is compared with the base model's white-box results (exact McNemar)."""
-    from advneurons.report.findings import Claim
-    from advneurons.evaluation.paired_stats import decide
-    from advneurons.evaluation.robustness import decode_correct
 
     claims = []
     for row in transfer[transfer.model == defended["model"]].itertuples():
@@ -285,7 +280,6 @@ def defense_claims(final_csv: Path, sensitivity_csvs: dict[str, Path], record_cs
     each decided by a paired test on the shared test images over every attack column of the final table;
     the post-training defenses against their base models; and the per-layer sensitivity of the fine-tuned
     layers. `trainings` is the config's training section (to know each SNS variant)."""
-    from advneurons.report.findings import Claim, Section
 
     final = pd.read_csv(final_csv)
     final = final[final.training.astype(str) != ""].dropna(subset=["training"])  # drop group mean/std rows
@@ -358,7 +352,6 @@ def defense_claims(final_csv: Path, sensitivity_csvs: dict[str, Path], record_cs
 def defense_findings(final_csv: Path, settings_csv: Path, record_csvs: list[Path], sensitivity_csvs: dict[str, Path],
                      trainings: dict, out_json: Path, transfer_csv: Path | None = None) -> list:
     """Workflow step: the defense claims as a findings sections file (appended to results/findings.md)."""
-    from advneurons.report.findings import write_sections_json
 
     sections = defense_claims(final_csv, sensitivity_csvs, record_csvs, settings_csv, trainings,
                               transfer_csv=transfer_csv)

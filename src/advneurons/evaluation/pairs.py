@@ -18,8 +18,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from advneurons.attacks import AttackSpec
+from advneurons.attacks import AttackSpec, run_attack
 from advneurons.runtime import atomic_path, generator, model_device
+from advneurons.data import load_split
+from advneurons.models.checkpoint import load_model
+from advneurons.runtime import device, metadata, write_json
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +130,7 @@ def generate_pairs(
     for start in tqdm(range(0, len(index), batch_size), desc=attack.describe(), mininterval=5.0):
         idx = torch.from_numpy(index[start : start + batch_size])
         x, y = images[idx].to(dev), labels[idx].to(dev)
-        x_adv = attack.run(model, x, y, generator=gen)
+        x_adv = run_attack(attack, model, x, y, generator=gen)
         out["clean"].append(x.cpu().numpy())
         out["perturbed"].append(x_adv.cpu().numpy())
         out["label"].append(y.cpu().numpy())
@@ -156,12 +159,8 @@ def attack_pairs(
     meta_path: Path,
 ) -> dict:
     """Workflow step: attack the test split with one configured attack and store the pair set."""
-    from advneurons.models.checkpoint import load_model
-    from advneurons.data import load_split
-    from advneurons.runtime import metadata, write_json
 
     attack = AttackSpec.from_config(attack_cfg)  # rejects a bad attack before any expensive work
-    from advneurons.runtime import device
 
     model, ckpt = load_model(model_path)
     model.to(device())

@@ -29,9 +29,14 @@ from tqdm import tqdm
 
 from advneurons.evaluation.accuracy import _correct, _on_model_device, clean_correct
 from advneurons.io import write_csv, write_table
-from advneurons.attacks import AttackSpec, AutoAttackLog, adaptive_note, attack_target, eval_mode
+from advneurons.attacks import AttackSpec, run_attack, AutoAttackLog, adaptive_note, attack_target, eval_mode
 from advneurons.report.figures import plotting, save_figure
 from advneurons.runtime import device, generator
+from advneurons.data import load_split
+from advneurons.evaluation.paired_stats import wilson_interval
+from advneurons.evaluation.pairs import select_subset
+from advneurons.models.checkpoint import load_model
+from advneurons.runtime import metadata, write_json
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +125,7 @@ def robust_correct(
     for start in tqdm(starts, desc=spec.describe(), disable=not progress, leave=False, mininterval=5.0):
         x, y = _on_model_device(model, images[start : start + batch_size], labels[start : start + batch_size])
         # the generator stays on the CPU: same draws anywhere
-        x_adv = spec.run(target, x, y, generator=generator, autoattack_log=autoattack_log)
+        x_adv = run_attack(spec, target, x, y, generator=generator, autoattack_log=autoattack_log)
         with eval_mode(model):
             correct.append(_correct(model, x_adv, y))
     return torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
@@ -201,10 +206,6 @@ def evaluate_model(
 
 
 def _load_subset(model_path: Path, test_path: Path, n_images: int | None, seed: int):
-    from advneurons.models.checkpoint import load_model
-    from advneurons.data import load_split
-    from advneurons.evaluation.pairs import select_subset
-
     model, ckpt = load_model(model_path)
     model.to(device())
     images, labels = load_split(test_path)
@@ -226,7 +227,6 @@ def evaluate_attack(
     """Workflow step: clean and robust accuracy of one model under each attack (name -> config entry,
     1/255 units) on a seeded subset of `n_images` test images (None: all). Writes the records CSV
     (RECORD_COLUMNS) and a metadata JSON; returns the records."""
-    from advneurons.runtime import metadata, write_json
 
     for name, cfg in attacks.items():
         try:
@@ -472,7 +472,6 @@ def pgd_sweep(
 ) -> pd.DataFrame:
     """Workflow step: L-inf PGD accuracy of one model at k = steps_values with eps fixed (1/255 units), and at
     eps = eps_values with k = steps fixed, on a seeded subset of the test split. Writes CSV + metadata."""
-    from advneurons.runtime import metadata, write_json
 
     if not steps_values and not eps_values:
         raise ValueError("a sweep needs steps_values or eps_values")
@@ -490,7 +489,6 @@ def pgd_sweep(
 def sweep_figure(frame: pd.DataFrame, x: str, xlabel: str, title: str):
     """Robust accuracy (%) against `x`, one line per model; bands: Wilson 95% intervals over each point's
     test images (the sweep has one run per model and setting, so there is no spread over repeats)."""
-    from advneurons.evaluation.paired_stats import wilson_interval
 
     plt, sns = plotting()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))

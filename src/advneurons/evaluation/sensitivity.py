@@ -27,6 +27,10 @@ from torch import nn
 from advneurons.models.hooks import hooked
 from advneurons.models.architectures import DEFAULT_SITE
 from advneurons.runtime import model_device
+from advneurons.evaluation.pairs import open_pairs
+from advneurons.models.architectures import check_site
+from advneurons.models.checkpoint import load_model
+from advneurons.runtime import atomic_path, device, metadata, write_json
 
 
 def channel_distance(clean: torch.Tensor, perturbed: torch.Tensor, normalise: bool = True) -> torch.Tensor:
@@ -151,10 +155,6 @@ def neuron_sensitivity(
     site: str = DEFAULT_SITE,
 ) -> pd.DataFrame:
     """Workflow step: per-channel sensitivity of every layer of a model over one pair set, read at `site`."""
-    from advneurons.models.checkpoint import load_model
-    from advneurons.models.architectures import check_site
-    from advneurons.evaluation.pairs import open_pairs
-    from advneurons.runtime import atomic_path, device, metadata, write_json
 
     check_site(site)  # before loading anything
     model, _ = load_model(model_path)
@@ -180,7 +180,6 @@ def neuron_sensitivity(
 
 def sensitive_channels(sensitivity_csv: Path, percent: float, out_csv: Path) -> pd.DataFrame:
     """Workflow step: the top `percent`% sensitive channels of each layer."""
-    from advneurons.runtime import atomic_path
 
     picked = top_channels(pd.read_csv(sensitivity_csv), percent)
     with atomic_path(out_csv) as tmp:

@@ -17,6 +17,10 @@ import numpy as np
 import pandas as pd
 import torch
 from advneurons.report.markdown import markdown_table, write_markdown
+from advneurons.attacks.core import eval_mode
+from advneurons.evaluation.pairs import open_pairs
+from advneurons.models.checkpoint import load_model
+from advneurons.runtime import atomic_path, device, metadata, model_device, write_json
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +33,6 @@ COLUMNS = ("model", "base", "attack", "description", "n_transfer", "base_clean",
 
 def predictions(model: torch.nn.Module, images: np.ndarray, batch_size: int) -> np.ndarray:
     """Labels `model` predicts for float images in [0, 1] (N, 3, H, W), `batch_size` at a time, eval mode."""
-    from advneurons.attacks.core import eval_mode
-    from advneurons.runtime import model_device
 
     dev = model_device(model)
     out = []
@@ -80,9 +82,6 @@ def transfer_check(model_path: Path, pairs_path: Path, whitebox_csv: Path, base_
                    meta_path: Path) -> pd.DataFrame:
     """Workflow step: the transfer row of one defended model under one attack (`attack` is the attack's
     name in the records files). Writes a one-row CSV (COLUMNS, accuracies as fractions) and metadata."""
-    from advneurons.models.checkpoint import load_model
-    from advneurons.evaluation.pairs import open_pairs
-    from advneurons.runtime import atomic_path, device, metadata, write_json
 
     # Cheap reads first: a missing record or a broken pair set fails before the model is loaded.
     defended_wb, n_wb, description = _whitebox(whitebox_csv, attack)
@@ -108,7 +107,6 @@ def transfer_check(model_path: Path, pairs_path: Path, whitebox_csv: Path, base_
 def transfer_table(row_csvs: list[Path], labels: dict[str, str], out_csv: Path, out_md: Path) -> pd.DataFrame:
     """Workflow step: every transfer row in one table (`labels`: attack name -> table column label, e.g.
     pgd -> L-inf PGD). CSV keeps fractions; the Markdown shows percentages."""
-    from advneurons.runtime import atomic_path
 
     if not row_csvs:
         raise ValueError("no transfer rows to gather")

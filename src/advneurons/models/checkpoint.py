@@ -17,6 +17,7 @@ from torch import nn
 from advneurons.models.defended import rebuild_defense
 from advneurons.models.architectures import build_model
 from advneurons.runtime import atomic_path
+from advneurons.data import file_hash
 
 FORMAT = "advneurons-model"
 FORMAT_VERSION = 1
@@ -86,6 +87,5 @@ def load_model(path: Path) -> tuple[nn.Module, dict]:
 
 def file_digest(path: Path) -> str:
     """SHA-256 of a file's bytes (ties a resume file to the exact checkpoint it continues from)."""
-    from advneurons.data import file_hash
 
     return file_hash(path, "sha256")

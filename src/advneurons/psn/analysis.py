@@ -30,6 +30,11 @@ from advneurons.sns.similarity import jaccard
 from advneurons.report.markdown import markdown_table, write_markdown
 from advneurons.psn.scores import read_scores, select_images, top_units_table
 from advneurons.psn.graph import ActivationRecorder, ScoredLayer, scored_layers
+from advneurons.attacks import from_255, pgd_linf
+from advneurons.data import load_split
+from advneurons.evaluation.paired_stats import wilson_interval
+from advneurons.models.checkpoint import load_model
+from advneurons.runtime import generator, metadata, write_json
 
 PERTURBATIONS = ("noise", "pgd")
 
@@ -80,7 +85,6 @@ def chosen_units(table: pd.DataFrame, shapes: "OrderedDict[str, tuple]") -> "Ord
 
 def random_units(chosen: "OrderedDict[str, np.ndarray]", shapes, seed: int) -> "OrderedDict[str, np.ndarray]":
     """Per layer, as many units as chosen, drawn uniformly from the units outside the chosen set."""
-    from advneurons.runtime import generator
 
     gen = generator(seed)
     out = OrderedDict()
@@ -107,9 +111,6 @@ def psn_unit_table(path: Path, percent: float) -> pd.DataFrame:
 
 
 def _load_test(model_path, test_path, n_images, seed):
-    from advneurons.models.checkpoint import load_model
-    from advneurons.data import load_split
-
     model, ckpt = load_model(model_path)
     images, labels = load_split(test_path)
     index = select_images(len(images), n_images, seed)
@@ -135,7 +136,6 @@ def mean_abs_deviation(model: nn.Module, clean: torch.Tensor, perturbed: torch.T
 
 def pgd_images(model, x, y, eps, step, steps, gen, batch_size=128):
     """L-inf PGD with random start, batch by batch, in [0, 1] units."""
-    from advneurons.attacks import pgd_linf
 
     out = [
         pgd_linf(model, x[i : i + batch_size], y[i : i + batch_size], eps, steps, step, random_start=True, generator=gen)
@@ -198,8 +198,6 @@ def psn_deviation(model_path: Path, test_path: Path, units_path: Path, percent: 
     perturbation, group [psn|random], n_units, deviation), a per-block CSV (block, perturbation, group,
     deviation = mean over the block's layers, n_layers), a trend figure and metadata JSON.
     """
-    from advneurons.attacks import from_255
-    from advneurons.runtime import generator, metadata, write_json
 
     for label, value in (("noise_eps", noise_eps), ("pgd_eps", pgd_eps), ("pgd_step", pgd_step)):
         if not value > 0:
@@ -271,7 +269,6 @@ def noisy_accuracy(model, layers, units: "OrderedDict[str, np.ndarray]", x, y, s
 def attack_table(model, layers, scores: pd.DataFrame, x, y, ratios, sigma: float, seed: int,
                  batch_size: int = 256) -> pd.DataFrame:
     """Accuracy under noise on the top-ratio% PSNs and on as many random other units, per ratio."""
-    from advneurons.runtime import generator
 
     shapes = layer_shapes(model, tuple(x.shape[1:]), layers)
     clean = clean_accuracy(model, x, y, batch_size)
@@ -297,7 +294,6 @@ def psn_attack(model_path: Path, test_path: Path, scores_path: Path, n_images: i
     n_units, clean_accuracy, accuracy, drop), a Markdown table (one row per ratio), a figure and
     metadata JSON.
     """
-    from advneurons.runtime import metadata, write_json
 
     ratios = [float(r) for r in ratios]
     for r in ratios:
@@ -331,7 +327,6 @@ def psn_attack(model_path: Path, test_path: Path, scores_path: Path, n_images: i
 def attack_figure(table: pd.DataFrame, n_images: int, title: str):
     """Accuracy vs share of noised units, PSN vs random, from :func:`attack_table`; bands: Wilson 95%
     intervals of each accuracy over the ``n_images`` test images (one noise draw per image)."""
-    from advneurons.evaluation.paired_stats import wilson_interval
 
     plt, sns = plotting()
     data = table.assign(accuracy_pct=100.0 * table["accuracy"])
@@ -490,8 +485,6 @@ def psn_heatmaps(model_path: Path, test_path: Path, scores_path: Path, layers: l
     units were chosen, and how many share the boundary score (:func:`selection_note`), is in each figure's
     title and in the metadata JSON (``selections``).
     """
-    from advneurons.attacks import from_255
-    from advneurons.runtime import generator, metadata, write_json
 
     layers_wanted, out_pngs = list(layers), list(out_pngs)
     if len(layers_wanted) != len(out_pngs):

@@ -87,6 +87,10 @@ from advneurons.psn.graph import (
     layer_activations,
     scored_layers,
 )
+from advneurons.attacks import from_255
+from advneurons.data import load_split
+from advneurons.models.checkpoint import load_model
+from advneurons.runtime import atomic_path, device as default_device, generator, metadata, write_json
 
 log = logging.getLogger("advneurons")
 
@@ -160,7 +164,6 @@ class PSNBounder:
             raise ValueError(f"unknown bound method {method!r}; choose one of {', '.join(BOUND_METHODS)}")
         if not mem_budget_mb > 0:
             raise ValueError(f"memory budget must be positive, got {mem_budget_mb} MB")
-        from advneurons.runtime import device as default_device
 
         self.lirpa = import_auto_lirpa()
         self.device = torch.device(device) if device is not None else default_device()
@@ -572,7 +575,6 @@ def select_images(n_available: int, n_images: int | None, seed: int) -> np.ndarr
         return np.arange(n_available)
     if n_images < 1:
         raise ValueError(f"n_images must be at least 1, got {n_images}")
-    from advneurons.runtime import generator
 
     perm = torch.randperm(n_available, generator=generator(seed))[:n_images]
     return np.sort(perm.numpy())
@@ -594,11 +596,6 @@ def psn_scores(model_path: Path, images_path: Path, n_images: int | None, eps: f
     before, after) and a metadata JSON with per-node summaries, timings and the device.
     """
     import time
-
-    from advneurons.attacks import from_255
-    from advneurons.models.checkpoint import load_model
-    from advneurons.data import load_split
-    from advneurons.runtime import atomic_path, metadata, write_json
 
     if bound_method not in BOUND_METHODS:
         raise ValueError(f"unknown bound method {bound_method!r}; choose one of {', '.join(BOUND_METHODS)}")
@@ -684,7 +681,6 @@ def psn_top_units(scores_path: Path, percents, out_path: Path) -> pd.DataFrame:
     Writes a CSV (gzip when it ends in .gz) with columns percent, layer, depth, block, conv, channel,
     h, w, score, before, after, rank, n_units.
     """
-    from advneurons.runtime import atomic_path
 
     percents = [float(p) for p in percents]
     for p in percents:

@@ -19,6 +19,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from advneurons.attacks import AttackSpec, run_attack
+
 
 # Name the analyses give to the penultimate representation (VGG: pool5 flattened; ResNet: global average pool).
 PENULTIMATE = "penultimate"
@@ -43,10 +45,10 @@ def resolve_attack(attack: Any) -> Perturbation:
     if isinstance(attack, Perturbation):
         return attack
     if isinstance(attack, dict):
-        from advneurons.attacks import AttackSpec
-
-        spec = AttackSpec.from_config(attack)
-        return resolve_attack(spec)
+        attack = AttackSpec.from_config(attack)
+    if isinstance(attack, AttackSpec):
+        spec = attack
+        return Perturbation(lambda model, x, y, g: run_attack(spec, model, x, y, generator=g), spec.describe())
     run = getattr(attack, "run", None)
     if callable(run):
         describe = getattr(attack, "describe", None)

@@ -17,6 +17,7 @@ from scipy import stats
 from advneurons.report.findings import Claim, Section, write_findings
 from advneurons.sns.similarity import fc_top_unit_is_target
 from advneurons.sns.suppression import CLEAN
+from advneurons.evaluation.paired_stats import decide_by_intervals, wilson_interval
 
 __all__ = [
     "sns_findings",
@@ -152,7 +153,6 @@ def claims_suppression(summary: pd.DataFrame, collapse_beta: float = 0.7, robust
     is "more robustness at similar clean accuracy": it needs the two selections' clean accuracies within
     `clean_tolerance` points, and is contradicted when suppressing sensitive channels costs more clean accuracy.
     """
-    from advneurons.evaluation.paired_stats import decide_by_intervals, wilson_interval
 
     def row(perturbation, selection, beta):
         rows = summary[

@@ -33,6 +33,9 @@ from advneurons.runtime import atomic_path, generator, metadata, write_json
 from advneurons.evaluation.sensitivity import SensitivityAccumulator
 from advneurons.models.architectures import DEFAULT_SITE
 from advneurons.sns.common import PENULTIMATE, layers_with_penultimate
+from advneurons.attacks import AttackSpec, pgd_linf
+from advneurons.data import load_split
+from advneurons.models.checkpoint import load_model
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +107,6 @@ def compute_targeted_pairs(
     model) are attacked towards y. Returns the successful pairs of all classes in one PairSet, their target
     classes, and a per-class count table (attempted, successful).
     """
-    from advneurons.attacks import pgd_linf
 
     model.eval()
     labels = labels.long()
@@ -190,9 +192,6 @@ def targeted_pairs(
     Writes `out_path` (pair set + ``target`` member, see `open_targeted_pairs`) and `meta_path` (per-class
     attempted/successful counts).
     """
-    from advneurons.attacks import AttackSpec
-    from advneurons.models.checkpoint import load_model
-    from advneurons.data import load_split
 
     spec = AttackSpec.from_config(attack_cfg)
     if spec.type not in ("pgd", "pgd_targeted"):
@@ -313,7 +312,6 @@ def targeted_neurons(
     (target, layer, depth, channel, sensitivity, n_pairs), `importance_csv` (target, channel, votes,
     mean_phi, n_pairs) and `meta_path`.
     """
-    from advneurons.models.checkpoint import load_model
 
     if k < 1:
         raise ValueError(f"k must be positive, got {k}")

@@ -34,6 +34,9 @@ from advneurons.sns.common import (
     resolve_attack,
     strength_label,
 )
+from advneurons.data import load_split
+from advneurons.evaluation.pairs import select_subset
+from advneurons.models.checkpoint import load_model
 
 def default_ratio_layers(model: nn.Module) -> list[str]:
     """Every conv layer that has a ReLU after it, each followed by that ReLU: conv1, relu1, conv2, relu2, ..."""
@@ -177,9 +180,6 @@ def sensitivity_ratios(
     The perturbations are untargeted and crafted against this model on a seeded subset of `n_images` test
     images. Outputs `out_csv` (long table, see `compute_sensitivity_ratios`) and `meta_path`.
     """
-    from advneurons.models.checkpoint import load_model
-    from advneurons.data import load_split
-    from advneurons.evaluation.pairs import select_subset
 
     if not perturbations or any(len(v) == 0 for v in perturbations.values()):
         raise ValueError("every perturbation family needs at least one strength")

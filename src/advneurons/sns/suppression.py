@@ -35,6 +35,10 @@ from advneurons.evaluation.sensitivity import top_channels
 from advneurons.io import write_table
 from advneurons.report.figures import grid, plotting, save_figure
 from advneurons.sns.common import activation_names, resolve_attack
+from advneurons.data import load_split
+from advneurons.evaluation.paired_stats import wilson_interval
+from advneurons.evaluation.pairs import select_subset
+from advneurons.models.checkpoint import load_model
 
 log = logging.getLogger(__name__)
 
@@ -216,9 +220,6 @@ def suppression_study(
     over the draws, sensitive with a Wilson 95% band over the images; a PDF beside it), optional `panel_dir`
     with one PNG + PDF per perturbation, and `meta_path`.
     """
-    from advneurons.models.checkpoint import load_model
-    from advneurons.data import load_split
-    from advneurons.evaluation.pairs import select_subset
 
     if not betas or any(not 0 <= b <= 1 for b in betas):
         raise ValueError(f"betas must lie in [0, 1], got {list(betas)}")
@@ -280,7 +281,6 @@ def _band_note(curves: pd.DataFrame) -> str:
 def _draw_suppression(ax, curves: pd.DataFrame, name: str) -> None:
     """One perturbation's panel: accuracy (%) vs beta, sensitive with a Wilson 95% band over the images (one
     selection, so no spread over draws), random with ±1 SD over its seeded draws."""
-    from advneurons.evaluation.paired_stats import wilson_interval
 
     _, sns = plotting()
     palette = {"sensitive": "#c44e52", "random": "#4c72b0"}

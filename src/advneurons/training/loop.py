@@ -39,6 +39,8 @@ from advneurons.attacks import from_255, pgd_linf
 from advneurons.data import load_split
 from advneurons.models.architectures import DEFAULT_SITE, build_model, check_site
 from advneurons.runtime import atomic_path, device, generator, metadata, model_device, write_json
+from advneurons.attacks import step_ll
+from advneurons.training.sns import DEFAULT_LAMBDA, choose_channels
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +102,6 @@ class TrainConfig:
             object.__setattr__(self, "static", tuple(self.static))  # hashable, and the same id from YAML lists
 
     def lam(self, arch: str) -> float:
-        from advneurons.training.sns import DEFAULT_LAMBDA
-
         if self.sns_lambda is None:
             return DEFAULT_LAMBDA[arch]
         if isinstance(self.sns_lambda, dict):
@@ -139,7 +139,6 @@ def augment(x: torch.Tensor, kind: str, gen: torch.Generator, pad: int = 4) -> t
 
 def nat_examples(model, x, eps: float, gen: torch.Generator) -> torch.Tensor:
     """Step-LL examples with a per-image eps ~ |N(0, (eps/2)^2)| truncated at eps (Kurakin et al.)."""
-    from advneurons.attacks import step_ll
 
     scale = (torch.randn(len(x), generator=gen).abs() * eps / 2).clamp(max=eps)
     return step_ll(model, x, scale.view(-1, 1, 1, 1).to(x.device))
@@ -365,7 +364,6 @@ def _sns_channels(model, layers, cfg: TrainConfig, x, y, gen):
     """The channels SNS stabilises: chosen once before the first epoch (from the base model's PGD pairs
     on ``select_images`` training images, all of them if None), or each epoch from ``dyn_images`` images for
     ``dyn``; measured at the outputs of ``layers``, the modules of the SNS site."""
-    from advneurons.training.sns import choose_channels
 
     n = cfg.dyn_images if cfg.variant == "dyn" else cfg.select_images
     pick = torch.randperm(len(x), generator=gen)[:n]  # a slice past the end (or to None) takes every image

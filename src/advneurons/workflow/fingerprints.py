@@ -64,14 +64,14 @@ def _strip_docstrings(tree: ast.Module) -> ast.Module:
 
 class _DropImports(ast.NodeTransformer):
     def visit_Import(self, node):
-        return ast.Pass()
+        return None  # removed, so that moving an import to the module's top changes nothing
 
     visit_ImportFrom = visit_Import
 
 
 def _code_text(node: ast.AST) -> str:
     """Canonical code of a statement: its syntax tree (docstrings removed at parse), without positions, and
-    with imports inside it replaced by `pass`: what they bind is followed and hashed as references, and where a
+    with the imports inside it removed: what they bind is followed and hashed as references, and where a
     name is imported from is layout, not code."""
     if any(isinstance(sub, (ast.Import, ast.ImportFrom)) for sub in ast.walk(node)):
         node = _DropImports().visit(copy.deepcopy(node))
