@@ -20,6 +20,7 @@ rule download_cifar10:
         code=code_version("download_cifar10"),
         url=config["dataset"]["cifar10"]["url"],
         md5=config["dataset"]["cifar10"]["md5"],
+        batch_md5=config["dataset"]["cifar10"].get("batch_md5"),
     message:
         "download and verify the CIFAR-10 archive"
     script:

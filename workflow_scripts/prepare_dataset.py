@@ -17,4 +17,5 @@ prepare_dataset(
     meta_path=smk.output.meta,
     archive_record=smk.input.get("archive_record"),
     md5=ds.get("md5", ""),
+    batch_md5=ds.get("batch_md5"),
 )

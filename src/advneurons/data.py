@@ -2,7 +2,8 @@
 
 `digits` is scikit-learn's bundled handwritten digits (8x8, 17 grey levels) upscaled to 3x32x32: it ships
 inside the package, so the default run needs no network. `cifar10` goes through torchvision's download with
-checksum verification; its python batches are read with a restricted unpickler so a foreign archive cannot
+checksum verification, or uses an already extracted `cifar-10-batches-py/` folder whose batch files are
+checked one by one; its python batches are read with a restricted unpickler so a foreign archive cannot
 run code.
 
 A split file is an ``.npz`` with ``images`` (uint8) and ``labels`` (int64); `load_split` returns float
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import pickle
 import socket
 import tarfile
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from advneurons.runtime import atomic_path, metadata, write_json
 
 DATASETS = ("digits", "cifar10")
@@ -29,7 +32,18 @@ SPLITS = ("train", "val", "test")
 CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_FOLDER = "cifar-10-batches-py"  # what the archive extracts to
 _CIFAR10_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+# md5 of each batch file of the official archive (as torchvision lists them): an extracted folder is checked
+# against these, file by file.
+CIFAR10_BATCH_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
 
 
 class DatasetError(RuntimeError):
@@ -90,9 +104,25 @@ def prepare_digits(test_fraction: float, val_fraction: float, seed: int) -> dict
 # ---------------------------------------------------------------------------------------------- CIFAR-10
 def _manual_instructions(archive: Path, md5: str, url: str) -> str:
     return (
-        f"Download {url} by hand (md5 {md5}) and place it at {archive.resolve()}; "
-        "the workflow then verifies and uses it without touching the network."
+        f"Download {url} by hand (md5 {md5}) and place it at {archive.resolve()}, or extract it there "
+        f"({archive.parent.resolve() / CIFAR10_FOLDER}/); the workflow then verifies and uses it without "
+        "touching the network."
     )
+
+
+def verify_cifar10_folder(folder: Path, batch_md5: dict[str, str] | None = None) -> Path:
+    """Check an extracted `cifar-10-batches-py/` folder: every batch file present with its md5."""
+    expected = CIFAR10_BATCH_MD5 if batch_md5 is None else batch_md5
+    folder = Path(folder)
+    missing = [name for name in expected if not (folder / name).is_file()]
+    if missing:
+        raise DatasetError(f"CIFAR-10 folder {folder} lacks {', '.join(missing)}: extract the whole official "
+                           "archive there")
+    wrong = [f"{name} (md5 {actual}, expected {md5})" for name, md5 in expected.items()
+             if (actual := file_md5(folder / name)) != md5]
+    if wrong:
+        raise DatasetError(f"CIFAR-10 folder {folder} is not the official data: {'; '.join(wrong)}")
+    return folder
 
 
 def file_hash(path: Path, algorithm: str = "md5") -> str:
@@ -108,16 +138,21 @@ def file_md5(path: Path) -> str:
     return file_hash(path, "md5")
 
 
-def fetch_cifar10_archive(data_dir: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5, timeout: float = 20.0) -> Path:
-    """Return the verified CIFAR-10 archive in `data_dir`, downloading it if it is not there yet.
+def fetch_cifar10_archive(data_dir: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5, timeout: float = 20.0,
+                          batch_md5: dict[str, str] | None = None) -> Path:
+    """Return the verified CIFAR-10 archive in `data_dir`, or its extracted `cifar-10-batches-py/` folder
+    there, downloading the archive if neither is in place.
 
-    A file already in place (put there by hand) is checked and never re-downloaded or deleted. Offline, the
-    download fails after at most `timeout` seconds per connection attempt, with instructions.
+    A file or folder already in place (put there by hand) is checked and never re-downloaded or deleted;
+    the archive wins when both are there. Offline, the download fails after at most `timeout` seconds per
+    connection attempt, with instructions.
     """
     from torchvision.datasets.utils import download_url
 
     data_dir = Path(data_dir)
     archive = data_dir / CIFAR10_ARCHIVE
+    if not archive.exists() and (data_dir / CIFAR10_FOLDER).is_dir():
+        return verify_cifar10_folder(data_dir / CIFAR10_FOLDER, batch_md5)
     if archive.exists():
         actual = file_md5(archive)
         if actual != md5:
@@ -147,16 +182,17 @@ def fetch_cifar10_archive(data_dir: Path, url: str = CIFAR10_URL, md5: str = CIF
 ARCHIVE_RECORD_SUFFIX = ".verified.json"
 
 
-def download_cifar10(record_path: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5) -> dict:
+def download_cifar10(record_path: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5,
+                     batch_md5: dict[str, str] | None = None) -> dict:
     """Workflow step: make sure the verified CIFAR-10 archive is in place and write a record of it.
 
     The record (``<data_dir>/cifar-10-python.tar.gz.verified.json``) is the rule's output, not the
     archive: Snakemake deletes a rule's outputs before re-running it (after a change of ``url``, say),
     and the archive, often placed by hand, must never be deleted or fetched again. An archive already in
-    place is verified by md5 and kept; a missing one is downloaded. The record names the archive, its md5
-    and how it got there; :func:`archive_from_record` reads it back.
+    place is verified by md5 and kept, as is an extracted `cifar-10-batches-py/` folder beside it (each
+    batch file by its md5); when neither is there the archive is downloaded. The record names the archive
+    (or folder), its md5 and how it got there; :func:`archive_from_record` reads it back.
     """
-    import json
     import time
 
     record_path = Path(record_path)
@@ -165,9 +201,11 @@ def download_cifar10(record_path: Path, url: str = CIFAR10_URL, md5: str = CIFAR
     archive = record_path.with_name(record_path.name[: -len(ARCHIVE_RECORD_SUFFIX)])
     if archive.name != CIFAR10_ARCHIVE:
         raise ValueError(f"the record of {archive} names no CIFAR-10 archive ({CIFAR10_ARCHIVE})")
-    found = archive.exists()
-    fetch_cifar10_archive(archive.parent, url=url, md5=md5)
-    record = {"archive": str(archive.resolve()), "md5": md5, "source": "found in place" if found else f"downloaded from {url}",
+    found = archive.exists() or (archive.parent / CIFAR10_FOLDER).is_dir()
+    source = fetch_cifar10_archive(archive.parent, url=url, md5=md5, batch_md5=batch_md5)
+    record = {"archive": str(source.resolve()), "md5": md5 if source.is_file() else None,
+              "batch_md5": None if source.is_file() else (batch_md5 or CIFAR10_BATCH_MD5),
+              "source": "found in place" if found else f"downloaded from {url}",
               "verified_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
     with atomic_path(record_path) as tmp:
         Path(tmp).write_text(json.dumps(record, indent=2) + "\n")
@@ -176,8 +214,6 @@ def download_cifar10(record_path: Path, url: str = CIFAR10_URL, md5: str = CIFAR
 
 def archive_from_record(record_path: Path) -> Path:
     """The archive a record of :func:`download_cifar10` names (it must still be there)."""
-    import json
-
     record = json.loads(Path(record_path).read_text())
     archive = Path(record["archive"])
     if not archive.exists():
@@ -222,16 +258,17 @@ def _read_batch(blob: bytes, member: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_cifar10_archive(archive: Path) -> tuple[Split, Split]:
-    """Official train and test sets from a `cifar-10-python.tar.gz` (members under cifar-10-batches-py/)."""
+    """Official train and test sets from a `cifar-10-python.tar.gz` (members under cifar-10-batches-py/), or
+    from the `cifar-10-batches-py/` folder it extracts to."""
     wanted = {f"cifar-10-batches-py/{name}" for name in (*_CIFAR10_TRAIN_BATCHES, "test_batch")}
     blobs: dict[str, bytes] = {}
-    try:
-        with tarfile.open(archive, "r:gz") as tar:
-            for member in tar.getmembers():
-                if member.name in wanted and member.isfile():
-                    blobs[member.name] = tar.extractfile(member).read()
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DatasetError(f"{archive} is not a readable tar.gz archive: {exc}") from exc
+    if Path(archive).is_dir():
+        for member in wanted:
+            path = Path(archive) / member.split("/", 1)[1]
+            if path.is_file():
+                blobs[member] = path.read_bytes()
+    else:
+        blobs = _archive_members(archive, wanted)
     missing = sorted(wanted - set(blobs))
     if missing:
         raise DatasetError(f"{archive} lacks {', '.join(missing)}: not an official cifar-10-batches-py archive")
@@ -241,6 +278,18 @@ def read_cifar10_archive(archive: Path) -> tuple[Split, Split]:
         Split(np.concatenate([d for d, _ in train]), np.concatenate([lab for _, lab in train])),
         Split(*test),
     )
+
+
+def _archive_members(archive: Path, wanted: set[str]) -> dict[str, bytes]:
+    blobs: dict[str, bytes] = {}
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar.getmembers():
+                if member.name in wanted and member.isfile():
+                    blobs[member.name] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise DatasetError(f"{archive} is not a readable tar.gz archive: {exc}") from exc
+    return blobs
 
 
 def prepare_cifar10(archive: Path, val_fraction: float, seed: int) -> dict[str, Split]:
@@ -293,10 +342,12 @@ def prepare_dataset(
     archive: Path | None = None,
     md5: str = CIFAR10_MD5,
     archive_record: Path | None = None,
+    batch_md5: dict[str, str] | None = None,
 ) -> dict:
     """Workflow step: write the train/val/test split files of a dataset and a metadata JSON.
 
-    CIFAR-10 reads ``archive``, or the archive named by ``archive_record`` (:func:`download_cifar10`).
+    CIFAR-10 reads ``archive`` (the archive or its extracted folder), or what ``archive_record`` names
+    (:func:`download_cifar10`).
     """
 
     if name == "digits":
@@ -304,10 +355,12 @@ def prepare_dataset(
     elif name == "cifar10":
         if archive is None and archive_record is not None:
             archive = archive_from_record(archive_record)
+            batch_md5 = batch_md5 or json.loads(Path(archive_record).read_text()).get("batch_md5")
         if archive is None:
             raise DatasetError("CIFAR-10 needs the archive path")
-        actual = file_md5(archive)
-        if actual != md5:
+        if Path(archive).is_dir():
+            verify_cifar10_folder(archive, batch_md5)
+        elif (actual := file_md5(archive)) != md5:
             raise DatasetError(f"CIFAR-10 archive {archive} has md5 {actual}, expected {md5}. "
                                + _manual_instructions(Path(archive), md5, CIFAR10_URL))
         parts = prepare_cifar10(archive, val_fraction, split_seed)

@@ -36,6 +36,8 @@ def test_default_config_is_valid_and_gets_defaults(cfg):
         (lambda c: c["models"].__setitem__("architectures", ["vgg61"]), "models.architectures.0"),
         (lambda c: c["models"].__setitem__("training", []), "models.training"),
         (lambda c: c["dataset"].__setitem__("name", "mnist"), "dataset.name"),
+        (lambda c: c["dataset"].__setitem__("cifar10", {"batch_md5": {"data_batch_1": "0" * 32}}),
+         "dataset.cifar10.batch_md5"),
         (lambda c: c["psn"].__setitem__("bound_method", "alpha-CROWN"), "psn.bound_method"),
         (lambda c: c["psn"].__setitem__("eps", 0), "psn.eps"),
         (lambda c: c["psn"]["n_images"].__setitem__("vgg16", 0), "psn.n_images.vgg16"),

@@ -103,6 +103,46 @@ def test_corrupt_archive_is_a_clear_error(tmp_path):
         data.read_cifar10_archive(archive)
 
 
+def extract(archive, folder_parent):
+    with tarfile.open(archive, "r:gz") as tar:
+        tar.extractall(folder_parent, filter="data")
+    folder = folder_parent / data.CIFAR10_FOLDER
+    return folder, {name: hashlib.md5((folder / name).read_bytes()).hexdigest() for name in data.CIFAR10_BATCH_MD5}
+
+
+def test_an_extracted_folder_gives_the_same_splits_as_its_archive(tmp_path):
+    archive = tmp_path / "a" / data.CIFAR10_ARCHIVE
+    archive.parent.mkdir()
+    md5 = write_tiny_cifar(archive, per_batch=30)
+    folder, batch_md5 = extract(archive, tmp_path / "b")
+    split = {}
+    for kind, source in (("archive", archive), ("folder", folder)):
+        outputs = {s: tmp_path / f"{kind}_{s}.npz" for s in data.SPLITS}
+        data.prepare_dataset("cifar10", 0, 0.2, 0.1, outputs, tmp_path / f"{kind}.json", archive=source, md5=md5,
+                             batch_md5=batch_md5)
+        split[kind] = {s: data.read_split(outputs[s]) for s in data.SPLITS}
+    for s in data.SPLITS:
+        np.testing.assert_array_equal(split["archive"][s].images, split["folder"][s].images)
+        np.testing.assert_array_equal(split["archive"][s].labels, split["folder"][s].labels)
+    # Found in place without the archive: verified file by file, no network; the record names the folder.
+    record = tmp_path / "b" / (data.CIFAR10_ARCHIVE + data.ARCHIVE_RECORD_SUFFIX)
+    info = data.download_cifar10(record, url="http://127.0.0.1:9/none", md5=md5, batch_md5=batch_md5)
+    assert info["archive"] == str(folder.resolve()) and info["batch_md5"] == batch_md5
+    assert data.archive_from_record(record) == folder.resolve()
+
+
+def test_an_extracted_folder_that_is_not_the_data_is_refused_by_file(tmp_path):
+    archive = tmp_path / data.CIFAR10_ARCHIVE
+    write_tiny_cifar(archive)
+    folder, batch_md5 = extract(archive, tmp_path)
+    archive.unlink()
+    with pytest.raises(data.DatasetError, match="not the official data: data_batch_1"):
+        data.fetch_cifar10_archive(tmp_path)  # checked against the official batches' md5
+    (folder / "test_batch").unlink()
+    with pytest.raises(data.DatasetError, match="lacks test_batch"):
+        data.fetch_cifar10_archive(tmp_path, batch_md5=batch_md5)
+
+
 def test_batch_with_code_payload_is_refused(tmp_path):
     class Payload:
         def __reduce__(self):

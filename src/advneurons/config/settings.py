@@ -287,6 +287,8 @@ def dataset_params(config: dict) -> dict:
         params["test_fraction"] = ds["test_fraction"]
     else:  # CIFAR-10 has an official test set; the archive's checksum pins its content
         params["md5"] = ds["cifar10"]["md5"]
+        if ds["cifar10"].get("batch_md5"):  # an extracted folder of other than the official batches
+            params["batch_md5"] = ds["cifar10"]["batch_md5"]
     return params
 
 

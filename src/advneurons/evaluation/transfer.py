@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+
 from advneurons.report.markdown import markdown_table, write_markdown
 from advneurons.attacks.core import eval_mode
 from advneurons.evaluation.pairs import open_pairs
