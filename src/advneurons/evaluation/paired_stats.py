@@ -22,7 +22,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import binom, norm
 
 CLAIMS = ("a_better", "b_better", "a_not_worse", "about_equal")
 LABELS = ("supported", "contradicted", "within noise")
@@ -31,6 +30,8 @@ LABELS = ("supported", "contradicted", "within noise")
 def _z(confidence: float) -> float:
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
+    from scipy.stats import norm  # here, not at the top: every evaluation step imports this module
+
     return float(norm.ppf(1 - (1 - confidence) / 2))
 
 
@@ -95,6 +96,8 @@ class McNemarResult:
 
 def mcnemar_exact(a_correct, b_correct) -> McNemarResult:
     """Exact McNemar test: under "A and B equally accurate" A-only ~ Binomial(A-only + B-only, 1/2)."""
+    from scipy.stats import binom
+
     a, b = _paired_vectors(a_correct, b_correct)
     a_only, b_only = int(np.sum(a & ~b)), int(np.sum(~a & b))
     discordant = a_only + b_only

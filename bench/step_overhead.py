@@ -1,0 +1,85 @@
+"""Fixed cost of a workflow step: the time of a no-op run of its script (its imports and Snakemake's preamble)
+against `python -c "import torch"`, measured in one run.
+
+Target (issue 16): at most 1.5x `import torch` for every step. Each step's imports are its script's top-level
+import statements; the preamble is what Snakemake puts before a script (`from snakemake import script` and its
+logger). Every command runs `--repeats` times in a fresh interpreter, interleaved so that load on a shared
+machine hits all of them alike; the median is reported. With `--jobs` the default run's job count of each step
+(from a dry run) weights the step, which gives the run's fixed cost in CPU-seconds.
+
+Run:  .venv/bin/python bench/step_overhead.py [--repeats 5] [--jobs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_RATIO = 1.5
+PREAMBLE = "from snakemake import script\nfrom snakemake.logging import logger\n"
+
+
+def script_imports(path: Path) -> str:
+    """The top-level import statements of a workflow script, as code."""
+    tree = ast.parse(path.read_text())
+    return "\n".join(ast.unparse(node) for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom)))
+
+
+def timed(code: str) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    return time.perf_counter() - start
+
+
+def default_run_jobs() -> dict[str, int]:
+    """Rule -> number of jobs of the default config from scratch (`snakemake -n -F`)."""
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-F", "--quiet", "rules"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", out, re.M)}
+
+
+def script_of_rule() -> dict[str, str]:
+    """Rule -> script name, read from rules/*.smk."""
+    out = {}
+    for smk in (ROOT / "rules").glob("*.smk"):
+        for rule, script in re.findall(r"^rule (\w+):.*?workflow_scripts/(\w+)\.py", smk.read_text(), re.M | re.S):
+            out[rule] = script
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--jobs", action="store_true", help="weight each step by its job count in the default run")
+    args = parser.parse_args()
+    commands = {"python (no import)": "pass", "import torch": "import torch"}
+    for path in sorted((ROOT / "workflow_scripts").glob("*.py")):
+        commands[path.stem] = PREAMBLE + script_imports(path)
+    times = {name: [] for name in commands}
+    for _ in range(args.repeats):
+        for name, code in commands.items():
+            times[name].append(timed(code))
+    median = {name: statistics.median(t) for name, t in times.items()}
+    torch_s = median["import torch"]
+    print(f"{'step':28s} {'no-op s':>8s} {'x torch':>8s}")
+    for name, seconds in sorted(median.items(), key=lambda kv: -kv[1]):
+        flag = "" if name in ("python (no import)", "import torch") or seconds <= TARGET_RATIO * torch_s else "  over"
+        print(f"{name:28s} {seconds:8.2f} {seconds / torch_s:8.2f}{flag}")
+    worst = max(v for k, v in median.items() if k not in ("python (no import)", "import torch"))
+    print(f"\nworst step / import torch = {worst / torch_s:.2f} (target <= {TARGET_RATIO})")
+    if args.jobs:
+        jobs, scripts = default_run_jobs(), script_of_rule()
+        total = sum(n * median[scripts[rule]] for rule, n in jobs.items() if rule in scripts)
+        print(f"default run: {sum(jobs.values())} jobs, fixed cost {total:.0f} CPU-s "
+              f"({total / 2 / 60:.1f} min of wall time on 2 cores)")
+
+
+if __name__ == "__main__":
+    main()
