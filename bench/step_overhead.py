@@ -42,7 +42,8 @@ def default_run_jobs() -> dict[str, int]:
     """Rule -> number of jobs of the default config from scratch (`snakemake -n -F`)."""
     out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-F", "--quiet", "rules"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", out, re.M)}
+    found = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", out, re.M)}
+    return {rule: n for rule, n in found.items() if rule != "total"}
 
 
 def script_of_rule() -> dict[str, str]:
