@@ -79,14 +79,8 @@ class SensitivityAccumulator(PairHooks):
 
     def _hook(self, name):
         def hook(_module, _inputs, output):
-            # The batch sum of channel_distance in one reduction (pairs and positions at once, accumulated in
-            # float64): the per-pair table is never formed, which keeps the hooked pass near two plain ones.
             half = output.shape[0] // 2
-            diff = (output[:half] - output[half:]).abs_()
-            dims = (0, *range(2, diff.dim()))
-            dist = diff.sum(dim=dims, dtype=torch.float64)
-            if self.normalise and diff.dim() > 2:
-                dist /= diff[0, 0].numel()
+            dist = channel_distance(output[:half], output[half:], self.normalise).sum(0).double()
             self.sums[name] = self.sums[name] + dist if name in self.sums else dist
 
         return hook

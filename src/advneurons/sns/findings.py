@@ -12,7 +12,6 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from advneurons.report.findings import Claim, Section, write_findings
 from advneurons.sns.similarity import fc_top_unit_is_target
@@ -96,6 +95,8 @@ def _bottom_top(table: pd.DataFrame, column: str) -> tuple[float, float, int]:
 
 def claims_layer_similarity(table: pd.DataFrame) -> list[Claim]:
     """Claims on the per-layer similarity of per-target sensitive neurons (`layer_similarity`)."""
+    from scipy import stats  # here: importing this module must not load scipy
+
     claims = []
     for column, label, source in (
         ("total_jaccard", "total Jaccard index", "TIP Fig 8, Eq 10"),
@@ -244,6 +245,8 @@ def claims_ratios(
 
     `vanilla`/`pat` name the model labels; by default the one label containing "vanilla" / "pat".
     """
+    from scipy import stats
+
     strengths = [c for c in table.columns if c not in ("model", "layer", "kind")]
     relu_up, conv_down = [], []
     for _, rows in table.groupby("model", sort=False):

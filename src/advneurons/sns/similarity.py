@@ -17,8 +17,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from rapidfuzz.distance import Levenshtein
-from scipy import stats
 
 from advneurons.io import write_table
 from advneurons.report.figures import LAYER_LABEL, figure_width, grid, layer_ticks, plotting, save_figure
@@ -38,6 +36,8 @@ PAPER_CIFAR10_VGG16 = {
 # ------------------------------------------------------------------------------------------------ metrics
 def levenshtein_distance(a: Sequence, b: Sequence) -> int:
     """Edit distance between two sequences of hashable items (unit costs)."""
+    from rapidfuzz.distance import Levenshtein  # loaded by the steps that compare sequences only
+
     return int(Levenshtein.distance(list(a), list(b)))
 
 
@@ -73,6 +73,8 @@ def average_pair(metric: Callable[[Sequence, Sequence], float], seqs: Sequence[S
 
 def spearman(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """Spearman's rho and its p-value; NaN when either ranking is constant."""
+    from scipy import stats  # loaded by the steps that rank only
+
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if len(a) != len(b):
         raise ValueError(f"rankings differ in length: {len(a)} vs {len(b)}")
@@ -86,6 +88,8 @@ def spearman(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 def chance_jaccard(n: int, k: int) -> float:
     """Expected Jaccard index of two independent uniformly random k-subsets of n channels (hypergeometric)."""
+    from scipy import stats
+
     if not 0 < k <= n:
         raise ValueError(f"need 0 < k <= n, got k={k}, n={n}")
     overlap = np.arange(max(0, 2 * k - n), k + 1)
