@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from step_overhead import PREAMBLE, planned_jobs, script_imports  # bench/ is on the path of a script run in it
 
 ROOT = Path(__file__).resolve().parents[1]
 # Images per split of each dataset (CIFAR-10: the official 50000 / 10000; digits: scikit-learn's 1797).
@@ -157,20 +158,9 @@ def training_seconds_per_image(training: dict, u: dict) -> float:
     raise ValueError(f"no cost model for training method {method}")
 
 
-def dry_run_jobs(preset: Path) -> collections.Counter:
-    """Rule -> number of jobs of the preset from scratch, as `snakemake -n -F` plans them."""
-    import re
-
-    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-F", "--quiet", "rules", "--configfile", str(preset)],
-                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    found = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", out, re.M)}
-    return collections.Counter({rule: n for rule, n in found.items() if rule != "total"})
-
-
 def step_startup_seconds(repeats: int = 3) -> float:
     """Start-up of a typical step: the imports of the evaluate_attack script and Snakemake's preamble."""
-    code = ("from snakemake import script\nfrom advneurons import runtime\n"
-            "from advneurons.evaluation.robustness import evaluate_attack\n")
+    code = PREAMBLE + script_imports(ROOT / "workflow_scripts" / "evaluate_attack.py")
     return median_time(lambda: subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT), repeats)
 
 
@@ -263,7 +253,7 @@ def estimate(config: dict, preset: Path, units: dict, crown: dict, startup: floa
         n = n_val if ms["n_val"] is None else min(ms["n_val"], n_val)
         per_alpha = sum(attack_seconds(attacks[a], u, True, robust_fraction) for a in ms["attacks"])
         jobs.append(("meansparse_model", plan.model_label(model_id), len(ms["alphas"]) * n * per_alpha))
-    counts = dry_run_jobs(preset)
+    counts = collections.Counter(planned_jobs(preset))
     for rule, n in counts.items():
         if rule != "all":
             jobs.append((rule, f"start-up of {n} jobs", n * startup))

@@ -38,9 +38,10 @@ def timed(code: str) -> float:
     return time.perf_counter() - start
 
 
-def default_run_jobs() -> dict[str, int]:
-    """Rule -> number of jobs of the default config from scratch (`snakemake -n -F`)."""
-    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-F", "--quiet", "rules"], cwd=ROOT,
+def planned_jobs(configfile: Path | None = None) -> dict[str, int]:
+    """Rule -> number of jobs from scratch (`snakemake -n -F`) of the default config or of `configfile`."""
+    extra = [] if configfile is None else ["--configfile", str(configfile)]
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-F", "--quiet", "rules", *extra], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
     found = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", out, re.M)}
     return {rule: n for rule, n in found.items() if rule != "total"}
@@ -76,7 +77,7 @@ def main():
     worst = max(v for k, v in median.items() if k not in ("python (no import)", "import torch"))
     print(f"\nworst step / import torch = {worst / torch_s:.2f} (target <= {TARGET_RATIO})")
     if args.jobs:
-        jobs, scripts = default_run_jobs(), script_of_rule()
+        jobs, scripts = planned_jobs(), script_of_rule()
         total = sum(n * median[scripts[rule]] for rule, n in jobs.items() if rule in scripts)
         print(f"default run: {sum(jobs.values())} jobs, fixed cost {total:.0f} CPU-s "
               f"({total / 2 / 60:.1f} min of wall time on 2 cores)")

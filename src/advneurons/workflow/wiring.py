@@ -9,7 +9,7 @@ re-runs a job when, and only when, one of them changes.
 from __future__ import annotations
 
 from advneurons.config import settings
-from advneurons.workflow.plan import Plan
+from advneurons.workflow.plan import Plan, split_file
 
 
 class JobWiring:
@@ -18,7 +18,7 @@ class JobWiring:
         self.config = plan.config
 
     def _split(self, wildcards, split: str) -> str:
-        return f"results/{wildcards.data}/data/{split}.npz"
+        return split_file(split).format(data=wildcards.data)
 
     def _seeded(self, params: dict) -> dict:
         return params | {"seed": self.config["seed"]}
