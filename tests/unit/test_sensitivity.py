@@ -91,3 +91,27 @@ def test_top_channels_picks_ceil_percent_per_layer():
 def test_no_pairs_is_an_error(tiny_vgg):
     with pytest.raises(ValueError, match="no pairs"):
         compute_neuron_sensitivity(tiny_vgg, [])
+
+
+def test_pairs_made_lazily_by_the_model_itself_are_measured_like_stored_pairs(tiny_vgg):
+    """SNS chooses its channels from PGD pairs made batch by batch while the sensitivity hooks are in place:
+    the attack's own forward passes are not pairs and must not be counted (an odd batch made them fail, an
+    even one added the distance between two halves of unrelated images)."""
+    from advneurons.attacks import pgd_linf
+
+    x = torch.rand(7, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(7) % 10
+    stored = []
+
+    def lazy():
+        for i in range(0, 7, 3):  # batches of 3, 3, 1: odd sizes
+            adv = pgd_linf(tiny_vgg, x[i : i + 3], y[i : i + 3], 8 / 255, 2, None, random_start=True,
+                           generator=torch.Generator().manual_seed(i))
+            stored.append((x[i : i + 3], adv))
+            yield stored[-1]
+
+    from_lazy = compute_neuron_sensitivity(tiny_vgg, lazy())
+    from_stored = compute_neuron_sensitivity(tiny_vgg, stored)
+    assert list(from_lazy) == list(from_stored)
+    for name in from_stored:
+        np.testing.assert_array_equal(from_lazy[name], from_stored[name])

@@ -16,6 +16,7 @@ measured there rank channels, and compare models, by weight scale as much as by 
 from __future__ import annotations
 
 from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable
 
@@ -69,16 +70,29 @@ class PairHooks:
 
 
 class SensitivityAccumulator(PairHooks):
-    """Sums per-channel distances between the clean and perturbed halves of each batch."""
+    """Sums per-channel distances between the clean and perturbed halves of each batch, for the forward passes
+    run inside :meth:`measuring` only: other passes of the model while the hooks are in place (an attack making
+    the next batch of pairs) are not pairs and must not be counted."""
 
     def __init__(self, layers: "OrderedDict[str, nn.Module]", normalise: bool = True):
         super().__init__(layers)
         self.layers = layers
         self.normalise = normalise
         self.sums: dict[str, torch.Tensor] = {}
+        self.active = False
+
+    @contextmanager
+    def measuring(self):
+        self.active = True
+        try:
+            yield self
+        finally:
+            self.active = False
 
     def _hook(self, name):
         def hook(_module, _inputs, output):
+            if not self.active:
+                return
             half = output.shape[0] // 2
             dist = channel_distance(output[:half], output[half:], self.normalise).sum(0).double()
             self.sums[name] = self.sums[name] + dist if name in self.sums else dist
@@ -110,10 +124,11 @@ def compute_neuron_sensitivity(
     dev = model_device(model)
     layers = layers if layers is not None else model.layers(DEFAULT_SITE if site is None else site)
     with SensitivityAccumulator(layers, normalise) as acc:
-        for clean, perturbed in batches:
+        for clean, perturbed in batches:  # a lazy source may run the model itself (SNS: PGD makes the pairs)
             if clean.shape != perturbed.shape:
                 raise ValueError(f"clean batch {tuple(clean.shape)} and perturbed batch {tuple(perturbed.shape)} differ")
-            model(torch.cat([clean, perturbed]).to(dev))
+            with acc.measuring():
+                model(torch.cat([clean, perturbed]).to(dev))
             acc.count += len(clean)
     return acc.result()
 

@@ -258,7 +258,8 @@ def compute_targeted_neurons(
                 idx = where[start : start + batch_size]
                 clean = torch.from_numpy(np.asarray(pairs.clean[idx]))
                 adv = torch.from_numpy(np.asarray(pairs.perturbed[idx]))
-                model(torch.cat([clean, adv]))
+                with acc.measuring():
+                    model(torch.cat([clean, adv]))
                 acc.count += len(idx)
         sens = acc.result()
         feats = [out[out.shape[0] // 2 :].detach() for out in outputs]  # the adversarial halves
