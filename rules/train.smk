@@ -15,6 +15,8 @@ rule train_model:
     conda:
         "../envs/advneurons.yaml"
     threads: 1
+    # models first: everything else waits on them (profiles/default/config.yaml says why not `prioritize`)
+    priority: 10
     resources:
         mem_mb=4000,
         runtime=240,
