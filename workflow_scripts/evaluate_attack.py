@@ -18,4 +18,5 @@ evaluate_attack(
     batch_size=smk.params.batch_size,
     out_csv=smk.output.records,
     meta_path=smk.output.meta,
+    precision=e.get("precision", "fp32"),
 )

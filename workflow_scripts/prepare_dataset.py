@@ -18,4 +18,5 @@ prepare_dataset(
     archive_record=smk.input.get("archive_record"),
     md5=ds.get("md5", ""),
     batch_md5=ds.get("batch_md5"),
+    max_images=ds.get("max_images"),
 )

@@ -21,4 +21,5 @@ psn_scores(
     variant=s["variant"],
     zscore=s["zscore"],
     nodes=s["nodes"],
+    last_nodes=s["last_nodes"],
 )

@@ -309,6 +309,27 @@ def prepare_cifar10(archive: Path, val_fraction: float, seed: int) -> dict[str, 
     return {"train": train, "val": Split(train.images[:0], train.labels[:0]), "test": test}
 
 
+def subset_split(split: Split, n: int | None, seed: int) -> Split:
+    """A seeded, class-balanced subset of ``n`` images of ``split`` (all of it when ``n`` is None or at
+    least its size), in the split's order.
+
+    Images are drawn in a seeded random order, taking each class's first, then each class's second, and so
+    on, so the classes stay as balanced as the split allows. Used by rehearsals (``dataset.max_images``):
+    the same data pipeline on a few hundred images.
+    """
+    if n is None or n >= len(split.labels):
+        return split
+    if n < 1:
+        raise ValueError(f"a split subset needs at least one image, got {n}")
+    order = np.random.default_rng(seed).permutation(len(split.labels))
+    rank = np.empty(len(order), dtype=np.int64)
+    for cls in np.unique(split.labels):
+        members = order[split.labels[order] == cls]
+        rank[members] = np.arange(len(members))
+    picked = np.sort(order[np.argsort(rank[order], kind="stable")][:n])
+    return Split(split.images[picked], split.labels[picked])
+
+
 # ------------------------------------------------------------------------------------------------ files
 def save_split(split: Split, path: Path) -> None:
     path = Path(path)
@@ -343,12 +364,18 @@ def prepare_dataset(
     md5: str = CIFAR10_MD5,
     archive_record: Path | None = None,
     batch_md5: dict[str, str] | None = None,
+    max_images: dict[str, int | None] | None = None,
 ) -> dict:
     """Workflow step: write the train/val/test split files of a dataset and a metadata JSON.
 
     CIFAR-10 reads ``archive`` (the archive or its extracted folder), or what ``archive_record`` names
-    (:func:`download_cifar10`).
+    (:func:`download_cifar10`). ``max_images``: split name -> at most this many images
+    (:func:`subset_split`, seeded by ``split_seed``); a rehearsal's cut-down data.
     """
+    max_images = {k: v for k, v in (max_images or {}).items() if v is not None}
+    if set(max_images) - set(SPLITS):
+        raise DatasetError(f"max_images names unknown splits {sorted(set(max_images) - set(SPLITS))}; "
+                           f"the splits are {', '.join(SPLITS)}")
 
     if name == "digits":
         parts = prepare_digits(test_fraction, val_fraction, split_seed)
@@ -366,12 +393,14 @@ def prepare_dataset(
         parts = prepare_cifar10(archive, val_fraction, split_seed)
     else:
         raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    parts = {k: subset_split(v, max_images.get(k), split_seed) for k, v in parts.items()}
     for split_name in SPLITS:
         save_split(parts[split_name], outputs[split_name])
     counts = {k: {"n": int(len(v.labels)), "per_class": np.bincount(v.labels, minlength=10).tolist()} for k, v in parts.items()}
     meta = metadata(
         "prepare_dataset",
-        {"name": name, "split_seed": split_seed, "test_fraction": test_fraction, "val_fraction": val_fraction},
+        {"name": name, "split_seed": split_seed, "test_fraction": test_fraction, "val_fraction": val_fraction,
+         "max_images": max_images or None},
         seed=split_seed,
         splits=counts,
     )

@@ -1,5 +1,4 @@
 import hashlib
-import io
 import os
 import pickle
 import tarfile
@@ -9,6 +8,7 @@ import numpy as np
 import pytest
 
 from advneurons import data
+from cifar_archive import batch_blob, write_tiny_cifar
 
 
 def test_digits_split_is_stratified_disjoint_and_fixed():
@@ -42,32 +42,6 @@ def test_split_files_round_trip(tmp_path):
     assert np.array_equal(y.numpy(), parts["test"].labels)
 
 
-def _batch_blob(n, seed, label_key="labels"):
-    rng = np.random.default_rng(seed)
-    batch = {
-        "batch_label": "testing batch 1 of 1",
-        label_key: rng.integers(0, 10, n).tolist(),
-        "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-        "filenames": [f"img_{i}.png" for i in range(n)],
-    }
-    return pickle.dumps(batch, protocol=2)
-
-
-def write_tiny_cifar(path, per_batch=20, members=None):
-    """A cifar-10-python.tar.gz in the official layout (python pickles of dicts) with few images."""
-    blobs = members or {
-        **{f"cifar-10-batches-py/data_batch_{i}": _batch_blob(per_batch, i) for i in range(1, 6)},
-        "cifar-10-batches-py/test_batch": _batch_blob(per_batch, 99),
-        "cifar-10-batches-py/batches.meta": pickle.dumps({"label_names": [str(i) for i in range(10)]}, protocol=2),
-    }
-    with tarfile.open(path, "w:gz") as tar:
-        for name, blob in blobs.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(blob)
-            tar.addfile(info, io.BytesIO(blob))
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
 def test_cifar10_archive_in_official_format_is_read(tmp_path):
     archive = tmp_path / data.CIFAR10_ARCHIVE
     md5 = write_tiny_cifar(archive, per_batch=30)
@@ -76,7 +50,7 @@ def test_cifar10_archive_in_official_format_is_read(tmp_path):
     assert meta["splits"]["test"]["n"] == 30
     assert meta["splits"]["train"]["n"] + meta["splits"]["val"]["n"] == 150
     x, y = data.load_split(outputs["test"])
-    raw = pickle.loads(_batch_blob(30, 99))
+    raw = pickle.loads(batch_blob(30, 99))
     np.testing.assert_array_equal((x.numpy() * 255).round().astype(np.uint8), raw["data"].reshape(-1, 3, 32, 32))
     np.testing.assert_array_equal(y.numpy(), raw["labels"])
     # The verified archive already in place is used as is, without the network.
@@ -98,7 +72,7 @@ def test_corrupt_archive_is_a_clear_error(tmp_path):
     archive.write_bytes(b"\x1f\x8b not really gzip")
     with pytest.raises(data.DatasetError, match="not a readable tar.gz"):
         data.read_cifar10_archive(archive)
-    write_tiny_cifar(archive, members={"cifar-10-batches-py/test_batch": _batch_blob(3, 0)})
+    write_tiny_cifar(archive, members={"cifar-10-batches-py/test_batch": batch_blob(3, 0)})
     with pytest.raises(data.DatasetError, match="data_batch_1"):
         data.read_cifar10_archive(archive)
 
@@ -202,3 +176,31 @@ def test_a_hand_placed_archive_survives_config_changes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (archive.read_bytes(), archive.stat().st_mtime_ns) == before
     assert "prepare_dataset" not in proc.stderr  # re-verifying rewrote the record, not the splits
+
+
+def test_max_images_takes_a_seeded_class_balanced_subset_of_each_split(tmp_path):
+    archive = tmp_path / data.CIFAR10_ARCHIVE
+    md5 = write_tiny_cifar(archive, per_batch=40, n_test=30)
+    outputs = {s: tmp_path / f"{s}.npz" for s in data.SPLITS}
+    whole = {s: tmp_path / f"whole_{s}.npz" for s in data.SPLITS}
+    data.prepare_dataset("cifar10", 0, 0.2, 0.1, whole, tmp_path / "whole.json", archive=archive, md5=md5)
+    meta = data.prepare_dataset("cifar10", 0, 0.2, 0.1, outputs, tmp_path / "meta.json", archive=archive, md5=md5,
+                                max_images={"train": 50, "val": None, "test": 1000})
+    assert meta["splits"]["train"]["n"] == 50
+    assert meta["splits"]["val"]["n"] == 20 and meta["splits"]["test"]["n"] == 30  # None / above the size: all
+    assert meta["params"]["max_images"] == {"train": 50, "test": 1000}
+    full, part = data.read_split(whole["train"]), data.read_split(outputs["train"])
+    counts = np.bincount(part.labels, minlength=10)
+    available = np.bincount(full.labels, minlength=10)
+    # balanced as far as the classes allow: each class gets min(available, share) with shares within one
+    assert counts.max() - counts[available > counts].min() <= 1 if (available > counts).any() else True
+    # every picked image is one of the split's, in the split's order
+    rows = {row.tobytes(): i for i, row in enumerate(full.images.reshape(len(full.images), -1))}
+    picked = [rows[row.tobytes()] for row in part.images.reshape(len(part.images), -1)]
+    assert picked == sorted(picked) and np.array_equal(full.labels[picked], part.labels)
+    again = data.subset_split(full, 50, 0)
+    assert np.array_equal(again.images, part.images)
+    assert not np.array_equal(data.subset_split(full, 50, 1).images, part.images)
+    with pytest.raises(data.DatasetError, match="unknown splits"):
+        data.prepare_dataset("cifar10", 0, 0.2, 0.1, outputs, tmp_path / "meta.json", archive=archive, md5=md5,
+                             max_images={"training": 5})

@@ -611,3 +611,47 @@ def test_lowest_scoring_units_break_floor_ties_by_the_terms():
     assert list(high.channel) == [3, 4]
     # three units tie at the floor: the least propagating first (after 0.1, then before 2 < 3)
     assert list(low.channel) == [2, 1] and "_product" not in low.columns
+
+
+# ------------------------------------------------------------------------------- a few late nodes
+@pytest.mark.parametrize("kind", ["vgg", "resnet"])
+def test_last_nodes_scores_the_last_nodes_with_their_jacobian_terms_and_sound_bounds(nets, kind):
+    """psn.last_nodes (a rehearsal's count): only the last k nodes are scored, the rest bounded by IBP.
+    Where every ReLU is stable the terms are still the Jacobian norms; at a larger ball the bounds stay
+    sound, and they come from IBP upstream (not those of a CROWN run over every node)."""
+    models, x = nets
+    model = models[kind]
+    layers = scored_layers(model, "all")
+    k = 3
+    bounder = PSNBounder(model, x, "CROWN", 256, scored_layers(model, "all"), last_nodes=k)
+    assert list(bounder.node_of) == list(layers)[-k:] and list(bounder.layers) == list(layers)[-k:]
+    terms = bounder.terms(x, EPS_TINY)
+    assert list(terms) == list(layers)[-k:]
+    for name, t in terms.items():
+        before, after = _jacobian_terms(model, x, name, layers)
+        torch.testing.assert_close(t.before.reshape(-1), before, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(t.after.reshape(-1), after, rtol=1e-4, atol=1e-6)
+
+    eps = 8 / 255
+    terms = bounder.terms(x, eps)
+    full = PSNBounder(model, x, "CROWN", 256, scored_layers(model, "all")).terms(x, eps)
+    gen = torch.Generator().manual_seed(7)
+    points = (x + eps * (2 * torch.rand(64, *x.shape[1:], generator=gen) - 1)).clamp(0, 1)
+    acts = layer_activations(model, torch.cat([x, points]), layers)
+    for name, t in terms.items():
+        assert (acts[name] >= t.lower - 1e-4).all() and (acts[name] <= t.upper + 1e-4).all(), name
+    assert any(not torch.allclose(terms[n].upper, full[n].upper) for n in terms)  # IBP upstream is looser
+
+
+def test_last_nodes_covering_every_node_equals_scoring_every_node(nets):
+    models, x = nets
+    model = models["resnet"]
+    n = len(scored_layers(model, "all"))
+    limited = PSNBounder(model, x, "CROWN", 256, scored_layers(model, "all"), last_nodes=n).terms(x, 8 / 255)
+    every = PSNBounder(model, x, "CROWN", 256, scored_layers(model, "all")).terms(x, 8 / 255)
+    assert list(limited) == list(every)
+    for name in every:
+        assert torch.equal(limited[name].before, every[name].before), name
+        assert torch.equal(limited[name].after, every[name].after), name
+    with pytest.raises(ValueError, match="last_nodes"):
+        PSNBounder(model, x, "CROWN", 256, last_nodes=0)

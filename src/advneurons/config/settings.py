@@ -202,14 +202,17 @@ def _check_psn(psn: dict, config: dict) -> None:
         if arch not in psn["n_images"]:
             raise ConfigError(f"config key 'psn.n_images': no number of images for architecture {arch!r}")
     known = PSN_LAYERS[psn["nodes"]]
+    if psn.get("last_nodes"):  # only the last k nodes are scored, so only they can be analysed
+        known = {arch: names[-psn["last_nodes"]:] for arch, names in known.items()}
     for arch, layers in psn["heatmaps"]["layers"].items():
         if arch not in known:
             raise ConfigError(f"config key 'psn.heatmaps.layers.{arch}': unknown architecture "
                               f"(known: {', '.join(known)})")
         for i, layer in enumerate(layers):
             if layer not in known[arch]:
+                limit = f" and psn.last_nodes={psn['last_nodes']}" if psn.get("last_nodes") else ""
                 raise ConfigError(f"config key 'psn.heatmaps.layers.{arch}[{i}]': {layer!r} is not a node that "
-                                  f"psn.nodes={psn['nodes']} scores in {arch} ({', '.join(known[arch])})")
+                                  f"psn.nodes={psn['nodes']}{limit} scores in {arch} ({', '.join(known[arch])})")
             if layer in ("flatten",) or layer.startswith("fc"):
                 raise ConfigError(f"config key 'psn.heatmaps.layers.{arch}[{i}]': {layer!r} has no spatial feature "
                                   "map for Grad-CAM; choose a conv, BatchNorm, ReLU, pooling or residual node")
@@ -289,12 +292,17 @@ def dataset_params(config: dict) -> dict:
         params["md5"] = ds["cifar10"]["md5"]
         if ds["cifar10"].get("batch_md5"):  # an extracted folder of other than the official batches
             params["batch_md5"] = ds["cifar10"]["batch_md5"]
+    max_images = {k: v for k, v in ds.get("max_images", {}).items() if v is not None}
+    if max_images:  # a rehearsal's subset; whole splits keep the ids they always had
+        params["max_images"] = max_images
     return params
 
 
 def _model_params(config: dict, arch: str, train_name: str) -> dict:
     """The settings that determine one model; a fine-tuned model (SNS) includes its base model's."""
     training = config["training"][train_name]
+    if config.get("precision", "fp32") != "fp32":  # fp32 runs keep the ids they always had
+        training = {**training, "precision": config["precision"]}
     params = {
         "arch": arch,
         "width": config["architectures"][arch]["width"],
@@ -482,6 +490,8 @@ def robustness_entries(config: dict) -> dict[str, dict]:
     for name in robustness_attack_names(config):
         n_images = rob["n_images_by_attack"].get(name, rob["n_images"])
         params = {"attack": config["attacks"][name], "n_images": n_images, "seed": config["seed"]}
+        if config.get("precision", "fp32") != "fp32":
+            params["precision"] = config["precision"]
         out[make_id(name, params)] = {**params, "name": name}
     return out
 
@@ -519,6 +529,8 @@ def psn_ids(config: dict, model: dict) -> dict[str, str]:
     bound settings and the images scored; each analysis hashes its own settings."""
     psn, seed = config["psn"], config["seed"]
     scores = {k: psn[k] for k in ("bound_method", "variant", "eps", "zscore", "nodes")}
+    if psn.get("last_nodes"):  # a rehearsal's count; runs over every node keep the ids they always had
+        scores["last_nodes"] = psn["last_nodes"]
     return {
         "scores": make_id("psn", {**scores, "n_images": psn["n_images"][model["arch"]], "seed": seed}),
         "deviation": make_id("deviation", {**psn["deviation"], "seed": seed}),

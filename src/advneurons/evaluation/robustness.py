@@ -31,7 +31,7 @@ from advneurons.evaluation.accuracy import _correct, _on_model_device, clean_cor
 from advneurons.io import write_csv, write_table
 from advneurons.attacks import AttackSpec, run_attack, AutoAttackLog, adaptive_note, attack_target, eval_mode
 from advneurons.report.figures import plotting, save_figure
-from advneurons.runtime import device, generator
+from advneurons.runtime import autocast, check_precision, device, fast_batch, fast_layout, generator
 from advneurons.data import load_split
 from advneurons.evaluation.paired_stats import wilson_interval
 from advneurons.evaluation.pairs import select_subset
@@ -114,9 +114,11 @@ def robust_correct(
     generator: torch.Generator | None = None,
     progress: bool = False,
     autoattack_log=None,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """Per image: is it still classified correctly after `spec` perturbs it? (bool tensor, CPU)
-    `autoattack_log` (attacks.AutoAttackLog) collects AutoAttack's own report over the batches."""
+    `autoattack_log` (attacks.AutoAttackLog) collects AutoAttack's own report over the batches;
+    `precision` "bf16" runs the attack under bfloat16 autocast (runtime.autocast), the final check in fp32."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     correct = []
@@ -124,8 +126,11 @@ def robust_correct(
     starts = range(0, len(labels), batch_size)
     for start in tqdm(starts, desc=spec.describe(), disable=not progress, leave=False, mininterval=5.0):
         x, y = _on_model_device(model, images[start : start + batch_size], labels[start : start + batch_size])
+        x = fast_batch(x)
         # the generator stays on the CPU: same draws anywhere
-        x_adv = run_attack(spec, target, x, y, generator=generator, autoattack_log=autoattack_log)
+        with autocast(precision, x.device):
+            x_adv = run_attack(spec, target, x, y, generator=generator, autoattack_log=autoattack_log)
+        x_adv = x_adv.float()
         with eval_mode(model):
             correct.append(_correct(model, x_adv, y))
     return torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
@@ -175,11 +180,12 @@ def evaluate_model(
     model_name: str,
     seed: int,
     batch_size: int = 256,
+    precision: str = "fp32",
 ) -> pd.DataFrame:
     """Records (RECORD_COLUMNS): clean accuracy and accuracy under each attack (name -> config entry).
 
     Every attack gets a fresh generator from `seed`, so one attack's result does not depend on which
-    other attacks run before it.
+    other attacks run before it. `precision`: of the attacks (:func:`robust_correct`).
     """
     specs = {name: AttackSpec.from_config(cfg) for name, cfg in attacks.items()}  # fail before any work
     if CLEAN in specs:
@@ -190,7 +196,7 @@ def evaluate_model(
     for name, spec in specs.items():
         aa_log = AutoAttackLog() if spec.type == "autoattack" else None
         correct = robust_correct(model, images, labels, spec, batch_size, attack_generator(seed), progress=True,
-                                 autoattack_log=aa_log)
+                                 autoattack_log=aa_log, precision=precision)
         acc = float(correct.sum()) / max(1, n)
         log.info("%s / %s: %.4f (%s)", model_name, name, acc, spec.describe())
         report = aa_log.to_dict() if aa_log is not None else None
@@ -207,7 +213,7 @@ def evaluate_model(
 
 def _load_subset(model_path: Path, test_path: Path, n_images: int | None, seed: int):
     model, ckpt = load_model(model_path)
-    model.to(device())
+    fast_layout(model.to(device()))
     images, labels = load_split(test_path)
     index = torch.from_numpy(select_subset(len(labels), n_images, seed))
     return model, ckpt, images[index], labels[index]
@@ -223,10 +229,13 @@ def evaluate_attack(
     batch_size: int,
     out_csv: Path,
     meta_path: Path,
+    precision: str = "fp32",
 ) -> pd.DataFrame:
     """Workflow step: clean and robust accuracy of one model under each attack (name -> config entry,
     1/255 units) on a seeded subset of `n_images` test images (None: all). Writes the records CSV
-    (RECORD_COLUMNS) and a metadata JSON; returns the records."""
+    (RECORD_COLUMNS) and a metadata JSON; returns the records. `precision` "bf16": the attacks under
+    bfloat16 autocast (opt-in, for GPUs)."""
+    check_precision(precision)
 
     for name, cfg in attacks.items():
         try:
@@ -234,12 +243,12 @@ def evaluate_attack(
         except ValueError as exc:
             raise ValueError(f"attack {name!r}: {exc}") from exc
     model, ckpt, images, labels = _load_subset(model_path, test_path, n_images, seed)
-    records = evaluate_model(model, images, labels, attacks, model_name, seed, batch_size)
+    records = evaluate_model(model, images, labels, attacks, model_name, seed, batch_size, precision)
     write_csv(records, out_csv)
     meta = metadata(
         "evaluate_attack",
         {"attacks": attacks, "model_name": model_name, "n_images": n_images, "batch_size": batch_size,
-         "model": str(model_path), "test": str(test_path)},
+         "model": str(model_path), "test": str(test_path), "precision": precision},
         seed=seed,
         accuracy={row.attack: row.accuracy for row in records.itertuples()},
         descriptions={row.attack: row.description for row in records.itertuples()},

@@ -159,7 +159,7 @@ class PSNBounder:
     """
 
     def __init__(self, model: nn.Module, example: torch.Tensor, method: str = "CROWN", mem_budget_mb: float = 2048,
-                 layers: "OrderedDict[str, ScoredLayer] | None" = None, device=None):
+                 layers: "OrderedDict[str, ScoredLayer] | None" = None, device=None, last_nodes: int | None = None):
         if method not in BOUND_METHODS:
             raise ValueError(f"unknown bound method {method!r}; choose one of {', '.join(BOUND_METHODS)}")
         if not mem_budget_mb > 0:
@@ -179,7 +179,14 @@ class PSNBounder:
         norm = input_normalisation(self.model)
         # before terms are taken w.r.t. the normalised input, as the reference bounds the normalised image
         self.input_std = norm[1].to(self.device).float() if norm is not None else None
-        self.node_of = self._match_nodes(example)
+        matched = self._match_nodes(example)
+        if last_nodes is not None and last_nodes < 1:
+            raise ValueError(f"last_nodes must be at least 1 (or None for every node), got {last_nodes}")
+        scored = list(matched)[-last_nodes:] if last_nodes is not None else list(matched)
+        self.node_of = OrderedDict((name, matched[name]) for name in scored)
+        # Nodes of the set left unscored (last_nodes) get IBP bounds instead of a CROWN pass of their own.
+        self._ibp_nodes = [node for name, node in matched.items() if name not in self.node_of]
+        self.layers = OrderedDict((name, self.layers[name]) for name in scored)
         self.layer_of_node = {node: name for name, node in self.node_of.items()}
         self._consumers = self._graph_consumers()
         self._largest_before = self._largest_ancestor_sizes()
@@ -445,6 +452,14 @@ class PSNBounder:
         return (torch.where(positive, lo, hi), torch.where(positive, hi, lo),
                 torch.where(positive, bl, bu) / scale.abs(), torch.where(positive, bu, bl) / scale.abs())
 
+    def _ibp_bounds(self, x, eps) -> dict:
+        """IBP bounds of the nodes left unscored (``last_nodes``), handed to compute_bounds as fixed
+        intermediate bounds so that CROWN runs no backward pass for them: what makes a few late nodes of a
+        full-width model affordable (a rehearsal). The relaxations upstream of the scored nodes are then
+        IBP's, so their scores are not those of a run over every node."""
+        self.bm.compute_bounds(x=(self._ball(x, eps),), method="IBP")
+        return {name: (self.bm[name].lower.detach(), self.bm[name].upper.detach()) for name in self._ibp_nodes}
+
     @torch.no_grad()
     def terms(self, x: torch.Tensor, eps: float, share: bool = True) -> "OrderedDict[str, LayerTerms]":
         """PSN terms (and unit bounds) of every scored node for a batch of images and ball radius eps.
@@ -452,10 +467,11 @@ class PSNBounder:
         ``share=False`` runs a backward pass of its own for every node (the tests compare both ways).
         """
         x = x.detach().to(self.device).float()
+        fixed = self._ibp_bounds(x, eps) if self._ibp_nodes else None
         self._recording = {}
         self.bm.backward_general = self._wrapped_backward
         try:
-            self.bm.compute_bounds(x=(self._ball(x, eps),), method=self.method)
+            self.bm.compute_bounds(x=(self._ball(x, eps),), method=self.method, intermediate_layer_bounds=fixed)
             # read before any further backward pass resets the coefficients
             after = {name: self._after_norms(self.bm[node]) for name, node in self.node_of.items()}
             plan = {n: p for n, p in self.derivation_plan().items() if self.node_of[n] not in self._recording} if share else {}
@@ -584,14 +600,15 @@ def select_images(n_available: int, n_images: int | None, seed: int) -> np.ndarr
 def psn_scores(model_path: Path, images_path: Path, n_images: int | None, eps: float, bound_method: str,
                mem_budget_mb: float, seed: int, out_path: Path, meta_path: Path,
                variant: str = "faithful", zscore: str = "image", nodes: str = "relu_inputs",
-               device=None) -> pd.DataFrame:
+               device=None, last_nodes: int | None = None) -> pd.DataFrame:
     """Workflow step: PSN score of every unit of every scored node.
 
     ``images_path``: a split ``.npz`` (test split); ``n_images`` random images of it (seeded; None: all)
     are scored; ``eps`` in 1/255 units; ``bound_method`` "CROWN" or "CROWN-IBP"; ``mem_budget_mb``
     bounds the coefficient memory of one backward pass (GPU memory when it runs on CUDA); ``zscore``
     "image" or "all" (:func:`psn_score`); ``nodes`` "relu_inputs" or "all" (:mod:`advneurons.psn.graph`);
-    ``device`` None: CUDA when the job sees a GPU, else the CPU. Writes ``out_path`` (CSV,
+    ``last_nodes``: score only the last k nodes of that set (the others get IBP bounds; a rehearsal's
+    count, see :meth:`PSNBounder._ibp_bounds`); ``device`` None: CUDA when the job sees a GPU, else the CPU. Writes ``out_path`` (CSV,
     gzip-compressed when it ends in .gz; columns layer, kind, depth, block, conv, channel, h, w, score,
     before, after) and a metadata JSON with per-node summaries, timings and the device.
     """
@@ -615,10 +632,10 @@ def psn_scores(model_path: Path, images_path: Path, n_images: int | None, eps: f
     index = select_images(len(images), n_images, seed)
     layers = scored_layers(model, nodes)
     start = time.perf_counter()
-    bounder = PSNBounder(model, images[:1], bound_method, mem_budget_mb, layers, device=device)
+    bounder = PSNBounder(model, images[:1], bound_method, mem_budget_mb, layers, device=device, last_nodes=last_nodes)
     terms = compute_terms(bounder, images[index], from_255(eps))
     seconds = time.perf_counter() - start
-    table = score_table(terms, layers, variant, zscore)
+    table = score_table(terms, bounder.layers, variant, zscore)
     with atomic_path(out_path) as tmp:
         table.to_csv(tmp, index=False, compression="gzip" if str(out_path).endswith(".gz") else None)
     per_layer = table.groupby("layer", sort=False).agg(
@@ -630,7 +647,7 @@ def psn_scores(model_path: Path, images_path: Path, n_images: int | None, eps: f
             "psn_scores",
             {"model": str(model_path), "images": str(images_path), "n_images": n_images, "eps_255": eps,
              "bound_method": bound_method, "mem_budget_mb": mem_budget_mb, "variant": variant,
-             "zscore": zscore, "nodes": nodes},
+             "zscore": zscore, "nodes": nodes, "last_nodes": last_nodes},
             seed=seed,
             arch=ckpt.get("arch"),
             bound_device=str(bounder.device),

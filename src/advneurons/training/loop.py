@@ -38,7 +38,19 @@ from advneurons.models import checkpoint as ckpt_io
 from advneurons.attacks import from_255, pgd_linf
 from advneurons.data import load_split
 from advneurons.models.architectures import DEFAULT_SITE, build_model, check_site
-from advneurons.runtime import atomic_path, device, generator, metadata, model_device, write_json
+from advneurons.runtime import (
+    atomic_path,
+    autocast,
+    check_precision,
+    device,
+    fast_batch,
+    fast_layout,
+    generator,
+    hold_on_device,
+    metadata,
+    model_device,
+    write_json,
+)
 from advneurons.attacks import step_ll
 from advneurons.training.sns import DEFAULT_LAMBDA, choose_channels
 
@@ -78,8 +90,10 @@ class TrainConfig:
     dyn_images: int = 200
     repeat: int = 0
     site: str = DEFAULT_SITE  # measurement site (models.SITES) of both the channel choice and L_sns
+    precision: str = "fp32"  # "bf16": forward passes and the attacks of a step under bfloat16 autocast
 
     def __post_init__(self):
+        check_precision(self.precision)
         if self.method not in METHODS:
             raise ValueError(f"unknown training method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.augmentation not in AUGMENTATIONS:
@@ -123,17 +137,22 @@ class TrainConfig:
 
 
 def augment(x: torch.Tensor, kind: str, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop after zero padding (and horizontal flip), drawn from `gen`."""
+    """Random crop after zero padding (and horizontal flip), drawn from `gen` (a CPU generator, so the
+    draws are the same on every device); the crop is one gather on x's device, no per-image loop."""
     if kind == "none":
         return x
-    n, _, h, w = x.shape
+    n, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    out = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (n, 1, h, 1)
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (n, 1, 1, w)
+    image = torch.arange(n, device=x.device)[:, None, None, None]
+    channel = torch.arange(c, device=x.device)[None, :, None, None]
+    out = padded[image, channel, rows, cols]
     if kind == "crop_flip":
-        flip = torch.rand(n, generator=gen) < 0.5
-        out[flip] = out[flip].flip(-1)
+        flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+        out = torch.where(flip[:, None, None, None], out.flip(-1), out)
     return out
 
 
@@ -155,56 +174,69 @@ def _train_epoch(model, optimizer, scheduler, cfg: TrainConfig, x, y, gen, sns=N
     order = torch.randperm(len(x), generator=gen)
     eps = from_255(cfg.eps)
     step = None if cfg.step_size is None else from_255(cfg.step_size)
-    totals = {"loss": 0.0, "correct": 0, "adv_correct": 0, "seen": 0}
+    dev = model_device(model)
+    # Running totals stay on the device (float64, summed in the order a host loop would): no batch waits
+    # for a device-to-host copy; the epoch's figures are read once at its end.
+    totals = {key: torch.zeros((), dtype=torch.float64, device=dev) for key in ("loss", "correct", "adv_correct")}
+    seen = 0
     sources = [model, *static]
     for batch, start in enumerate(range(0, len(x), cfg.batch_size)):
-        idx = order[start : start + cfg.batch_size]
+        idx = order[start : start + cfg.batch_size].to(x.device)
         # Augmentation draws from the CPU generator so runs are identical whatever the device.
-        dev = model_device(model)
-        xb, yb = augment(x[idx], cfg.augmentation, gen).to(dev), y[idx].to(dev)
-        if cfg.method == "sns":
-            from advneurons.training.sns import sns_batch_loss
-
-            x_adv = pgd_linf(model, xb, yb, eps, cfg.steps, step, cfg.random_start, generator=gen)
-            if sns is not None:  # pgd_linf leaves the model in train mode; keep frozen statistics fixed
-                for bn in sns[2]:
-                    bn.eval()
-            loss, clean_logits, adv_logits, l_sns = sns_batch_loss(
-                model, sns[0], xb, yb, x_adv, sns[1], cfg.variant, cfg.clean_weight
-            )
-            totals["adv_correct"] += (adv_logits.argmax(1) == yb).sum().item()
-            totals["sns_loss"] = totals.get("sns_loss", 0.0) + l_sns.item() * len(xb)
-        elif cfg.method in ("pat", "alp", "nat", "eat"):
-            if cfg.method == "nat":
-                x_adv = nat_examples(model, xb, eps, gen)
-            elif cfg.method == "eat":  # NAT's examples, crafted in turn by the model and each static model
-                x_adv = nat_examples(sources[batch % len(sources)], xb, eps, gen)
-            else:
-                x_adv = pgd_linf(model, xb, yb, eps, cfg.steps, step, cfg.random_start, generator=gen)
-            # One forward over clean and adversarial halves: BatchNorm sees the 1:1 mixture.
-            logits = model(torch.cat([xb, x_adv]))
-            clean_logits, adv_logits = logits[: len(xb)], logits[len(xb) :]
-            loss = cfg.clean_weight * F.cross_entropy(clean_logits, yb) + (1 - cfg.clean_weight) * F.cross_entropy(adv_logits, yb)
-            if cfg.method == "alp":
-                loss = loss + cfg.alp_weight * (clean_logits - adv_logits).pow(2).sum(1).mean()
-            totals["adv_correct"] += (adv_logits.argmax(1) == yb).sum().item()
-        else:
-            clean_logits = model(xb)
-            loss = F.cross_entropy(clean_logits, yb)
+        xb, yb = fast_batch(augment(x[idx], cfg.augmentation, gen).to(dev)), y[idx].to(dev)
+        with autocast(cfg.precision, dev):
+            loss, clean_logits, adv_logits = _batch_loss(model, cfg, xb, yb, eps, step, gen, sns, sources, batch, totals)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
-        totals["loss"] += loss.item() * len(xb)
-        totals["correct"] += (clean_logits.argmax(1) == yb).sum().item()
-        totals["seen"] += len(xb)
-    seen = max(1, totals["seen"])
+        totals["loss"] += loss.detach().double() * len(xb)
+        totals["correct"] += (clean_logits.argmax(1) == yb).sum()
+        if adv_logits is not None:
+            totals["adv_correct"] += (adv_logits.argmax(1) == yb).sum()
+        seen += len(xb)
+    seen = max(1, seen)
+    totals = {key: value.item() for key, value in totals.items()}
     out = {"train_loss": totals["loss"] / seen, "train_clean_acc": totals["correct"] / seen}
     if cfg.method != "vanilla":
         out["train_adv_acc"] = totals["adv_correct"] / seen
     if "sns_loss" in totals:
         out["train_sns_loss"] = totals["sns_loss"] / seen
     return out
+
+
+def _batch_loss(model, cfg: TrainConfig, xb, yb, eps, step, gen, sns, sources, batch, totals):
+    """(loss, clean logits, adversarial logits or None) of one batch of ``cfg.method``."""
+    adv_logits = None
+    if cfg.method == "sns":
+        from advneurons.training.sns import sns_batch_loss
+
+        x_adv = pgd_linf(model, xb, yb, eps, cfg.steps, step, cfg.random_start, generator=gen)
+        if sns is not None:  # pgd_linf leaves the model in train mode; keep frozen statistics fixed
+            for bn in sns[2]:
+                bn.eval()
+        loss, clean_logits, adv_logits, l_sns = sns_batch_loss(
+            model, sns[0], xb, yb, x_adv, sns[1], cfg.variant, cfg.clean_weight
+        )
+        totals.setdefault("sns_loss", torch.zeros_like(totals["loss"]))
+        totals["sns_loss"] += l_sns.detach().double() * len(xb)
+    elif cfg.method in ("pat", "alp", "nat", "eat"):
+        if cfg.method == "nat":
+            x_adv = nat_examples(model, xb, eps, gen)
+        elif cfg.method == "eat":  # NAT's examples, crafted in turn by the model and each static model
+            x_adv = nat_examples(sources[batch % len(sources)], xb, eps, gen)
+        else:
+            x_adv = pgd_linf(model, xb, yb, eps, cfg.steps, step, cfg.random_start, generator=gen)
+        # One forward over clean and adversarial halves: BatchNorm sees the 1:1 mixture.
+        logits = model(torch.cat([xb, x_adv]))
+        clean_logits, adv_logits = logits[: len(xb)], logits[len(xb) :]
+        loss = cfg.clean_weight * F.cross_entropy(clean_logits, yb) + (1 - cfg.clean_weight) * F.cross_entropy(adv_logits, yb)
+        if cfg.method == "alp":
+            loss = loss + cfg.alp_weight * (clean_logits - adv_logits).pow(2).sum(1).mean()
+    else:
+        clean_logits = model(xb)
+        loss = F.cross_entropy(clean_logits, yb)
+    return loss, clean_logits, adv_logits
 
 
 def _fingerprint(arch, dataset, width, num_classes, cfg: TrainConfig, seed, n_train) -> str:
@@ -255,6 +287,9 @@ def train_model(
                              f"not a {arch} of width {width}")
         model.load_state_dict(base_model.state_dict())
         base_info = {"path": str(base_path), "training": (base_ckpt.get("meta") or {}).get("params", {}).get("training")}
+    fast_layout(model)
+    # the training split on the device when it fits (no per-batch host copies); the generator stays on the CPU
+    x_train, y_train = hold_on_device((x_train, y_train), model_device(model))
     gen = generator(seed + 1)
     sns = None
     if cfg.method == "sns":

@@ -141,7 +141,7 @@ class JobWiring:
     # ----------------------------------------------------------------------------------------- PSN
     def psn_score_settings(self, wildcards) -> dict:
         psn = self.plan.psn
-        keys = ("bound_method", "variant", "zscore", "nodes", "eps", "mem_budget_mb")
+        keys = ("bound_method", "variant", "zscore", "nodes", "last_nodes", "eps", "mem_budget_mb")
         arch = self.plan.analysed[wildcards.model]["arch"]
         return self._seeded({k: psn[k] for k in keys} | {"n_images": psn["n_images"][arch]})
 

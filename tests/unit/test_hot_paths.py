@@ -1,0 +1,163 @@
+"""The GPU-ready hot paths (data held on the device, vectorised augmentation, device-side running totals,
+channels_last, opt-in bf16 autocast) leave fp32 results on the CPU exactly as a plain loop computes them."""
+
+import copy
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from advneurons import runtime
+from advneurons.attacks import AttackSpec, from_255, pgd_linf, run_attack
+from advneurons.config import settings
+from advneurons.evaluation.robustness import attack_generator, robust_correct
+from advneurons.models import checkpoint
+from advneurons.training.loop import TrainConfig, _train_epoch, augment
+from tiny_models import tiny_model
+from training_helpers import train_tiny, write_small_splits
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _augment_by_loop(x, kind, gen, pad=4):
+    """The per-image reference: crop each padded image at its own offset, then flip half of them."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    out = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+    if kind == "crop_flip":
+        flip = torch.rand(n, generator=gen) < 0.5
+        out[flip] = out[flip].flip(-1)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["crop", "crop_flip"])
+def test_vectorised_augmentation_equals_the_per_image_loop(kind):
+    x = torch.rand(37, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    gen_a, gen_b = runtime.generator(5), runtime.generator(5)
+    assert torch.equal(augment(x, kind, gen_a), _augment_by_loop(x, kind, gen_b))
+    assert torch.equal(gen_a.get_state(), gen_b.get_state())  # the same draws, so the next batch is the same too
+
+
+def _epoch_by_loop(model, optimizer, scheduler, cfg, x, y, gen):
+    """One PAT / vanilla epoch as a plain host loop: per-image augmentation, .item() after every batch."""
+    model.train()
+    order = torch.randperm(len(x), generator=gen)
+    loss_sum, correct, adv_correct, seen = 0.0, 0, 0, 0
+    for start in range(0, len(x), cfg.batch_size):
+        idx = order[start : start + cfg.batch_size]
+        xb, yb = _augment_by_loop(x[idx], cfg.augmentation, gen), y[idx]
+        if cfg.method == "pat":
+            x_adv = pgd_linf(model, xb, yb, from_255(cfg.eps), cfg.steps, None, cfg.random_start, generator=gen)
+            logits = model(torch.cat([xb, x_adv]))
+            clean, adv = logits[: len(xb)], logits[len(xb) :]
+            loss = 0.5 * F.cross_entropy(clean, yb) + 0.5 * F.cross_entropy(adv, yb)
+            adv_correct += (adv.argmax(1) == yb).sum().item()
+        else:
+            clean = model(xb)
+            loss = F.cross_entropy(clean, yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.item() * len(xb)
+        correct += (clean.argmax(1) == yb).sum().item()
+        seen += len(xb)
+    out = {"train_loss": loss_sum / seen, "train_clean_acc": correct / seen}
+    if cfg.method != "vanilla":
+        out["train_adv_acc"] = adv_correct / seen
+    return out
+
+
+def _fresh(seed=0):
+    torch.manual_seed(seed)
+    model = tiny_model("vgg16")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.05, total_steps=10)
+    return model, optimizer, scheduler
+
+
+@pytest.mark.parametrize("method", ["vanilla", "pat"])
+def test_training_epoch_in_fp32_equals_the_plain_loop_bit_for_bit(method):
+    cfg = TrainConfig(method=method, batch_size=16, augmentation="crop_flip", eps=32, steps=2)
+    x = torch.rand(40, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 10, (40,), generator=torch.Generator().manual_seed(2))
+    model_a, opt_a, sched_a = _fresh()
+    model_b, opt_b, sched_b = _fresh()
+    metrics_a = _train_epoch(model_a, opt_a, sched_a, cfg, x, y, runtime.generator(9))
+    metrics_b = _epoch_by_loop(model_b, opt_b, sched_b, cfg, x, y, runtime.generator(9))
+    assert metrics_a == metrics_b
+    for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_bf16_training_is_opt_in_and_gets_its_own_model_ids(tmp_path):
+    splits = write_small_splits(tmp_path / "splits", n=48)
+    fp32 = train_tiny(splits, tmp_path / "fp32", TrainConfig(method="pat", epochs=1, batch_size=16, eps=32, steps=2))
+    bf16 = train_tiny(splits, tmp_path / "bf16",
+                      TrainConfig(method="pat", epochs=1, batch_size=16, eps=32, steps=2, precision="bf16"))
+    assert fp32["params"]["training"]["precision"] == "fp32" and bf16["params"]["training"]["precision"] == "bf16"
+    a = checkpoint.load_model(tmp_path / "fp32" / "model.pt")[0].state_dict()
+    b = checkpoint.load_model(tmp_path / "bf16" / "model.pt")[0].state_dict()
+    assert all(torch.isfinite(v.float()).all() for v in b.values())
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # autocast did run in bfloat16
+    assert math.isfinite(bf16["final"]["train_loss"])
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp16")
+    # fp32 (the default) leaves every id as it was; bf16 changes the models' and the evaluations' ids
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    base = settings.validate_config(copy.deepcopy(config))
+    half = settings.validate_config({**copy.deepcopy(config), "precision": "bf16"})
+    assert base["precision"] == "fp32"
+    assert settings._model_params(base, "vgg16", "vanilla")["training"] == base["training"]["vanilla"]
+    assert settings._model_params(half, "vgg16", "vanilla")["training"]["precision"] == "bf16"
+    assert set(settings.model_entries(base)).isdisjoint(settings.model_entries(half))
+    assert set(settings.robustness_entries(base)).isdisjoint(settings.robustness_entries(half))
+
+
+def test_attack_evaluation_in_fp32_equals_running_the_attack_and_bf16_runs_on_cpu():
+    torch.manual_seed(0)
+    model = tiny_model("vgg16").eval()
+    x = torch.rand(12, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    y = model(x).argmax(1)  # every image starts correct
+    spec = AttackSpec.from_config({"type": "pgd", "eps": 8, "steps": 3})
+    correct = robust_correct(model, x, y, spec, batch_size=5, generator=attack_generator(0))
+    gen = attack_generator(0)
+    by_hand = torch.cat([model(run_attack(spec, model, x[i : i + 5], y[i : i + 5], generator=gen)).argmax(1) == y[i : i + 5]
+                         for i in range(0, 12, 5)])
+    assert torch.equal(correct, by_hand)
+    half = robust_correct(model, x, y, spec, batch_size=5, generator=attack_generator(0), precision="bf16")
+    assert half.dtype == torch.bool and len(half) == 12
+    with pytest.raises(ValueError, match="precision"):
+        robust_correct(model, x, y, spec, precision="fp8")
+
+
+def test_device_helpers_leave_cpu_tensors_and_models_as_they_are():
+    model = tiny_model("vgg16")
+    weight = model.features[0].weight if hasattr(model, "features") else next(model.parameters())
+    assert runtime.fast_layout(model) is model and weight.is_contiguous()
+    x, y = torch.rand(4, 3, 32, 32), torch.arange(4)
+    held = runtime.hold_on_device((x, y), "cpu")
+    assert held[0] is x and held[1] is y
+    assert runtime.fast_batch(x) is x
+    assert isinstance(runtime.autocast("fp32", "cpu"), type(runtime.autocast("fp32", "cpu")))
+
+
+def test_every_job_log_names_the_device(tmp_path):
+    import logging
+    import sys
+
+    log_file = tmp_path / "job.log"
+    saved = sys.stderr
+    try:
+        runtime.configure_logging(log_file)
+        logging.getLogger("advneurons").info("work")
+    finally:
+        sys.stderr.close()
+        sys.stderr = saved
+    first = log_file.read_text().splitlines()[0]
+    assert "device: cpu (" in first and runtime.cpu_model() in first
