@@ -89,6 +89,14 @@ def unit_costs(arch: str, width: float, dataset: str, device, batch: int, repeat
 
     out = {name: median_time(fn, repeats) / batch for name, fn in
            (("t_fwd", forward), ("t_grad", grad_step), ("t_train", train_step))}
+    # Floating-point operations per image of each unit (convolutions and matrix products, torch's own count):
+    # what a FLOP-rate assumption turns into seconds on a device this script has not run on.
+    from torch.utils.flop_counter import FlopCounterMode
+
+    for name, fn in (("t_fwd", forward), ("t_grad", grad_step), ("t_train", train_step)):
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        out["flops_" + name[2:]] = counter.get_total_flops() / batch
     # Direct checks of the model: PGD-10 and 4 iterations of C&W per image, against the formula.
     pgd = AttackSpec("pgd", eps=8 / 255, steps=10)
     out["pgd10_direct"] = median_time(lambda: (run_attack(pgd, model, x, y), sync(device)), 1) / batch
@@ -156,6 +164,35 @@ def training_seconds_per_image(training: dict, u: dict) -> float:
     if method in ("nat", "eat"):
         return u["t_grad"] + 2 * u["t_train"]
     raise ValueError(f"no cost model for training method {method}")
+
+
+def units_at_flop_rate(units: dict, crown: dict, tflops: float) -> tuple[dict, dict]:
+    """Unit costs of a device sustaining ``tflops`` TFLOP/s, from the counted FLOPs of each unit: forward,
+    attack and training steps at that rate; C&W and CROWN scaled like the attack step and the forward pass."""
+    rate = tflops * 1e12
+    gpu_units, gpu_crown = {}, {}
+    for arch, u in units.items():
+        g = {"t_fwd": u["flops_fwd"] / rate, "t_grad": u["flops_grad"] / rate, "t_train": u["flops_train"] / rate}
+        g["pgd10_direct"] = 10 * g["t_grad"] + g["t_fwd"]
+        g["cw4_direct"] = u["cw4_direct"] * g["t_grad"] / u["t_grad"]
+        gpu_units[arch] = {**u, **g}
+        if arch in crown:
+            seconds, n, how = crown[arch]
+            gpu_crown[arch] = (seconds * g["t_fwd"] / u["t_fwd"], n, how)
+    return gpu_units, gpu_crown
+
+
+def print_table(jobs, counts, title):
+    by_rule = collections.defaultdict(float)
+    for rule, _label, seconds in jobs:
+        by_rule[rule] += seconds
+    total = sum(by_rule.values())
+    print(f"\n{title}")
+    print(f"{'rule':24s} {'jobs':>5s} {'hours':>10s} {'share':>6s}")
+    for rule, seconds in sorted(by_rule.items(), key=lambda kv: -kv[1]):
+        print(f"{rule:24s} {counts.get(rule, 0):5d} {seconds / 3600:10.1f} {seconds / total:6.1%}")
+    print(f"{'total':24s} {sum(counts.values()):5d} {total / 3600:10.1f}")
+    return total
 
 
 def step_startup_seconds(repeats: int = 3) -> float:
@@ -270,6 +307,9 @@ def main():
     parser.add_argument("--robust-fraction", type=float, default=0.5,
                         help="share of an adversarially trained model's images that survive AutoAttack's first stage")
     parser.add_argument("--psn-direct", action="store_true", help="measure CROWN at the preset's width")
+    parser.add_argument("--gpu-tflops", type=float, default=None,
+                        help="also estimate for a device sustaining this many TFLOP/s (from counted FLOPs), e.g. "
+                             "a GPU this script cannot run on")
     args = parser.parse_args()
 
     from advneurons.config import settings
@@ -299,15 +339,17 @@ def main():
     startup = step_startup_seconds()
     print(f"start-up of a step (imports + Snakemake preamble): {startup:.1f} s")
     jobs, counts = estimate(config, ROOT / args.preset, units, crown, startup, args.robust_fraction)
-    by_rule = collections.defaultdict(float)
-    for rule, _label, seconds in jobs:
-        by_rule[rule] += seconds
-    total = sum(by_rule.values())
-    print(f"\n{sum(counts.values())} jobs planned (snakemake -n -F). Estimated device-hours by rule on this machine:")
-    print(f"{'rule':24s} {'jobs':>5s} {'hours':>10s} {'share':>6s}")
-    for rule, seconds in sorted(by_rule.items(), key=lambda kv: -kv[1]):
-        print(f"{rule:24s} {counts.get(rule, 0):5d} {seconds / 3600:10.1f} {seconds / total:6.1%}")
-    print(f"{'total':24s} {sum(counts.values()):5d} {total / 3600:10.1f}")
+    print_table(jobs, counts, f"{sum(counts.values())} jobs planned (snakemake -n -F). Estimated device-hours by "
+                              "rule on this machine:")
+    if args.gpu_tflops:
+        for arch, u in units.items():
+            print(f"{arch}: {u['flops_fwd'] / 1e9:.2f} GFLOP forward, {u['flops_grad'] / 1e9:.2f} attack step, "
+                  f"{u['flops_train'] / 1e9:.2f} training step per image")
+        gpu_units, gpu_crown = units_at_flop_rate(units, crown, args.gpu_tflops)
+        gpu_jobs, _ = estimate(config, ROOT / args.preset, gpu_units, gpu_crown, startup, args.robust_fraction)
+        print_table(gpu_jobs, counts, f"Estimated hours on one device sustaining {args.gpu_tflops:g} TFLOP/s in "
+                                      "convolutions and matrix products (an assumption, not a measurement; job "
+                                      "start-up as measured here):")
     print("\nbiggest jobs:")
     for rule, label, seconds in sorted(jobs, key=lambda j: -j[2])[:8]:
         print(f"  {seconds / 3600:8.1f} h  {rule}: {label}")

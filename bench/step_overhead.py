@@ -2,8 +2,9 @@
 against `python -c "import torch"`, measured in one run.
 
 Target (issue 16): at most 1.5x `import torch` for every step. Each step's imports are its script's top-level
-import statements; the preamble is what Snakemake puts before a script (`from snakemake import script` and its
-logger). Every command runs `--repeats` times in a fresh interpreter, interleaved so that load on a shared
+import statements and runtime.setup, which most steps call first (until 2026-12-02 it imported torch._inductor
+through torch.use_deterministic_algorithms: seconds per job); the preamble is what Snakemake puts before a script
+(`from snakemake import script` and its logger). Every command runs `--repeats` times in a fresh interpreter, interleaved so that load on a shared
 machine hits all of them alike; the median is reported. With `--jobs` the default run's job count of each step
 (from a dry run) weights the step, which gives the run's fixed cost in CPU-seconds.
 
@@ -26,10 +27,16 @@ TARGET_RATIO = 1.5
 PREAMBLE = "from snakemake import script\nfrom snakemake.logging import logger\n"
 
 
+SETUP = "\nfrom advneurons import runtime\nruntime.setup(1, 0)\n"
+
+
 def script_imports(path: Path) -> str:
-    """The top-level import statements of a workflow script, as code."""
-    tree = ast.parse(path.read_text())
-    return "\n".join(ast.unparse(node) for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom)))
+    """The top-level import statements of a workflow script, as code, and the step set-up it runs
+    (runtime.setup: threads, deterministic kernels, seeds) when it calls it."""
+    text = path.read_text()
+    tree = ast.parse(text)
+    code = "\n".join(ast.unparse(node) for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom)))
+    return code + SETUP if "runtime.setup(" in text else code
 
 
 def timed(code: str) -> float:

@@ -31,10 +31,21 @@ def setup(threads: int, seed: int | None = None) -> None:
     except RuntimeError:  # already set in this process
         pass
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    deterministic_kernels()
     torch.backends.cudnn.benchmark = False
     if seed is not None:
         seed_everything(seed)
+
+
+def deterministic_kernels() -> None:
+    """Deterministic kernels (warnings where an op has none), as ``torch.use_deterministic_algorithms(True,
+    warn_only=True)`` sets them, without its import of torch._inductor: that import (dynamo and inductor)
+    costs seconds of every job's start-up, and only sets inductor's own flag, for compiled code this package
+    never runs. If inductor is loaded anyway, its flag is set too."""
+    if "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch._C._set_deterministic_algorithms(True, warn_only=True)
 
 
 def seed_everything(seed: int) -> None:

@@ -161,3 +161,17 @@ def test_every_job_log_names_the_device(tmp_path):
         sys.stderr = saved
     first = log_file.read_text().splitlines()[0]
     assert "device: cpu (" in first and runtime.cpu_model() in first
+
+
+def test_setup_makes_kernels_deterministic_without_loading_the_compiler():
+    """runtime.setup is every job's first call: it sets deterministic kernels (warn only) without importing
+    torch._inductor, which torch.use_deterministic_algorithms does and which costs seconds per job."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from advneurons import runtime; runtime.setup(1, 0); "
+            "assert torch.are_deterministic_algorithms_enabled(); "
+            "assert torch.is_deterministic_algorithms_warn_only_enabled(); "
+            "print('torch._inductor' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
