@@ -12,11 +12,11 @@ rule train_model:
         "logs/{data}/train_model/{model}.log",
     benchmark:
         "benchmarks/{data}/train_model/{model}.tsv"
+    # models first: everything else waits on them (profiles/default/config.yaml says why not `prioritize`)
+    priority: 10
     conda:
         "../envs/advneurons.yaml"
     threads: 1
-    # models first: everything else waits on them (profiles/default/config.yaml says why not `prioritize`)
-    priority: 10
     resources:
         mem_mb=4000,
         runtime=240,
