@@ -93,10 +93,16 @@ def unit_costs(arch: str, width: float, dataset: str, device, batch: int, repeat
     # what a FLOP-rate assumption turns into seconds on a device this script has not run on.
     from torch.utils.flop_counter import FlopCounterMode
 
-    for name, fn in (("t_fwd", forward), ("t_grad", grad_step), ("t_train", train_step)):
+    def input_gradient():  # as grad_step, with .backward(): the counter does not support autograd.grad
+        model.eval().requires_grad_(False)
+        xa = x.clone().requires_grad_(True)
+        F.cross_entropy(model(xa), y).backward()
+        model.requires_grad_(True)
+
+    for name, fn in (("fwd", forward), ("grad", input_gradient), ("train", train_step)):
         with FlopCounterMode(display=False) as counter:
             fn()
-        out["flops_" + name[2:]] = counter.get_total_flops() / batch
+        out["flops_" + name] = counter.get_total_flops() / batch
     # Direct checks of the model: PGD-10 and 4 iterations of C&W per image, against the formula.
     pgd = AttackSpec("pgd", eps=8 / 255, steps=10)
     out["pgd10_direct"] = median_time(lambda: (run_attack(pgd, model, x, y), sync(device)), 1) / batch

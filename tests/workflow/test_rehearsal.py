@@ -1,6 +1,7 @@
 """Rehearsal of the paper preset (presets/cifar10_rehearsal.yaml): its whole DAG at full width on a small
 CIFAR-10 archive in the official format, end to end, as a cluster user's run would meet it (shapes and memory at
-full width, missing inputs, the preset's own settings) but in minutes on a 2-core CPU."""
+full width, missing inputs, the preset's own settings). The end-to-end run is marked `slow` (run it with
+`pytest -m slow`); the dry run that it plans every rule of the paper preset runs with the suite."""
 
 import json
 import shutil
@@ -11,8 +12,6 @@ import yaml
 
 from cifar_archive import write_tiny_cifar
 from workflow_helpers import ROOT, planned_jobs, snakemake
-
-pytestmark = pytest.mark.slow
 
 REHEARSAL = ROOT / "presets" / "cifar10_rehearsal.yaml"
 PAPER = ROOT / "presets" / "cifar10_paper.yaml"
@@ -51,6 +50,7 @@ def _data_dir(workdir):
     return data_dir
 
 
+@pytest.mark.slow
 def test_rehearsal_ran_every_job_at_full_width(rehearsal_run):
     data_dir = _data_dir(rehearsal_run)
     proc = snakemake(rehearsal_run, "-n", "all", "--configfile", str(REHEARSAL), str(rehearsal_run / "archive.yaml"))
@@ -67,6 +67,7 @@ def test_rehearsal_ran_every_job_at_full_width(rehearsal_run):
     assert (splits["train"]["n"], splits["val"]["n"], splits["test"]["n"]) == (135, 15, 20)
 
 
+@pytest.mark.slow
 def test_rehearsal_tables_have_every_model_and_attack_of_the_preset(rehearsal_run):
     final = pd.read_csv(rehearsal_run / "results" / "tables" / "final_robustness.csv")
     preset = yaml.safe_load(REHEARSAL.read_text())
@@ -77,6 +78,7 @@ def test_rehearsal_tables_have_every_model_and_attack_of_the_preset(rehearsal_ru
     assert len(table_i) == 4  # VGG16 and ResNet18, vanilla and PAT
 
 
+@pytest.mark.slow
 def test_rehearsal_psn_scores_the_last_nodes_at_full_width(rehearsal_run):
     from advneurons.models.layer_names import PSN_LAYERS
 
@@ -92,6 +94,7 @@ def test_rehearsal_psn_scores_the_last_nodes_at_full_width(rehearsal_run):
         assert meta["params"]["last_nodes"] == 4 and meta["bound_device"] in ("cpu", "cuda", "cuda:0")
 
 
+@pytest.mark.slow
 def test_every_job_log_of_the_rehearsal_names_its_device(rehearsal_run):
     logs = list((rehearsal_run / "logs").rglob("*.log"))
     assert logs
