@@ -1,0 +1,82 @@
+"""Where a run's time went: every job's benchmark file (benchmarks/, written by Snakemake's `benchmark:`) summed
+per rule and per rule family (the rules/*.smk file that defines the rule: data, train, attack, evaluate,
+sensitivity, sns, psn, defenses, report).
+
+Seconds are each job's wall time (`s`) and CPU time (`cpu_time`); with --cores 2 the run's wall time is at least
+the sum of job seconds / 2. Run after a run, from the directory that holds its benchmarks/:
+
+    .venv/bin/python bench/run_profile.py [--benchmarks benchmarks] [--top 15] [--wall MINUTES]
+
+--wall (the run's measured wall time) adds each family's share of the 2-core budget and the idle remainder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rule_families(rules_dir: Path = ROOT / "rules") -> dict[str, str]:
+    """Rule name -> family, the stem of the .smk file that defines it."""
+    out = {}
+    for smk in sorted(rules_dir.glob("*.smk")):
+        for rule in re.findall(r"^rule (\w+):", smk.read_text(), re.M):
+            out[rule] = smk.stem
+    return out
+
+
+def job_table(benchmarks: Path, families: dict[str, str]) -> pd.DataFrame:
+    """One row per job: its rule (the first path component of the benchmark file that names a rule), family,
+    wall seconds and CPU seconds."""
+    rows = []
+    for path in sorted(benchmarks.rglob("*.tsv")):
+        parts = path.relative_to(benchmarks).with_suffix("").parts
+        rule = next((p for p in parts if p in families), None)
+        if rule is None:
+            continue
+        frame = pd.read_csv(path, sep="\t")
+        rows.append({"rule": rule, "family": families[rule], "job": "/".join(parts),
+                     "s": float(frame["s"].iloc[0]), "cpu_s": float(frame["cpu_time"].iloc[0])})
+    if not rows:
+        raise SystemExit(f"no benchmark files of known rules under {benchmarks}")
+    return pd.DataFrame(rows)
+
+
+def summarise(jobs: pd.DataFrame, by: str) -> pd.DataFrame:
+    table = jobs.groupby(by).agg(jobs=("s", "size"), wall_s=("s", "sum"), cpu_s=("cpu_s", "sum"),
+                                 median_job_s=("s", "median"))
+    table["share_%"] = 100 * table["wall_s"] / table["wall_s"].sum()
+    return table.sort_values("wall_s", ascending=False).round(1)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--benchmarks", type=Path, default=Path("benchmarks"))
+    parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--wall", type=float, help="the run's wall time in minutes")
+    parser.add_argument("--cores", type=int, default=2)
+    args = parser.parse_args()
+    jobs = job_table(args.benchmarks, rule_families())
+    pd.set_option("display.width", 140)
+    families = summarise(jobs, "family")
+    if args.wall:
+        families["of_budget_%"] = (100 * families["wall_s"] / (args.wall * 60 * args.cores)).round(1)
+    print(f"{len(jobs)} jobs, {jobs.s.sum() / 60:.1f} job-minutes of wall time "
+          f"({jobs.s.sum() / 60 / args.cores:.1f} min on {args.cores} cores if always busy)")
+    if args.wall:
+        idle = 100 * (1 - jobs.s.sum() / (args.wall * 60 * args.cores))
+        print(f"run wall time {args.wall:.1f} min: {idle:.0f}% of the {args.cores}-core budget idle or in Snakemake")
+    print("\nby family\n" + families.to_string())
+    print("\nby rule\n" + summarise(jobs, "rule").to_string())
+    print(f"\nlongest {args.top} jobs\n" + jobs.nlargest(args.top, "s")[["job", "s", "cpu_s"]].round(1).to_string(index=False))
+    cheap = jobs[jobs.s < 10]
+    print(f"\njobs under 10 s: {len(cheap)}, {cheap.s.sum() / 60:.1f} job-minutes")
+
+
+if __name__ == "__main__":
+    main()
