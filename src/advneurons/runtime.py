@@ -101,16 +101,17 @@ def autocast(precision: str, where: torch.device | str):
 
 
 def fast_layout(model: torch.nn.Module) -> torch.nn.Module:
-    """channels_last weights on CUDA, where convolutions run fastest in that layout (tensor cores); on the
-    CPU the model is left as it is, so CPU results do not depend on this code path."""
-    if model_device(model).type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    """The model's weights in channels_last, the layout convolutions run fastest in: on CUDA (tensor cores) and
+    on the CPU too (oneDNN's NHWC kernels: at the default width 1/8, a forward pass of VGG16 ~2x and a training
+    step ~1.4x faster than in the contiguous layout; bench/bench_layout.py). Results differ from the contiguous
+    layout's only by float rounding, and are as deterministic."""
+    model.to(memory_format=torch.channels_last)
     return model
 
 
 def fast_batch(x: torch.Tensor) -> torch.Tensor:
-    """An image batch in the layout :func:`fast_layout` gives the model (channels_last on CUDA)."""
-    return x.contiguous(memory_format=torch.channels_last) if x.is_cuda and x.dim() == 4 else x
+    """An image batch in the layout :func:`fast_layout` gives the model (channels_last)."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
 def hold_on_device(tensors: tuple[torch.Tensor, ...], where: torch.device | str, share: float = 0.25):

@@ -127,6 +127,22 @@ def test_every_attack_stays_in_the_box_and_its_ball(trained, kind):
     assert adv.dtype == x.dtype and not adv.requires_grad
 
 
+@pytest.mark.parametrize("kind", ATTACK_TYPES)
+def test_every_attack_runs_on_a_channels_last_model_and_batch(trained, kind):
+    # Evaluations and training lay out models and batches in channels_last (runtime.fast_layout, on the CPU too);
+    # AutoAttack's code reshapes gradients with .view(), which that layout broke before attacks.ensemble wrapped it.
+    from advneurons import runtime
+
+    model, x, y = trained
+    x, y = x[:4], y[:4]
+    fast = runtime.fast_layout(copy.deepcopy(model))
+    _, plain = run(CHEAP[kind], model, x, y)
+    _, laid_out = run(CHEAP[kind], fast, runtime.fast_batch(x), y)
+    assert laid_out.shape == x.shape and torch.isfinite(laid_out).all()
+    with torch.no_grad():
+        assert torch.equal(model(plain).argmax(1) == y, fast(laid_out).argmax(1) == y)
+
+
 def test_threat_models_and_balls():
     assert AttackSpec("pgd", eps=0.1).threat == "linf"
     assert AttackSpec("pgd_l2", eps=0.5).threat == "l2"
@@ -406,6 +422,31 @@ def test_white_box_attacks_work_inside_no_grad(trained):
         with torch.no_grad():
             _, adv = run(CHEAP[kind], model, x, y)
         assert adv.shape == x.shape
+
+
+def test_autoattack_counts_reach_every_stage_and_the_description(trained, monkeypatch):
+    pyautoattack = pytest.importorskip("pyautoattack")
+    model, x, y = trained
+    seen = {}
+
+    def run_standard_evaluation(self, x_orig, y_orig, bs=250, batch_size=None, **kwargs):
+        seen.update(apgd=self.apgd.n_iter, apgd_t=self.apgd_targeted.n_iter, fab=self.fab.n_iter,
+                    square=self.square.n_queries, contiguous=x_orig.is_contiguous())
+        return x_orig.clone(), y_orig
+
+    monkeypatch.setattr(pyautoattack.AutoAttack, "run_standard_evaluation", run_standard_evaluation)
+    standard = AttackSpec.from_config({"type": "autoattack", "eps": 8})
+    run_attack(standard, model, x[:2], y[:2], generator=torch.Generator().manual_seed(0))
+    assert seen == {"apgd": 100, "apgd_t": 100, "fab": 100, "square": 5000, "contiguous": True}
+    assert "iterations" not in standard.describe() and "steps" not in standard.to_config()
+    cut = AttackSpec.from_config({"type": "autoattack", "eps": 8, "steps": 2, "queries": 20})
+    run_attack(cut, model, x[:2].contiguous(memory_format=torch.channels_last), y[:2],
+               generator=torch.Generator().manual_seed(0))
+    assert seen == {"apgd": 2, "apgd_t": 2, "fab": 2, "square": 20, "contiguous": True}
+    assert cut.describe().endswith("2 APGD/FAB iterations, 20 Square queries")
+    assert AttackSpec.from_config(cut.to_config()) == cut
+    with pytest.raises(ValueError, match="query"):
+        AttackSpec.from_config({"type": "autoattack", "eps": 8, "queries": 0})
 
 
 def test_autoattack_leaves_the_global_rng_alone(trained):

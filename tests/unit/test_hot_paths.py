@@ -1,5 +1,6 @@
 """The GPU-ready hot paths (data held on the device, vectorised augmentation, device-side running totals,
-channels_last, opt-in bf16 autocast) leave fp32 results on the CPU exactly as a plain loop computes them."""
+opt-in bf16 autocast) leave fp32 results on the CPU exactly as a plain loop in the same layout computes them;
+the channels_last layout itself (used on the CPU too, for speed) changes them only by float rounding."""
 
 import copy
 import math
@@ -43,14 +44,15 @@ def test_vectorised_augmentation_equals_the_per_image_loop(kind):
     assert torch.equal(gen_a.get_state(), gen_b.get_state())  # the same draws, so the next batch is the same too
 
 
-def _epoch_by_loop(model, optimizer, scheduler, cfg, x, y, gen):
-    """One PAT / vanilla epoch as a plain host loop: per-image augmentation, .item() after every batch."""
+def _epoch_by_loop(model, optimizer, scheduler, cfg, x, y, gen, layout=runtime.fast_batch):
+    """One PAT / vanilla epoch as a plain host loop: per-image augmentation, .item() after every batch;
+    `layout` puts each batch in the layout the model runs in."""
     model.train()
     order = torch.randperm(len(x), generator=gen)
     loss_sum, correct, adv_correct, seen = 0.0, 0, 0, 0
     for start in range(0, len(x), cfg.batch_size):
         idx = order[start : start + cfg.batch_size]
-        xb, yb = _augment_by_loop(x[idx], cfg.augmentation, gen), y[idx]
+        xb, yb = layout(_augment_by_loop(x[idx], cfg.augmentation, gen)), y[idx]
         if cfg.method == "pat":
             x_adv = pgd_linf(model, xb, yb, from_255(cfg.eps), cfg.steps, None, cfg.random_start, generator=gen)
             logits = model(torch.cat([xb, x_adv]))
@@ -88,11 +90,28 @@ def test_training_epoch_in_fp32_equals_the_plain_loop_bit_for_bit(method):
     y = torch.randint(0, 10, (40,), generator=torch.Generator().manual_seed(2))
     model_a, opt_a, sched_a = _fresh()
     model_b, opt_b, sched_b = _fresh()
+    runtime.fast_layout(model_a), runtime.fast_layout(model_b)  # as train() lays out its model
     metrics_a = _train_epoch(model_a, opt_a, sched_a, cfg, x, y, runtime.generator(9))
     metrics_b = _epoch_by_loop(model_b, opt_b, sched_b, cfg, x, y, runtime.generator(9))
     assert metrics_a == metrics_b
     for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_channels_last_changes_a_training_epoch_only_by_float_rounding():
+    # vanilla: PGD's sign() would turn a rounding difference in a near-zero gradient into a different example
+    cfg = TrainConfig(method="vanilla", batch_size=16, augmentation="crop_flip", eps=32, steps=2)
+    x = torch.rand(40, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 10, (40,), generator=torch.Generator().manual_seed(2))
+    model_a, opt_a, sched_a = _fresh()
+    model_b, opt_b, sched_b = _fresh()
+    runtime.fast_layout(model_a)
+    assert model_a.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    metrics_a = _train_epoch(model_a, opt_a, sched_a, cfg, x, y, runtime.generator(9))
+    metrics_b = _epoch_by_loop(model_b, opt_b, sched_b, cfg, x, y, runtime.generator(9), layout=lambda t: t)
+    assert metrics_a["train_loss"] == pytest.approx(metrics_b["train_loss"], rel=1e-5)
+    for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5), name
 
 
 def test_bf16_training_is_opt_in_and_gets_its_own_model_ids(tmp_path):
@@ -136,14 +155,15 @@ def test_attack_evaluation_in_fp32_equals_running_the_attack_and_bf16_runs_on_cp
         robust_correct(model, x, y, spec, precision="fp8")
 
 
-def test_device_helpers_leave_cpu_tensors_and_models_as_they_are():
+def test_device_helpers_lay_out_cpu_models_and_batches_in_channels_last_and_hold_nothing():
     model = tiny_model("vgg16")
     weight = model.features[0].weight if hasattr(model, "features") else next(model.parameters())
-    assert runtime.fast_layout(model) is model and weight.is_contiguous()
+    assert runtime.fast_layout(model) is model and weight.is_contiguous(memory_format=torch.channels_last)
     x, y = torch.rand(4, 3, 32, 32), torch.arange(4)
     held = runtime.hold_on_device((x, y), "cpu")
     assert held[0] is x and held[1] is y
-    assert runtime.fast_batch(x) is x
+    assert runtime.fast_batch(x).is_contiguous(memory_format=torch.channels_last) and torch.equal(runtime.fast_batch(x), x)
+    assert runtime.fast_batch(y) is y
     import contextlib
 
     assert isinstance(runtime.autocast("fp32", "cpu"), contextlib.nullcontext)

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # may use fewer. None means "all of them", more than any number.
 COUNT_KEYS = {"epochs", "steps", "search_steps", "samples", "n_images", "n_per_class", "dyn_images", "n_random",
               "eot_samples", "select_images", "n_val", "last_nodes", "pgd_steps", "n_images_by_attack", "max_images",
-              "train", "val", "test", "mem_budget_mb"}
+              "train", "val", "test", "mem_budget_mb", "queries"}
 # Lists that sweep a value (or list repeated units of one kind): the rehearsal may keep a sub-list.
 SWEEP_LISTS = {("sweeps", "steps_values"), ("sweeps", "eps_values"), ("sns", "suppression", "betas"),
                ("meansparse", "alphas"), ("sns_layer_range", "first_layers", "*"),

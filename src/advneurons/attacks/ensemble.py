@@ -84,6 +84,30 @@ class _Collect(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward hands back a contiguous gradient: AutoAttack reshapes input gradients with
+    .view(), which fails on the channels_last gradients a channels_last model (runtime.fast_layout) returns."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
+
+
+class _ContiguousInputs(nn.Module):
+    """The model as AutoAttack sees it: contiguous inputs and input gradients, whatever the model's layout."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(_ContiguousGrad.apply(x))
+
+
 def autoattack(
     model: nn.Module,
     x: torch.Tensor,
@@ -95,13 +119,16 @@ def autoattack(
     generator: torch.Generator | None = None,
     apgd_restarts: int | None = None,
     log: AutoAttackLog | None = None,
+    iterations: int | None = None,
+    queries: int | None = None,
 ) -> torch.Tensor:
     """Perturbed images from AutoAttack (`attacks` picks a subset, e.g. ["apgd-ce"], with version="custom").
 
     `apgd_restarts` overrides APGD-CE's restart count. The authors' code runs APGD-CE with 1 restart in the
     standard version but keeps its default of 5 in a custom one, so a custom APGD-CE equals the standard
     ensemble's first stage only with `apgd_restarts=1` (and the same seed). `log`, when given, receives
-    this batch's robust accuracy after each stage and the warnings of AutoAttack's checks."""
+    this batch's robust accuracy after each stage and the warnings of AutoAttack's checks. `iterations` (APGD-CE,
+    APGD-T and FAB-T) and `queries` (Square), when given, replace the version's counts (standard: 100 and 5000)."""
     try:
         from pyautoattack import AutoAttack
         from pyautoattack import autoattack as aa_module
@@ -128,12 +155,17 @@ def autoattack(
     try:
         with eval_mode(model), torch.random.fork_rng(devices=devices):
             adversary = AutoAttack(
-                model, eps=eps, norm=NORMS[norm], version=version, seed=seed, device=x.device,
+                _ContiguousInputs(model), eps=eps, norm=NORMS[norm], version=version, seed=seed, device=x.device,
                 attacks=attacks if version == "custom" else None,
             )
             if apgd_restarts is not None:
                 adversary.apgd.n_restarts = int(apgd_restarts)
-            x_adv, _ = adversary.run_standard_evaluation(x.detach(), y, batch_size=len(x))
+            if iterations is not None:
+                for stage in (adversary.apgd, adversary.apgd_targeted, adversary.fab):
+                    stage.n_iter = int(iterations)
+            if queries is not None:
+                adversary.square.n_queries = int(queries)
+            x_adv, _ = adversary.run_standard_evaluation(x.detach().contiguous(), y, batch_size=len(x))
     finally:
         checks.check_square_sr = original_check
         aa_logger.removeHandler(collect)

@@ -65,7 +65,8 @@ def run_attack(
     if t == "nattack":
         return nattack(model, x, y, spec.eps, spec.steps, spec.samples, spec.lr, spec.search_sigma,
                        generator=generator)
-    return autoattack(model, x, y, spec.eps, spec.norm, spec.version, generator=generator, log=autoattack_log)
+    return autoattack(model, x, y, spec.eps, spec.norm, spec.version, generator=generator, log=autoattack_log,
+                      iterations=spec.steps, queries=spec.queries)
 
 
 def _eval_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

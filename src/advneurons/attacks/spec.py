@@ -31,7 +31,9 @@ PARAMETERS: dict[str, dict] = {
     "uniform": {},
     "spsa": {"steps": 100, "samples": 512, "lr": 0.01, "delta": 0.01, "random_start": True},
     "nattack": {"steps": 100, "samples": 300, "lr": 0.008, "search_sigma": 0.1},
-    "autoattack": {"norm": "linf", "version": "standard"},
+    # steps / queries: None runs the standard version's own counts (100 APGD and FAB iterations, 5000 Square
+    # queries); a number cuts them (a rehearsal's counts), and the description says so.
+    "autoattack": {"norm": "linf", "version": "standard", "steps": None, "queries": None},
 }
 ATTACK_TYPES = tuple(PARAMETERS)
 # Whether eps is required, optional (C&W: a cap on the L2 norm; none = unbounded) or meaningless.
@@ -73,6 +75,7 @@ class AttackSpec:
     sigma: float | None = None
     norm: str | None = None
     version: str | None = None
+    queries: int | None = None
 
     def __post_init__(self):
         if self.type not in PARAMETERS:
@@ -107,6 +110,8 @@ class AttackSpec:
             raise ValueError(f"{self.type} needs at least one step, got steps={self.steps}")
         if self.search_steps is not None and self.search_steps < 1:
             raise ValueError(f"C&W needs at least one binary-search step, got {self.search_steps}")
+        if self.queries is not None and self.queries < 1:
+            raise ValueError(f"AutoAttack's Square stage needs at least one query, got queries={self.queries}")
         if self.samples is not None and self.samples < 2:
             raise ValueError(f"{self.type} needs at least 2 samples per iteration, got {self.samples}")
         for name in ("step_size", "lr", "delta", "search_sigma", "initial_const"):
@@ -245,4 +250,6 @@ class AttackSpec:
             return (f"NAttack {eps}, {self.steps} iterations, {self.samples} samples, sigma {self.search_sigma:g}, "
                     f"lr {self.lr:g}, mu0=0")
         norm = {"linf": "L-inf", "l2": "L2"}[self.norm]
-        return f"AutoAttack {self.version} ({', '.join(a.upper() for a in STANDARD_ATTACKS)}) {norm} {eps}"
+        counts = "".join([f", {self.steps} APGD/FAB iterations" if self.steps is not None else "",
+                          f", {self.queries} Square queries" if self.queries is not None else ""])
+        return f"AutoAttack {self.version} ({', '.join(a.upper() for a in STANDARD_ATTACKS)}) {norm} {eps}{counts}"
