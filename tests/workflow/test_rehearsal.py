@@ -1,7 +1,7 @@
 """Rehearsal of the paper preset (presets/cifar10_rehearsal.yaml): its whole DAG at full width on a small
 CIFAR-10 archive in the official format, end to end, as a cluster user's run would meet it (shapes and memory at
-full width, missing inputs, the preset's own settings). The end-to-end run is marked `slow` (run it with
-`pytest -m slow`); the dry run that it plans every rule of the paper preset runs with the suite."""
+full width, missing inputs, the preset's own settings). The end-to-end run is part of `make test` (about half an hour
+on 2 cores) and marked `slow`, so that `-m 'not slow'` leaves it out of a quick run."""
 
 import json
 import shutil
