@@ -5,6 +5,7 @@
 rule final_robustness_table:
     input:
         records=plan.final_table_records(),
+        sidecars=plan.record_sidecars(plan.final_table_records()),
     output:
         csv="results/tables/final_robustness.csv",
         md="results/tables/final_robustness.md",

@@ -8,6 +8,7 @@ rule evaluate_attack:
         test=rules.prepare_dataset.output.test,
     output:
         records="results/{data}/robustness/{model}/{attack}.csv",
+        images="results/{data}/robustness/{model}/{attack}.images.csv.gz",
         meta="results/{data}/robustness/{model}/{attack}.json",
     log:
         "logs/{data}/evaluate_attack/{model}/{attack}.log",
@@ -33,6 +34,9 @@ rule evaluate_attack:
 rule robustness_table:
     input:
         records=plan.robustness_records(config["robustness"]["table_iii"].values()),
+        sidecars=plan.record_sidecars(
+            plan.robustness_records(config["robustness"]["table_iii"].values())
+        ),
     output:
         csv="results/tables/robustness.csv",
         md="results/tables/robustness.md",
@@ -72,6 +76,7 @@ rule robustness_table:
 rule robustness_table_i:
     input:
         records=plan.robustness_records(config["robustness"]["table_i"]),
+        sidecars=plan.record_sidecars(plan.robustness_records(config["robustness"]["table_i"])),
     output:
         csv="results/tables/robustness_table_i.csv",
         md="results/tables/robustness_table_i.md",
@@ -168,3 +173,28 @@ rule sweep_figures:
         "PGD sweep figures"
     script:
         "../workflow_scripts/sweep_figures.py"
+
+
+rule results_long:
+    input:
+        records=plan.all_records(),
+        sidecars=plan.record_sidecars(plan.all_records()),
+    output:
+        csv="results/tables/results_long.csv",
+    log:
+        "logs/results_long.log",
+    benchmark:
+        "benchmarks/results_long.tsv"
+    conda:
+        "../envs/advneurons.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        code=code_version("results_long"),
+        models=plan.long_table_models(),
+    message:
+        "every accuracy of the run in one long table"
+    script:
+        "../workflow_scripts/results_long.py"

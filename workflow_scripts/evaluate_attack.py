@@ -19,4 +19,7 @@ evaluate_attack(
     out_csv=smk.output.records,
     meta_path=smk.output.meta,
     precision=e.get("precision", "fp32"),
+    images_csv=smk.output.images,
+    code=smk.params.code,
+    log_path=smk.log[0],
 )

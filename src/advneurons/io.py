@@ -12,8 +12,9 @@ from advneurons.runtime import atomic_path
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """`path` ending in .gz: gzip-compressed (the temporary name hides the suffix from pandas' inference)."""
     with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
+        frame.to_csv(tmp, index=False, compression="gzip" if str(path).endswith(".gz") else None)
 
 
 def write_table(frame: pd.DataFrame, csv_path: Path | None = None, md_path: Path | None = None, title: str = "",

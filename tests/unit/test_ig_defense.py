@@ -159,12 +159,12 @@ def test_randomised_defense_is_attacked_adaptively_and_says_so():
         return original(inputs, n_samples)
 
     defense.expected_logits = counted
-    records = evaluate_model(defense, x, y, {"fgsm": {"type": "fgsm", "eps": 8}}, "m", seed=0)
+    records, _ = evaluate_model(defense, x, y, {"fgsm": {"type": "fgsm", "eps": 8}}, "m", seed=0)
     assert calls["n"] >= 1  # the attack went through the expected logits
     fgsm = records[records.attack == "fgsm"].iloc[0]
     assert "EOT over 2 noise draws" in fgsm.description
     assert "EOT" not in records[records.attack == "clean"].iloc[0].description
-    plain = evaluate_model(model, x, y, {"fgsm": {"type": "fgsm", "eps": 8}}, "m", seed=0)
+    plain, _ = evaluate_model(model, x, y, {"fgsm": {"type": "fgsm", "eps": 8}}, "m", seed=0)
     assert "EOT" not in plain[plain.attack == "fgsm"].iloc[0].description
 
 

@@ -15,6 +15,7 @@ from advneurons.evaluation import robustness
 from advneurons.attacks import AttackSpec, run_attack
 from advneurons.evaluation.accuracy import clean_accuracy
 from advneurons.evaluation.robustness import TableError, accuracy_record, records_frame
+from advneurons.evaluation.paired_stats import wilson_interval
 
 
 @pytest.fixture
@@ -61,7 +62,8 @@ def test_evaluate_robustness_writes_records_that_match_a_direct_computation(tmp_
     model_path, test_path = _split_and_model(tmp_path, tiny_vgg)
     out = robustness.evaluate_attack(
         model_path, test_path, ATTACKS, "vgg16-vanilla", n_images=16, seed=3, batch_size=5,
-        out_csv=tmp_path / "rec.csv", meta_path=tmp_path / "rec.json",
+        out_csv=tmp_path / "rec.csv", meta_path=tmp_path / "rec.json", images_csv=tmp_path / "rec.images.csv.gz",
+        code="abc123", log_path=tmp_path / "job.log",
     )
     rec = pd.read_csv(tmp_path / "rec.csv")
     assert list(rec.columns) == list(robustness.RECORD_COLUMNS)
@@ -89,6 +91,48 @@ def test_evaluate_robustness_writes_records_that_match_a_direct_computation(tmp_
     clean = robustness.decode_correct(rec.loc[rec.attack == "clean", "correct_by_image"].item())
     with torch.no_grad():
         assert (clean == (tiny_vgg(x).argmax(1) == y).numpy()).all()
+
+    # per-image records file: gzip, the split indices of the subset, and the same results as the records
+    assert (tmp_path / "rec.images.csv.gz").read_bytes()[:2] == b"\x1f\x8b"
+    images_rec = robustness.read_images([tmp_path / "rec.images.csv.gz"])
+    assert list(images_rec.columns) == list(robustness.IMAGE_COLUMNS)
+    for name in ["clean", *ATTACKS]:
+        part = images_rec[images_rec.attack == name]
+        assert part["index"].tolist() == idx.tolist()
+        stored = robustness.decode_correct(rec.loc[rec.attack == name, "correct_by_image"].item())
+        assert (part.correct.to_numpy() == stored).all() and (part.clean_correct.to_numpy() == clean).all()
+        assert part.correct.mean() == pytest.approx(rec.loc[rec.attack == name, "accuracy"].item())
+        assert (part.queries == -1).all()  # none of these attacks counts queries
+    fgsm = images_rec[images_rec.attack == "fgsm"]
+    assert fgsm.linf_255.max() <= 32 + 1e-3 and fgsm.linf_255.max() > 31  # FGSM moves some pixel by the full eps
+    assert (images_rec[images_rec.attack == "clean"][["linf_255", "l2_255"]] == 0).all().all()
+    # lineage in the metadata
+    assert meta["lineage"] == {"checkpoint_sha256": checkpoint.file_digest(model_path), "code": "abc123",
+                               "log": str(tmp_path / "job.log")}
+
+
+def test_black_box_attacks_record_the_queries_they_spend(monkeypatch, tiny_vgg):
+    from advneurons.attacks import black_box
+
+    spent = []
+
+    class Counting(black_box.QueryOracle):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            spent.append(self)
+
+    monkeypatch.setattr(black_box, "QueryOracle", Counting)
+    torch.manual_seed(0)
+    x, y = torch.rand(6, 3, 32, 32), torch.randint(0, 10, (6,))
+    for cfg, per_step in (({"type": "spsa", "eps": 8, "samples": 8, "steps": 3}, 9),
+                          ({"type": "nattack", "eps": 8, "samples": 6, "steps": 3}, 7)):
+        spent.clear()
+        spec = AttackSpec.from_config(cfg)
+        results = robustness.attack_images(tiny_vgg, x, y, spec, batch_size=4, generator=torch.Generator().manual_seed(1))
+        assert int(results.queries.sum()) == sum(o.queries for o in spent)  # every query the oracles saw, counted once
+        # an image costs its start query plus whole iterations; one never fooled runs every step
+        assert ((results.queries - 1) % per_step == 0).all() and results.queries.max() <= 1 + 3 * per_step
+        assert (results.linf_255 <= 8 + 1e-3).all()
 
 
 def test_per_image_records_round_trip_and_refuse_other_text():
@@ -249,7 +293,7 @@ def test_tables_mark_cells_whose_attack_warned(tmp_path):
     robustness_table([tmp_path / "r.csv"], "table_iii", "digits", out["t.csv"], out["t.md"], out["s.csv"], out["s.md"],
                       columns={"L-inf PGD": "pgd"})
     text = out["t.md"].read_text()
-    assert "| 75.00 †" in text and "| 75.00 " in text  # the warned AutoAttack cell marked, the PGD cell not
+    assert "| 75.00 ± 17.8 † |" in text and "| 75.00 ± 17.8 |" in text  # the warned AutoAttack cell marked, PGD not
     assert pd.read_csv(out["t.csv"])["AutoAttack"].item() == 75.0  # the CSV stays numeric
     assert "Square Attack has decreased" in pd.read_csv(out["s.csv"]).set_index("column").loc["AutoAttack", "warnings"]
     from advneurons.evaluation.robustness import accuracy_table, mark_warned_cells, read_records
@@ -259,3 +303,73 @@ def test_tables_mark_cells_whose_attack_warned(tmp_path):
     marked, note = mark_warned_cells(table, settings)
     assert marked.loc[0, "AutoAttack"] == "75.00 †" and marked.loc[0, "Clean"] == 100.0
     assert "m, AutoAttack: Square Attack has decreased" in note and table.loc[0, "AutoAttack"] == 75.0
+
+
+def test_tables_carry_intervals_lineage_and_a_worst_case_that_brute_force_confirms(tmp_path, trained_vgg_path,
+                                                                                    digits_files):
+    """Real evaluation jobs (one per attack, nested subsets as the workflow runs slow attacks) -> the table:
+    every cell equals its records, has its Wilson interval and lineage, and the worst-case column equals a
+    brute-force recomputation from the per-image files and is at most every attack's accuracy on those images."""
+    model_path, test_path = trained_vgg_path, digits_files["test"]  # 120 test digits, ~90% clean accuracy
+    jobs = {"pgd": ({"type": "pgd", "eps": 4, "steps": 2}, None), "fgsm": ({"type": "fgsm", "eps": 4}, 60),
+            "pgd_l2": ({"type": "pgd_l2", "eps": 80, "steps": 2}, 40)}
+    paths = []
+    for name, (cfg, n) in jobs.items():
+        path = tmp_path / "records" / f"{name}~x.csv"
+        robustness.evaluate_attack(model_path, test_path, {name: cfg}, "m", n, 0, 8, path, path.with_suffix(".json"),
+                                   images_csv=robustness.record_sidecars(path)[0], code=f"code-{name}",
+                                   log_path=tmp_path / f"{name}.log")
+        paths.append(path)
+    out = {k: tmp_path / k for k in ("t.csv", "t.md", "s.csv", "s.md")}
+    table = robustness.robustness_table(paths, "table_iii", "digits", out["t.csv"], out["t.md"], out["s.csv"],
+                                        out["s.md"])
+    settings = pd.read_csv(out["s.csv"])
+    per_image = robustness.read_images([robustness.record_sidecars(p)[0] for p in paths])
+    row = table.iloc[0]
+    # records = table, and each interval is the Wilson interval of that cell's count
+    for cell in settings[settings.column != robustness.WORST_CASE].itertuples():
+        images = per_image[per_image.attack == cell.attack]
+        assert len(images) == cell.n_images and 100 * images.correct.mean() == pytest.approx(row[cell.column], abs=0.005)
+        low, high = wilson_interval(int(images.correct.sum()), len(images))
+        assert (cell.ci_low_pct, cell.ci_high_pct) == (pytest.approx(100 * low, abs=0.01), pytest.approx(100 * high, abs=0.01))
+        assert cell.checkpoint_sha256 == checkpoint.file_digest(model_path) and cell.seed == 0
+        assert cell.code == f"code-{cell.attack}" if cell.attack != "clean" else cell.code.startswith("code-")
+        assert cell.log.endswith(".log") and cell.device == "cpu" and "torch" in cell.versions
+    # worst case, by brute force over the images every attack saw (the 40 of the smallest subset)
+    shared = set.intersection(*(set(per_image[per_image.attack == a]["index"]) for a in jobs))
+    assert len(shared) == 40
+    robust = 0
+    for i in shared:
+        rows = per_image[per_image["index"] == i]
+        robust += int(rows[rows.attack == "clean"].correct.item() == 1 and all(
+            rows[rows.attack == a].correct.item() == 1 for a in jobs))
+    worst = settings[settings.column == robustness.WORST_CASE].iloc[0]
+    assert 0 < robust < 40  # not a degenerate case
+    assert worst.n_images == 40 and row[robustness.WORST_CASE] == pytest.approx(round(100 * robust / 40, 2))
+    for a in jobs:
+        on_shared = per_image[(per_image.attack == a) & per_image["index"].isin(shared)]
+        assert row[robustness.WORST_CASE] <= 100 * on_shared.correct.mean() + 1e-9
+    text = out["t.md"].read_text()
+    assert "Wilson 95%" in text and " ± " in text and robustness.WORST_CASE in text
+
+    # the long table: every record once (clean once per subset size), same accuracies, intervals and lineage
+    from advneurons.evaluation.long_table import LONG_COLUMNS, results_long
+
+    long = results_long(paths, {"m": {"arch": "vgg16", "training": "vanilla", "method": "vanilla"}}, tmp_path / "l.csv")
+    assert list(pd.read_csv(tmp_path / "l.csv").columns) == list(LONG_COLUMNS)
+    assert sorted(long.loc[long.attack == "clean", "n_images"]) == [40, 60, 120]
+    for cell in settings[settings.column.isin(["L-inf PGD", "FGSM", "L2 PGD"])].itertuples():
+        row_long = long[long.attack == cell.attack].iloc[0]
+        assert (row_long.accuracy_pct, row_long.ci_low_pct, row_long.ci_high_pct, row_long.n_images) == (
+            cell.accuracy_pct, cell.ci_low_pct, cell.ci_high_pct, cell.n_images)
+        assert row_long.settings_id == f"{cell.attack}~x" and row_long.code == f"code-{cell.attack}"
+    with pytest.raises(TableError, match="not one of the run's models"):
+        results_long(paths, {"other": {}}, tmp_path / "l2.csv")
+    robustness.record_sidecars(paths[0])[1].unlink()
+    with pytest.raises(TableError, match="no metadata beside it"):
+        results_long(paths, {"m": {}}, tmp_path / "l3.csv")
+
+
+def test_wilson_cell_interval_against_a_known_answer():
+    # 81 of 263 correct: 25.53% .. 36.62% (hand-computed; test_paired_stats has the derivation)
+    assert robustness.interval_pct(81 / 263, 263) == (25.53, 36.62)

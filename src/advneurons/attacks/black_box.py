@@ -70,6 +70,7 @@ def spsa(
     generator: torch.Generator | None = None,
     chunk: int = 256,
     population: int = 8192,
+    query_counts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """SPSA with Adam on the logit margin Z_y - max_{j != y} Z_j, projected onto the L-inf eps-ball.
 
@@ -77,6 +78,7 @@ def spsa(
     directions v, each evaluated at x + delta*v and x - delta*v (antithetic pairs, as in the reference
     implementation), g = mean((L+ - L-) / (2 delta) * v). Adam (lr in [0, 1] pixel units) then descends
     the margin. `random_start` draws the start uniformly from the ball, as the reference does.
+    `query_counts` (int64, one per image), when given, gains the model queries spent on each image.
     """
     if steps < 1 or samples < 2:
         raise ValueError("SPSA needs at least one iteration and two samples")
@@ -92,6 +94,7 @@ def spsa(
             x_adv = x.clone()
         first, second = torch.zeros_like(x), torch.zeros_like(x)
         done = oracle(x_adv).argmax(1) != y
+        spent = torch.ones(len(x), dtype=torch.int64)  # the start point's query
         b1, b2 = ADAM_BETAS
         for t in (bar := _iterations("SPSA iterations", steps, first=1)):
             bar.set_postfix(fooled=f"{int(done.sum())}/{len(done)}", refresh=False)
@@ -107,6 +110,8 @@ def spsa(
                 v_hat = second[idx] / (1 - b2**t)
                 x_adv[idx] = torch.clamp(xa - lr * m_hat / (v_hat.sqrt() + ADAM_EPS), lo[idx], hi[idx])
             done[active] = oracle(x_adv[active]).argmax(1) != y[active]
+            spent[active.cpu()] += 2 * half + 1  # the gradient estimate and the check of the new point
+        _add_queries(query_counts, spent)
         return x_adv
 
 
@@ -122,6 +127,7 @@ def nattack(
     generator: torch.Generator | None = None,
     chunk: int = 256,
     population: int = 8192,
+    query_counts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """NAttack: learn a Gaussian search distribution N(mu, sigma^2 I) in tanh space (Li et al. 2019).
 
@@ -129,7 +135,7 @@ def nattack(
     max(log p_y - max_{j != y} log p_j, 0) (probabilities floored at 1e-30 as in the reference); rewards
     -loss/2 are z-scored over the population and mu <- mu + lr / (samples * sigma) * sum_i A_i eps_i.
     mu starts at 0. After every update the image of the mean is queried; an image is done once that is
-    misclassified. Unfooled images come back as the image of their final mean.
+    misclassified. Unfooled images come back as the image of their final mean. `query_counts` as in :func:`spsa`.
     """
     if steps < 1 or samples < 2:
         raise ValueError("NAttack needs at least one iteration and two samples")
@@ -148,6 +154,7 @@ def nattack(
         everyone = torch.arange(len(x), device=x.device)
         x_adv = image_of(mu, everyone)
         done = oracle(x_adv).argmax(1) != y
+        spent = torch.ones(len(x), dtype=torch.int64)
         for _ in (bar := _iterations("NAttack iterations", steps)):
             bar.set_postfix(fooled=f"{int(done.sum())}/{len(done)}", refresh=False)
             active = (~done).nonzero().squeeze(1)
@@ -165,4 +172,14 @@ def nattack(
                 mu[idx] += lr / (samples * search_sigma) * torch.einsum("gs,gs...->g...", advantage, noise)
             x_adv[active] = image_of(mu[active], active)
             done[active] = oracle(x_adv[active]).argmax(1) != y[active]
+            spent[active.cpu()] += samples + 1  # the population and the image of the new mean
+        _add_queries(query_counts, spent)
         return x_adv
+
+
+def _add_queries(query_counts: torch.Tensor | None, spent: torch.Tensor) -> None:
+    if query_counts is None:
+        return
+    if query_counts.shape != spent.shape:
+        raise ValueError(f"query_counts needs one entry per image ({len(spent)}), got shape {tuple(query_counts.shape)}")
+    query_counts += spent

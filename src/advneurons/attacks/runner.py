@@ -33,9 +33,12 @@ def run_attack(
     generator: torch.Generator | None = None,
     targets: torch.Tensor | None = None,
     autoattack_log=None,
+    query_counts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Perturbed copies of x (labels y) in [0, 1]; `targets` overrides a targeted attack's target rule;
-    `autoattack_log` (an AutoAttackLog) collects AutoAttack's per-stage accuracy and warnings."""
+    `autoattack_log` (an AutoAttackLog) collects AutoAttack's per-stage accuracy and warnings;
+    `query_counts` (int64, one per image) gains the queries a score-based black-box attack (SPSA, NAttack)
+    spent on each image; other attacks leave it unchanged."""
     t = spec.type
     if t == "fgsm":
         return fgsm(model, x, y, spec.eps)
@@ -61,10 +64,10 @@ def run_attack(
         return uniform_noise(x, spec.eps, generator)
     if t == "spsa":
         return spsa(model, x, y, spec.eps, spec.steps, spec.samples, spec.lr, spec.delta, spec.random_start,
-                    generator=generator)
+                    generator=generator, query_counts=query_counts)
     if t == "nattack":
         return nattack(model, x, y, spec.eps, spec.steps, spec.samples, spec.lr, spec.search_sigma,
-                       generator=generator)
+                       generator=generator, query_counts=query_counts)
     return autoattack(model, x, y, spec.eps, spec.norm, spec.version, generator=generator, log=autoattack_log,
                       iterations=spec.steps, queries=spec.queries)
 

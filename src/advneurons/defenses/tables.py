@@ -13,7 +13,9 @@ import pandas as pd
 
 from advneurons.report.figures import LAYER_LABEL, figure_width, layer_ticks, plotting, save_figure
 from advneurons.report.markdown import markdown_table, write_markdown
-from advneurons.evaluation.robustness import accuracy_table, attack_report, mark_warned_cells, read_records, table_iii_columns
+from advneurons.evaluation.robustness import (INTERVAL_NOTE, WORST_CASE, accuracy_table, attack_report, mark_warned_cells,
+                                              read_lineage, read_record_images, read_records, table_iii_columns,
+                                              with_intervals)
 from advneurons.models.layer_names import SNS_LAYERS
 from advneurons.runtime import atomic_path
 from advneurons.evaluation.paired_stats import decide, decide_pooled
@@ -46,14 +48,16 @@ def final_robustness_table(record_csvs: list[Path], columns: dict[str, str], dat
     evaluated under (empty cells, "—" in Markdown). Writes CSV (arch, model, training, method, then the columns), Markdown,
     LaTeX and a settings CSV (attack and settings behind every cell).
     """
-    records = read_records([Path(p) for p in record_csvs])
+    paths = [Path(p) for p in record_csvs]
+    records = read_records(paths)
     unknown = sorted(set(records.model) - set(models))
     if unknown:
         raise ValueError(f"records of models not described in `models`: {unknown}")
     cols = table_iii_columns(records, columns)
     not_run = {(name, label) for name, m in models.items() for label in m.get("not_run", [])}
-    table, settings = accuracy_table(records, cols, not_run)
-    labels = [label for label, _ in cols]
+    table, settings = accuracy_table(records, cols, not_run, images=read_record_images(paths),
+                                     lineage=read_lineage(paths))
+    labels = [label for label in table.columns if label != "model"]
     blocks = []
     for arch in dict.fromkeys(m["arch"] for m in models.values()):
         order = [name for name, m in models.items() if m["arch"] == arch and name in set(table.model)]
@@ -64,9 +68,12 @@ def final_robustness_table(record_csvs: list[Path], columns: dict[str, str], dat
         part.insert(3, "method", [models.get(n, {}).get("method", "") for n in part.model])
         blocks.append(part)
     final = pd.concat(blocks, ignore_index=True)
-    n = sorted(set(settings.n_images))
+    n = sorted(set(settings.loc[settings.column != WORST_CASE, "n_images"]))
     notes = (f"Accuracy (%) on the {dataset} test split; images per cell: {', '.join(map(str, n))} "
-             f"(slow attacks on seeded subsets); eps in 1/255 units. Settings of every cell: {Path(settings_csv).name}.")
+             f"(slow attacks on seeded subsets); eps in 1/255 units. Settings and lineage of every cell: "
+             f"{Path(settings_csv).name}.")
+    if WORST_CASE in labels:
+        notes += " " + INTERVAL_NOTE + " Group mean and std rows have no interval."
     adaptive = sorted(set(settings.loc[settings.description.str.contains("EOT", na=False), "model"]))
     if adaptive:
         notes += (f" Randomised defenses ({', '.join(adaptive)}) are attacked adaptively: the attacks see their "
@@ -75,7 +82,7 @@ def final_robustness_table(record_csvs: list[Path], columns: dict[str, str], dat
         notes += " —: not evaluated under that attack (configuration)."
     with atomic_path(out_csv) as tmp:
         final.to_csv(tmp, index=False)
-    marked, warned = mark_warned_cells(final, settings)
+    marked, warned = mark_warned_cells(with_intervals(final, settings), settings)
     body = "\n\n".join(
         f"## {arch}\n\n" + markdown_table(block.drop(columns="arch"), ".2f", missing="—")
         for arch, block in marked.groupby("arch", sort=False)
@@ -287,7 +294,7 @@ def defense_claims(final_csv: Path, sensitivity_csvs: dict[str, Path], record_cs
     transfer = pd.read_csv(transfer_csv) if transfer_csv is not None else None
     layers = sns_layers or SNS_LAYERS
     sections = []
-    attack_columns = [c for c in final.columns[4:] if c != "Clean"]
+    attack_columns = [c for c in final.columns[4:] if c not in ("Clean", WORST_CASE)]
     for arch in dict.fromkeys(final.arch):
         claims = []
         block = final[final.arch == arch]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ from advneurons.runtime import autocast, check_precision, device, fast_batch, fa
 from advneurons.data import load_split
 from advneurons.evaluation.paired_stats import wilson_interval
 from advneurons.evaluation.pairs import select_subset
-from advneurons.models.checkpoint import load_model
+from advneurons.models.checkpoint import file_digest, load_model
 from advneurons.runtime import metadata, write_json
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,18 @@ def robust_accuracy(
     return float(correct.sum()) / max(1, len(labels))
 
 
+@dataclass
+class ImageResults:
+    """What an attack did to each image (CPU tensors, one entry per image): still `correct` afterwards, the
+    perturbation's L-inf and L2 norms in 1/255 units, and the model queries a score-based black-box attack
+    spent on it (-1 where the attack does not count queries)."""
+
+    correct: torch.Tensor
+    linf_255: torch.Tensor
+    l2_255: torch.Tensor
+    queries: torch.Tensor
+
+
 def robust_correct(
     model: nn.Module,
     images: torch.Tensor,
@@ -119,21 +132,83 @@ def robust_correct(
     """Per image: is it still classified correctly after `spec` perturbs it? (bool tensor, CPU)
     `autoattack_log` (attacks.AutoAttackLog) collects AutoAttack's own report over the batches;
     `precision` "bf16" runs the attack under bfloat16 autocast (runtime.autocast), the final check in fp32."""
+    return attack_images(model, images, labels, spec, batch_size, generator, progress, autoattack_log,
+                         precision).correct
+
+
+def attack_images(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    spec: AttackSpec,
+    batch_size: int = 256,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    autoattack_log=None,
+    precision: str = "fp32",
+) -> ImageResults:
+    """:func:`robust_correct` with the per-image records beside it (:class:`ImageResults`); a few bytes per
+    image, computed from tensors the attack produces anyway."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    correct = []
+    correct, linf, l2, queries = [], [], [], []
     target = attack_target(model)  # a randomised defense is attacked through its expected logits (EOT)
     starts = range(0, len(labels), batch_size)
     for start in tqdm(starts, desc=spec.describe(), disable=not progress, leave=False, mininterval=5.0):
         x, y = _on_model_device(model, images[start : start + batch_size], labels[start : start + batch_size])
         x = fast_batch(x)
+        counted = torch.zeros(len(y), dtype=torch.int64) if spec.black_box else None
         # the generator stays on the CPU: same draws anywhere
         with autocast(precision, x.device):
-            x_adv = run_attack(spec, target, x, y, generator=generator, autoattack_log=autoattack_log)
+            x_adv = run_attack(spec, target, x, y, generator=generator, autoattack_log=autoattack_log,
+                               query_counts=counted)
         x_adv = x_adv.float()
         with eval_mode(model):
             correct.append(_correct(model, x_adv, y))
-    return torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
+        delta = (x_adv - x.float()).flatten(1).cpu()
+        linf.append(delta.abs().amax(1) * 255.0)
+        l2.append(delta.norm(dim=1) * 255.0)
+        queries.append(counted if counted is not None else torch.full((len(y),), -1, dtype=torch.int64))
+    if not correct:
+        empty = torch.zeros(0)
+        return ImageResults(torch.zeros(0, dtype=torch.bool), empty, empty, torch.zeros(0, dtype=torch.int64))
+    return ImageResults(torch.cat(correct), torch.cat(linf), torch.cat(l2), torch.cat(queries))
+
+
+IMAGE_COLUMNS = ("model", "attack", "index", "clean_correct", "correct", "linf_255", "l2_255", "queries")
+# One row per evaluated image and attack (the evaluation job's per-image records): `index` is the image's
+# position in the test split, `clean_correct` / `correct` are 0/1 before / under the attack, the norms are those
+# of the perturbation actually applied (1/255 units), `queries` the model queries of a score-based black-box
+# attack (-1: not counted). Clean rows have attack "clean", zero norms and correct == clean_correct.
+
+
+def image_frame(model: str, attack: str, index, clean: torch.Tensor, results: ImageResults) -> pd.DataFrame:
+    """The per-image records (IMAGE_COLUMNS) of one attack; compact dtypes keep them a few bytes per image."""
+    n = len(results.correct)
+    if not len(index) == len(clean) == n:
+        raise ValueError(f"per-image records need one index and clean result per image: {len(index)}, {len(clean)}, {n}")
+    return pd.DataFrame({
+        "model": model, "attack": attack, "index": np.asarray(index, dtype=np.int64),
+        "clean_correct": clean.numpy().astype(np.int8), "correct": results.correct.numpy().astype(np.int8),
+        "linf_255": results.linf_255.numpy().astype(np.float32).round(3),
+        "l2_255": results.l2_255.numpy().astype(np.float32).round(3),
+        "queries": results.queries.numpy().astype(np.int64),
+    }, columns=list(IMAGE_COLUMNS))
+
+
+def read_images(paths: list[Path]) -> pd.DataFrame:
+    """Per-image records (IMAGE_COLUMNS) of several evaluation jobs in one frame; a file that is not one is an
+    error naming it. Clean rows repeated by several jobs of a model collapse."""
+    frames = []
+    for path in paths:
+        frame = pd.read_csv(path)
+        missing = [c for c in IMAGE_COLUMNS if c not in frame.columns]
+        if missing:
+            raise TableError(f"{path} is not a per-image records file: missing columns {', '.join(missing)}")
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=list(IMAGE_COLUMNS))
+    return pd.concat(frames, ignore_index=True).drop_duplicates(["model", "attack", "index"], ignore_index=True)
 
 
 def attack_generator(seed: int) -> torch.Generator:
@@ -181,8 +256,11 @@ def evaluate_model(
     seed: int,
     batch_size: int = 256,
     precision: str = "fp32",
-) -> pd.DataFrame:
-    """Records (RECORD_COLUMNS): clean accuracy and accuracy under each attack (name -> config entry).
+    index=None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(records, per-image records): records (RECORD_COLUMNS) of the clean accuracy and the accuracy under each
+    attack (name -> config entry), and the per-image records behind them (IMAGE_COLUMNS; `index`: each image's
+    position in the test split, default 0..n-1).
 
     Every attack gets a fresh generator from `seed`, so one attack's result does not depend on which
     other attacks run before it. `precision`: of the attacks (:func:`robust_correct`).
@@ -191,32 +269,39 @@ def evaluate_model(
     if CLEAN in specs:
         raise ValueError(f"'{CLEAN}' is reserved for the unattacked accuracy; rename that attack")
     n = len(labels)
+    index = np.arange(n) if index is None else np.asarray(index)
     clean = clean_correct(model, images, labels, batch_size)
     rows = [accuracy_record(model_name, CLEAN, None, n, float(clean.sum()) / max(1, n), clean)]
+    zeros = torch.zeros(n)
+    per_image = [image_frame(model_name, CLEAN, index, clean,
+                             ImageResults(clean, zeros, zeros, torch.full((n,), -1, dtype=torch.int64)))]
     for name, spec in specs.items():
         aa_log = AutoAttackLog() if spec.type == "autoattack" else None
-        correct = robust_correct(model, images, labels, spec, batch_size, attack_generator(seed), progress=True,
-                                 autoattack_log=aa_log, precision=precision)
+        results = attack_images(model, images, labels, spec, batch_size, attack_generator(seed), progress=True,
+                                autoattack_log=aa_log, precision=precision)
+        correct = results.correct
         acc = float(correct.sum()) / max(1, n)
         log.info("%s / %s: %.4f (%s)", model_name, name, acc, spec.describe())
         report = aa_log.to_dict() if aa_log is not None else None
         for message in (report or {}).get("warnings", []):
             log.warning("%s / %s: AutoAttack warns: %s", model_name, name, message)
         rows.append(accuracy_record(model_name, name, spec, n, acc, correct, report))
+        per_image.append(image_frame(model_name, name, index, clean, results))
     frame = records_frame(rows)
     note = adaptive_note(model)
     if note:  # the table's settings say how a randomised defense was attacked
         attacked = frame.attack != CLEAN
         frame.loc[attacked, "description"] = frame.loc[attacked, "description"] + f"; {note}"
-    return frame
+    return frame, pd.concat(per_image, ignore_index=True)
 
 
 def _load_subset(model_path: Path, test_path: Path, n_images: int | None, seed: int):
     model, ckpt = load_model(model_path)
     fast_layout(model.to(device()))
     images, labels = load_split(test_path)
-    index = torch.from_numpy(select_subset(len(labels), n_images, seed))
-    return model, ckpt, images[index], labels[index]
+    index = select_subset(len(labels), n_images, seed)
+    chosen = torch.from_numpy(index)
+    return model, ckpt, images[chosen], labels[chosen], index
 
 
 def evaluate_attack(
@@ -230,11 +315,16 @@ def evaluate_attack(
     out_csv: Path,
     meta_path: Path,
     precision: str = "fp32",
+    images_csv: Path | None = None,
+    code: str | None = None,
+    log_path: Path | None = None,
 ) -> pd.DataFrame:
     """Workflow step: clean and robust accuracy of one model under each attack (name -> config entry,
     1/255 units) on a seeded subset of `n_images` test images (None: all). Writes the records CSV
-    (RECORD_COLUMNS) and a metadata JSON; returns the records. `precision` "bf16": the attacks under
-    bfloat16 autocast (opt-in, for GPUs)."""
+    (RECORD_COLUMNS), the per-image records (IMAGE_COLUMNS; `images_csv`, gzip by its suffix) and a metadata
+    JSON; returns the records. `precision` "bf16": the attacks under bfloat16 autocast (opt-in, for GPUs).
+    The metadata keeps the lineage of every number: the checkpoint's sha256, `code` (the rule's code
+    fingerprint), versions, device, seed and `log_path` (the job's log)."""
     check_precision(precision)
 
     for name, cfg in attacks.items():
@@ -242,9 +332,12 @@ def evaluate_attack(
             AttackSpec.from_config(cfg)
         except ValueError as exc:
             raise ValueError(f"attack {name!r}: {exc}") from exc
-    model, ckpt, images, labels = _load_subset(model_path, test_path, n_images, seed)
-    records = evaluate_model(model, images, labels, attacks, model_name, seed, batch_size, precision)
+    model, ckpt, images, labels, index = _load_subset(model_path, test_path, n_images, seed)
+    records, per_image = evaluate_model(model, images, labels, attacks, model_name, seed, batch_size, precision,
+                                        index=index)
     write_csv(records, out_csv)
+    if images_csv is not None:
+        write_csv(per_image, images_csv)
     meta = metadata(
         "evaluate_attack",
         {"attacks": attacks, "model_name": model_name, "n_images": n_images, "batch_size": batch_size,
@@ -253,6 +346,8 @@ def evaluate_attack(
         accuracy={row.attack: row.accuracy for row in records.itertuples()},
         descriptions={row.attack: row.description for row in records.itertuples()},
         model_meta=ckpt.get("meta", {}).get("params"),
+        lineage={"checkpoint_sha256": file_digest(model_path), "code": code,
+                 "log": str(log_path) if log_path is not None else None},
     )
     write_json(meta, meta_path)
     return records
@@ -277,6 +372,75 @@ def read_records(paths: list[Path]) -> pd.DataFrame:
         pairs = sorted(set(zip(dup.model, dup.attack)))
         raise TableError(f"conflicting records for (model, attack): {pairs[:5]}")
     return records
+
+
+def record_sidecars(record_csv: Path) -> tuple[Path, Path]:
+    """(per-image records, metadata JSON) written by the evaluation job beside its records CSV."""
+    path = Path(record_csv)
+    return path.with_name(f"{path.stem}.images.csv.gz"), path.with_suffix(".json")
+
+
+LINEAGE_COLUMNS = ("settings_id", "checkpoint_sha256", "code", "seed", "device", "versions", "log", "record_file")
+
+
+def read_lineage(record_csvs: list[Path]) -> dict[tuple[str, str], dict]:
+    """(model, attack) -> what produced that record (LINEAGE_COLUMNS), from the metadata JSON beside each records
+    CSV: the checkpoint's sha256, the code fingerprint of the evaluation rule, the seed, device, package versions,
+    the job's log file and the settings id (the record file's name, which encodes the attack's settings). A clean
+    record repeated by several jobs takes the lineage of the largest subset, as :func:`read_records` does.
+    Records without metadata beside them get no lineage (their cells' lineage columns stay empty)."""
+    lineage: dict[tuple[str, str], dict] = {}
+    for path in map(Path, record_csvs):
+        meta_path = record_sidecars(path)[1]
+        if not meta_path.exists():
+            continue
+        meta = json.loads(meta_path.read_text())
+        own = meta.get("lineage", {})
+        versions = dict(meta.get("versions", {}))
+        device_name = versions.pop("device", "")
+        entry = {
+            "settings_id": path.stem, "checkpoint_sha256": own.get("checkpoint_sha256", ""),
+            "code": own.get("code") or "", "seed": meta.get("seed"), "device": device_name,
+            "versions": ", ".join(f"{k} {v}" for k, v in versions.items()
+                                  if k not in ("platform", "cpu", "cpu_capability", "threads")),
+            "log": own.get("log") or "", "record_file": str(path),
+        }
+        frame = pd.read_csv(path, usecols=["model", "attack", "n_images"])
+        for row in frame.itertuples():
+            key = (row.model, row.attack)
+            if key in lineage and lineage[key]["_n"] >= row.n_images:
+                continue
+            lineage[key] = {**entry, "_n": int(row.n_images)}
+    return {key: {k: v for k, v in entry.items() if k != "_n"} for key, entry in lineage.items()}
+
+
+def read_record_images(record_csvs: list[Path]) -> pd.DataFrame:
+    """Per-image records (IMAGE_COLUMNS) beside the given records CSVs; files that lack them contribute nothing."""
+    paths = [record_sidecars(p)[0] for p in record_csvs]
+    return read_images([p for p in paths if p.exists()])
+
+
+WORST_CASE = "Worst case"
+# The column AutoAttack's authors ask for: an image counts as robust only if the model classifies it correctly
+# and every attack of the table failed on it. Slow attacks run on smaller seeded subsets (nested: every subset is
+# a prefix of one seeded permutation), so the worst case is taken over the images that every attack evaluated.
+
+
+def worst_case(images: pd.DataFrame, model: str, attacks: list[str]) -> tuple[int, int]:
+    """(images every attack evaluated, of those: robust against all of them and correct clean) for one model."""
+    part = images[(images.model == model) & images.attack.isin(attacks)]
+    if part.empty or set(part.attack) != set(attacks):
+        return 0, 0
+    wide = part.pivot_table(index="index", columns="attack", values="correct", aggfunc="first").dropna()
+    clean = part.groupby("index").clean_correct.min().reindex(wide.index)
+    robust = (wide == 1).all(axis=1) & (clean == 1)
+    return int(len(wide)), int(robust.sum())
+
+
+def interval_pct(accuracy: float, n: int) -> tuple[float, float]:
+    """The Wilson 95% interval of an accuracy (fraction) measured on n images, in percent."""
+    lo, hi = wilson_interval(int(round(accuracy * n)), int(n))
+    return round(100.0 * lo, 2), round(100.0 * hi, 2)
 
 
 def _fmt_eps(eps_255: float) -> str:
@@ -325,10 +489,16 @@ def table_i_columns(records: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def accuracy_table(records: pd.DataFrame, columns: list[tuple[str, str]],
-                   not_run: set[tuple[str, str]] = frozenset()) -> tuple[pd.DataFrame, pd.DataFrame]:
+                   not_run: set[tuple[str, str]] = frozenset(), images: pd.DataFrame | None = None,
+                   lineage: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Lay records out as rows = models, columns = `columns` ((label, attack name) pairs), cells = accuracy
     in percent. Returns (table, settings) where settings has one row per cell: model, column, attack, its
-    description, threat, eps, steps, step size, number of images and the accuracy in the cell.
+    description, threat, eps, steps, step size, number of images, the accuracy in the cell and its Wilson 95%
+    interval (ci_low_pct, ci_high_pct), and, from `lineage` (:func:`read_lineage`), what produced it.
+
+    With per-image records (`images`, IMAGE_COLUMNS), the table ends with a WORST_CASE column: per model, the
+    share of the images every attack column evaluated that are classified correctly and survive every attack
+    (:func:`worst_case`); its settings row names the attacks and the number of images.
 
     A model without a record for some column is an error (a blank cell would hide a missing run), unless
     the (model, column label) pair is declared in ``not_run``: that cell is empty (NaN).
@@ -341,6 +511,8 @@ def accuracy_table(records: pd.DataFrame, columns: list[tuple[str, str]],
     missing = [(m, a) for m in models for label, a in columns if (m, a) not in by_key and (m, label) not in not_run]
     if missing:
         raise TableError(f"no record for (model, attack) {missing[:5]}" + (" ..." if len(missing) > 5 else ""))
+    lineage = lineage or {}
+    with_worst = images is not None and not images.empty
     table_rows, settings_rows = [], []
     for model in models:
         row = {"model": model}
@@ -352,15 +524,66 @@ def accuracy_table(records: pd.DataFrame, columns: list[tuple[str, str]],
             pct = round(100.0 * float(rec.accuracy), 2)
             row[label] = pct
             report = attack_report(getattr(rec, "attack_log", ""))
+            low, high = interval_pct(float(rec.accuracy), int(rec.n_images))
             settings_rows.append({
                 "model": model, "column": label, "attack": attack, "description": rec.description,
                 "threat": rec.threat, "eps_255": rec.eps_255, "steps": rec.steps, "step_size_255": rec.step_size_255,
-                "n_images": int(rec.n_images), "accuracy_pct": pct,
+                "n_images": int(rec.n_images), "accuracy_pct": pct, "ci_low_pct": low, "ci_high_pct": high,
                 "accuracy_after_stages": "; ".join(f"{k} {v:.2f}" for k, v in report.get("robust_accuracy_after_pct", {}).items()),
                 "warnings": " | ".join(report.get("warnings", [])),
+                **{k: lineage.get((model, attack), {}).get(k, "") for k in LINEAGE_COLUMNS},
+            })
+        if with_worst:
+            attacked = [(label, a) for label, a in columns if a != CLEAN and (model, a) in by_key]
+            n, robust = worst_case(images, model, [a for _, a in attacked])
+            pct = round(100.0 * robust / n, 2) if n else float("nan")
+            row[WORST_CASE] = pct
+            low, high = interval_pct(robust / n, n) if n else (float("nan"), float("nan"))
+            skipped = [label for label, a in columns if a != CLEAN and (model, a) not in by_key]
+            settings_rows.append({
+                "model": model, "column": WORST_CASE, "attack": "+".join(a for _, a in attacked),
+                "description": (f"robust only if correct clean and every attack failed: "
+                                f"{', '.join(label for label, _ in attacked)}, on the {n} images all of them evaluated"
+                                + (f"; not run: {', '.join(skipped)}" if skipped else "")),
+                "threat": "", "eps_255": None, "steps": None, "step_size_255": None, "n_images": n,
+                "accuracy_pct": pct, "ci_low_pct": low, "ci_high_pct": high, "accuracy_after_stages": "",
+                "warnings": "", **{k: "" for k in LINEAGE_COLUMNS},
             })
         table_rows.append(row)
-    return pd.DataFrame(table_rows, columns=["model", *labels]), pd.DataFrame(settings_rows)
+    out_columns = ["model", *labels] + ([WORST_CASE] if with_worst else [])
+    return pd.DataFrame(table_rows, columns=out_columns), pd.DataFrame(settings_rows)
+
+
+def settings_for_markdown(settings: pd.DataFrame) -> pd.DataFrame:
+    """The settings table as people read it: digests shortened to 12 characters, long lineage columns left to
+    the CSV."""
+    out = settings.drop(columns=[c for c in ("versions", "log", "record_file") if c in settings.columns])
+    for column in ("checkpoint_sha256", "code"):
+        if column in out.columns:
+            out[column] = out[column].fillna("").astype(str).str[:12]
+    return out
+
+
+def with_intervals(table: pd.DataFrame, settings: pd.DataFrame, floatfmt: str = ".2f") -> pd.DataFrame:
+    """A copy of `table` for Markdown whose cells read "54.17 ± 19.6": the accuracy and half the width of its
+    Wilson 95% interval (settings columns ci_low_pct / ci_high_pct; the interval is not symmetric, its exact
+    bounds are in the settings CSV). Cells without an interval stay as they are."""
+    if not {"ci_low_pct", "ci_high_pct"} <= set(settings.columns):
+        return table
+    marked = table.astype(object).copy()
+    for rec in settings.itertuples():
+        if pd.isna(rec.ci_low_pct) or pd.isna(rec.accuracy_pct):
+            continue
+        half = (float(rec.ci_high_pct) - float(rec.ci_low_pct)) / 2.0
+        for i in marked.index[marked["model"] == rec.model]:
+            marked.at[i, rec.column] = f"{format(float(rec.accuracy_pct), floatfmt)} ± {half:.1f}"
+    return marked
+
+
+INTERVAL_NOTE = ("Cells read accuracy ± half the width of its Wilson 95% interval over the cell's images (exact, "
+                 "asymmetric bounds: ci_low_pct / ci_high_pct in the settings CSV). "
+                 f"{WORST_CASE}: an image counts as robust only if it is classified correctly and every attack of the "
+                 "table failed on it, over the images every attack evaluated (its n is in the settings).")
 
 
 def attack_report(text) -> dict:
@@ -387,7 +610,8 @@ def mark_warned_cells(table: pd.DataFrame, settings: pd.DataFrame, floatfmt: str
         rows = marked.index[marked["model"] == rec.model]
         for i in rows:
             value = marked.at[i, rec.column]
-            marked.at[i, rec.column] = f"{format(float(value), floatfmt)} {WARNING_MARK}"
+            text = value if isinstance(value, str) else format(float(value), floatfmt)
+            marked.at[i, rec.column] = f"{text} {WARNING_MARK}"
         lines.append(f"- {WARNING_MARK} {rec.model}, {rec.column}: {rec.warnings}"
                      + (f" (robust accuracy after each stage: {rec.accuracy_after_stages})"
                         if getattr(rec, "accuracy_after_stages", "") else ""))
@@ -416,20 +640,24 @@ def robustness_table(
     """
     if layout not in LAYOUTS:
         raise TableError(f"unknown table layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    records = read_records([Path(p) for p in record_csvs])
+    paths = [Path(p) for p in record_csvs]
+    records = read_records(paths)
     cols = table_iii_columns(records, columns) if layout == "table_iii" else table_i_columns(records)
-    table, settings = accuracy_table(records, cols)
-    n = sorted(set(settings.n_images))
+    table, settings = accuracy_table(records, cols, images=read_record_images(paths), lineage=read_lineage(paths))
+    n = sorted(set(settings.loc[settings.column != WORST_CASE, "n_images"]))
     name = "TIP Table III layout" if layout == "table_iii" else "TIP Table I layout"
     title = f"Accuracy (%) on the {dataset} test split ({name})"
-    notes = (f"Images per cell: {', '.join(map(str, n))}. eps in 1/255 units. Every cell's attack and settings: "
-             f"{Path(settings_md).name}.\n\n" + "\n".join(
-                 f"- {label}: {desc}" for label, desc in settings.drop_duplicates("column")[["column", "description"]].values))
-    marked, warned = mark_warned_cells(table, settings)
+    notes = (f"Images per cell: {', '.join(map(str, n))}. eps in 1/255 units. Every cell's attack, settings and "
+             f"lineage: {Path(settings_md).name} (CSV: {Path(settings_csv).name}). {INTERVAL_NOTE}\n\n" + "\n".join(
+                 f"- {label}: {desc}" for label, desc in
+                 settings[settings.column != WORST_CASE].drop_duplicates("column")[["column", "description"]].values))
+    marked, warned = mark_warned_cells(with_intervals(table, settings), settings)
     write_csv(table, out_csv)
     write_table(marked, None, out_md, title, notes + ("\n\n" + warned if warned else ""), floatfmt=".2f")
     write_csv(settings, settings_csv)
-    write_table(settings, None, settings_md, f"Settings of every cell of {Path(out_md).name}", floatfmt=".2f")
+    write_table(settings_for_markdown(settings), None, settings_md, f"Settings of every cell of {Path(out_md).name}",
+                f"Full lineage (package versions, log and record files, whole digests): {Path(settings_csv).name}.",
+                floatfmt=".2f")
     return table
 
 
@@ -485,7 +713,7 @@ def pgd_sweep(
     if not steps_values and not eps_values:
         raise ValueError("a sweep needs steps_values or eps_values")
     specs = sweep_specs(eps, steps_values, eps_values, steps, random_start)  # validates before loading
-    model, ckpt, images, labels = _load_subset(model_path, test_path, n_images, seed)
+    model, ckpt, images, labels, _ = _load_subset(model_path, test_path, n_images, seed)
     frame = compute_pgd_sweep(model, images, labels, model_name, specs, seed, batch_size)
     write_csv(frame, out_csv)
     params = {"model_name": model_name, "eps": eps, "steps_values": list(steps_values), "eps_values": list(eps_values),

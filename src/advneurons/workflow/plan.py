@@ -176,10 +176,36 @@ class Plan:
         return [self.robustness_record(m, name) for m in (self.analysed if models is None else models)
                 for name in names]
 
+    @staticmethod
+    def record_sidecars(records: list[str]) -> list[str]:
+        """The per-image records and metadata the evaluation jobs write beside these records CSVs (tables read
+        them for the worst-case column and every cell's lineage)."""
+        from advneurons.evaluation.robustness import record_sidecars
+
+        return [str(p) for path in records for p in record_sidecars(path)]
+
     def final_table_records(self) -> list[str]:
         """Records of every model of the final table under the attacks it is evaluated under."""
         return [self.robustness_record(m, name) for m, entry in self.evaluated.items()
                 for name in settings.evaluated_attacks(self.config, entry)]
+
+    def all_records(self) -> list[str]:
+        """Records of every evaluation job of the run (tables, final table, layer-range sweep), each once."""
+        records = []
+        if self.config["robustness"]["table_iii"]:
+            records += self.robustness_records(self.config["robustness"]["table_iii"].values())
+        records += self.robustness_records(self.config["robustness"]["table_i"])
+        if self.config["defenses"]["final_table"]:
+            records += self.final_table_records()
+        if self.config["sns_layer_range"]["enabled"]:
+            records += self.layer_range_records()
+        return list(dict.fromkeys(records))
+
+    def long_table_models(self) -> dict[str, dict]:
+        """Model label -> {arch, training, method} of every model the run evaluates."""
+        entries = {**self.evaluated, **self.layer_range_models}
+        return {self.model_label(m): {"arch": e["arch"], "training": e["training_name"],
+                                      "method": e["training"]["method"]} for m, e in entries.items()}
 
     def layer_range_records(self) -> list[str]:
         """Records of every model of the SNS layer-range sweep under its attacks."""

@@ -23,6 +23,8 @@ def robustness(plan: Plan) -> list[str]:
         files += ["results/tables/robustness_table_i.csv", "results/tables/robustness_table_i.md"]
     if config["sweeps"]["enabled"]:
         files += ["results/tables/pgd_sweep.csv", "results/figures/pgd_sweep_steps.png"]
+    if plan.all_records():
+        files.append("results/tables/results_long.csv")
     return files
 
 
@@ -89,6 +91,7 @@ def results_guide(plan: Plan) -> str:
         ("results/tables/robustness.md", "robustness table (TIP Table III layout); every cell's settings beside it"),
         ("results/tables/final_robustness.md", "models and defenses x attack suite"),
         ("results/findings.md", "each paper claim with its verdict and statistic"),
+        ("results/tables/results_long.csv", "every accuracy with its interval and lineage (for pandas)"),
         ("results/tables", "all tables (CSV + Markdown)"),
         ("results/figures", "all figures"),
     ):
