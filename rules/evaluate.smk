@@ -76,7 +76,9 @@ rule robustness_table:
 rule robustness_table_i:
     input:
         records=plan.robustness_records(config["robustness"]["table_i"]),
-        sidecars=plan.record_sidecars(plan.robustness_records(config["robustness"]["table_i"])),
+        sidecars=plan.record_sidecars(
+            plan.robustness_records(config["robustness"]["table_i"])
+        ),
     output:
         csv="results/tables/robustness_table_i.csv",
         md="results/tables/robustness_table_i.md",

@@ -28,3 +28,37 @@ rule train_model:
         "train {wildcards.model}"
     script:
         "../workflow_scripts/train_model.py"
+
+
+# External models (config external_models) enter the DAG here, at the path of a trained model's checkpoint, so
+# every stage that reads a checkpoint reads them alike; their ids end in "-external~<hash>", which no training has.
+ruleorder: import_model > train_model
+
+
+rule import_model:
+    input:
+        weights=jobs.external_weights,
+    output:
+        model="results/{data}/models/{model}/model.pt",
+        meta="results/{data}/models/{model}/metadata.json",
+    log:
+        "logs/{data}/import_model/{model}.log",
+    benchmark:
+        "benchmarks/{data}/import_model/{model}.tsv"
+    wildcard_constraints:
+        model=r"[a-z0-9]+-external~[0-9a-f]{8}",
+    priority: 10
+    conda:
+        "../envs/advneurons.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        code=code_version("import_model"),
+        external=jobs.external_settings,
+        dataset=plan.dataset,
+    message:
+        "import external model {wildcards.model}"
+    script:
+        "../workflow_scripts/import_model.py"

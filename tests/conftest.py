@@ -28,6 +28,16 @@ def tiny_vgg():
     return tiny_model("vgg16").eval()
 
 
+TINY_EXTERNAL = """
+external_models:
+  small:
+    source: {{factory: "external_factory:small_cnn", kwargs: {{width: 8}}, checkpoint: external/small.pt}}
+    normalization: {{mean: {mean}, std: {std}}}
+    meansparse: true
+    ig_defense: true
+"""
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A working directory where the whole DAG has run on the tiny config (presets/quick.yaml)."""
@@ -35,8 +45,15 @@ def tiny_run(tmp_path_factory):
 
     from workflow_helpers import ROOT, snakemake
 
+    from external_factory import MEAN, STD, write_trained_checkpoint
+
     workdir = tmp_path_factory.mktemp("tiny")
     shutil.copy(ROOT / "presets" / "quick.yaml", workdir / "config.yaml")
+    # one external model (a small factory network trained outside the pipeline), defended by MeanSparse and
+    # IG-Defense too; its weights path is relative to the working directory, as a user's would be
+    write_trained_checkpoint(workdir / "external" / "small.pt")
+    with open(workdir / "config.yaml", "a") as fh:
+        fh.write(TINY_EXTERNAL.format(mean=MEAN, std=STD))
     # 226 jobs: about 20 minutes on 2 cores, so the default 20-minute limit of `snakemake` is too tight
     proc = snakemake(workdir, "all", timeout=3000)
     assert proc.returncode == 0, proc.stderr[-4000:]

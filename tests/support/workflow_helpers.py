@@ -1,17 +1,22 @@
 """Running the real snakemake command line on the workflow from tests."""
 
 import copy
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+SUPPORT = Path(__file__).resolve().parent
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
+    """The snakemake command line on `workdir`; tests/support is on the jobs' PYTHONPATH, as a user's own package
+    would be, so that the tiny run's external model (external_factory) can be rebuilt in every job."""
     cmd = [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--cores", "2", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SUPPORT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:

@@ -6,7 +6,9 @@ tables (pgd among them); one PGD sweep per model; the SNS analyses with suppress
 PSN scores and their analyses (one heatmap layer each) on the two vanilla models; four defenses (alp, nat,
 eat, sns_sen) per architecture and MeanSparse on the PAT models, evaluated under the 5 table_iii attacks;
 IG-Defense on the PAT models, evaluated under 2 of them; the transfer check (pgd) of the four defended models. EAT's static source models are the vanilla models of
-both architectures.
+both architectures. One external model (tests/conftest.py TINY_EXTERNAL): imported, evaluated under the 9 attacks
+of both tables, measured for sensitivity, and defended by MeanSparse and IG-Defense (two more transfer checks).
+results_long gathers every evaluation, so it re-runs whenever any evaluation does.
 """
 
 import shutil
@@ -40,6 +42,10 @@ TRANSFER_PER_DEFENDED = {"transfer_check": 1}
 TRANSFER_TABLE = {"transfer_table": 1}
 # the SNS layer-range sweep: two extra fine-tunings (one per architecture), their pgd cell, the table
 LAYER_RANGE = {"train_model": 2, "evaluate_attack": 2, "sns_layer_range": 1}
+# the external model: imported, its pgd pair set (sensitivity, and the transfer checks of its defended models),
+# sensitivity with its two top lists, the 9 attacks of both tables
+EXTERNAL = {"import_model": 1, "attack_pairs": 1, "neuron_sensitivity": 1, "sensitive_channels": 2, "evaluate_attack": 9}
+RESULTS_LONG = {"results_long": 1}
 
 
 def _sum(*dicts):
@@ -53,11 +59,13 @@ def _sum(*dicts):
 EVERYTHING = _sum({"prepare_dataset": 1}, {k: 4 * v for k, v in PER_MODEL.items()}, SUMMARIES,
                   {"suppression_study": 2}, {k: 2 * v for k, v in PER_PSN_MODEL.items()},
                   {k: 8 * v for k, v in PER_DEFENSE_MODEL.items()}, DEFENSE_SUMMARIES,
-                  {k: 2 * v for k, v in MEANSPARSE_PER_MODEL.items()}, {k: 2 * v for k, v in IG_PER_MODEL.items()},
-                  {k: 4 * v for k, v in TRANSFER_PER_DEFENDED.items()}, TRANSFER_TABLE, {"defense_findings": 1},
-                  LAYER_RANGE)
-ALL_TRANSFERS = _sum({k: 4 * v for k, v in TRANSFER_PER_DEFENDED.items()}, TRANSFER_TABLE)
+                  {k: 3 * v for k, v in MEANSPARSE_PER_MODEL.items()}, {k: 3 * v for k, v in IG_PER_MODEL.items()},
+                  {k: 6 * v for k, v in TRANSFER_PER_DEFENDED.items()}, TRANSFER_TABLE, {"defense_findings": 1},
+                  LAYER_RANGE, EXTERNAL, RESULTS_LONG)
+ALL_TRANSFERS = _sum({k: 6 * v for k, v in TRANSFER_PER_DEFENDED.items()}, TRANSFER_TABLE)
+PAT_TRANSFERS = _sum({k: 4 * v for k, v in TRANSFER_PER_DEFENDED.items()}, TRANSFER_TABLE)  # of the PAT models
 TWO_TRANSFERS = _sum({k: 2 * v for k, v in TRANSFER_PER_DEFENDED.items()}, TRANSFER_TABLE)
+THREE_TRANSFERS = _sum({k: 3 * v for k, v in TRANSFER_PER_DEFENDED.items()}, TRANSFER_TABLE)
 # Two of the four models (both PAT or both ResNet) are retrained: everything computed from them follows.
 TWO_MODELS = {**{k: 2 * v for k, v in PER_MODEL.items()}, **SUMMARIES, **DEFENSE_SUMMARIES}
 
@@ -73,10 +81,12 @@ CHANGES = {
          "final_robustness_table": 1, "sensitivity_by_training": 2} | _sum(
             {"attack_pairs": 4, "neuron_sensitivity": 4, "evaluate_attack": 4},
             {"attack_pairs": 8, "neuron_sensitivity": 8, "evaluate_attack": 8},
-            # IG-Defense: its pgd cell and its analysis (pgd against the undefended model)
-            {"evaluate_attack": 2, "ig_defense_analysis": 2},
+            # IG-Defense (PAT models and the external one): its pgd cell and its analysis (pgd, undefended model)
+            {"evaluate_attack": 3, "ig_defense_analysis": 3},
             # MeanSparse sweeps pgd: new defended models, all their cells
-            {k: 2 * v for k, v in MEANSPARSE_PER_MODEL.items()},
+            {k: 3 * v for k, v in MEANSPARSE_PER_MODEL.items()},
+            # the external model: its sensitivity pair set and what follows, its pgd cell
+            {"attack_pairs": 1, "neuron_sensitivity": 1, "sensitive_channels": 2, "evaluate_attack": 1},
             # the PAT models' pgd pair sets and every white-box pgd cell feed the transfer checks
             ALL_TRANSFERS,
             # the layer-range models' pgd cells and their table
@@ -85,24 +95,24 @@ CHANGES = {
     "PAT epochs": (
         {"training": {"pat": {"epochs": 2}}},
         _sum(TWO_MODELS, {k: 2 * v for k, v in MEANSPARSE_PER_MODEL.items()},
-             {k: 2 * v for k, v in IG_PER_MODEL.items()}, ALL_TRANSFERS),
+             {k: 2 * v for k, v in IG_PER_MODEL.items()}, PAT_TRANSFERS),
     ),
     "top-k percentage": (
         {"sensitivity": {"top_percent": [10, 25]}},
-        {"sensitive_channels": 4, "all": 1},
+        {"sensitive_channels": 4 + 1, "all": 1},
     ),
     "dataset split seed": ({"dataset": {"split_seed": 1}}, EVERYTHING),
     "sensitivity form": (
         {"sensitivity": {"form": "eccv"}},
-        {"neuron_sensitivity": 4 + 8, "sensitive_channels": 8, "sensitivity_curves": 2, "suppression_study": 2,
+        {"neuron_sensitivity": 4 + 8 + 1, "sensitive_channels": 8 + 2, "sensitivity_curves": 2, "suppression_study": 2,
          "ratio_report": 2, "findings": 1, "all": 1, "psn_agreement": 2, "sensitivity_by_training": 2},
     ),
     "sensitivity site": (
         {"sensitivity": {"site": "conv"}},
         # every sensitivity file (new paths) and what reads it; the targeted sets; and the SNS fine-tunings,
         # which choose and stabilise channels at the site: both SNS-sen models and the layer-range models
-        _sum({"neuron_sensitivity": 4 + 8, "sensitive_channels": 8, "sensitivity_curves": 2, "suppression_study": 2,
-              "ratio_report": 2, "findings": 1, "all": 1, "psn_agreement": 2, "targeted_neurons": 4,
+        _sum({"neuron_sensitivity": 4 + 8 + 1, "sensitive_channels": 8 + 2, "sensitivity_curves": 2,
+              "suppression_study": 2, "ratio_report": 2, "findings": 1, "all": 1, "psn_agreement": 2, "targeted_neurons": 4,
               "importance_report": 4, "layer_similarity": 4},
              {k: 2 * v for k, v in PER_DEFENSE_MODEL.items() if k != "neuron_sensitivity"}, DEFENSE_SUMMARIES,
              LAYER_RANGE),
@@ -119,15 +129,16 @@ CHANGES = {
     "images per pair set": (
         {"evaluation": {"n_images": 16}},
         # the PAT models' pgd pair sets are what the transfer checks feed the defended models
-        _sum({"attack_pairs": 8 + 8, "neuron_sensitivity": 4 + 8, "sensitive_channels": 8, "sensitivity_curves": 2,
+        _sum({"attack_pairs": 8 + 8 + 1, "neuron_sensitivity": 4 + 8 + 1, "sensitive_channels": 8 + 2,
+              "sensitivity_curves": 2,
               "suppression_study": 2, "ratio_report": 2, "findings": 1, "all": 1, "psn_agreement": 2,
               "sensitivity_by_training": 2}, ALL_TRANSFERS),
     ),
     "images per robustness attack": (
         {"robustness": {"n_images": 16}},
         # spsa keeps its own subset size (n_images_by_attack); defense models run the table_iii attacks,
-        # IG-Defense its two
-        _sum({"evaluate_attack": 4 * 8 + 8 * 6 + 2 * 6 + 2 * 2, "robustness_table": 1, "robustness_table_i": 1,
+        # IG-Defense its two; the external model both tables' attacks, its MeanSparse and IG-Defense like the PAT ones'
+        _sum({"evaluate_attack": 4 * 8 + 8 * 6 + 2 * 6 + 2 * 2 + 8 + 6 + 2, "robustness_table": 1, "robustness_table_i": 1,
               "final_robustness_table": 1, "all": 1}, ALL_TRANSFERS, {"evaluate_attack": 2, "sns_layer_range": 1}),
     ),
     "sweep eps values": (
@@ -150,12 +161,12 @@ CHANGES = {
     ),
     "MeanSparse alphas": (
         {"meansparse": {"alphas": [0, 0.5, 1.0]}},
-        _sum({k: 2 * v for k, v in MEANSPARSE_PER_MODEL.items()}, {"final_robustness_table": 1, "all": 1},
-             TWO_TRANSFERS),
+        _sum({k: 3 * v for k, v in MEANSPARSE_PER_MODEL.items()}, {"final_robustness_table": 1, "all": 1},
+             THREE_TRANSFERS),
     ),
     "IG-Defense mask size": (
         {"ig_defense": {"top_percent": 20}},
-        _sum({k: 2 * v for k, v in IG_PER_MODEL.items()}, {"final_robustness_table": 1, "all": 1}, TWO_TRANSFERS),
+        _sum({k: 3 * v for k, v in IG_PER_MODEL.items()}, {"final_robustness_table": 1, "all": 1}, THREE_TRANSFERS),
     ),
     "PSN bound method": (
         {"psn": {"bound_method": "CROWN-IBP"}},
@@ -196,6 +207,8 @@ def with_findings(expected: dict) -> dict:
         expected = {**expected, "defense_findings": 1, "findings": 1}
     if {"robustness_table", "final_robustness_table", "findings"} & set(expected):
         expected = {**expected, "report_landing_page": 1}
+    if "evaluate_attack" in expected:  # results_long gathers every evaluation
+        expected = {**expected, **RESULTS_LONG}
     return expected
 
 
@@ -219,7 +232,7 @@ def test_undoing_a_change_reuses_earlier_results(tiny_run, tmp_path):
     assert planned_jobs(workdir, *overlay(workdir, override)) == {}
     # Back to the original config: both the old and the new results are on disk. Only the summaries kept
     # at fixed paths (results/tables, results/findings.md) are rebuilt, from the reused results.
-    assert set(planned_jobs(workdir)) <= {"robustness_table", "robustness_table_i", "final_robustness_table",
+    assert set(planned_jobs(workdir)) <= {"robustness_table", "robustness_table_i", "final_robustness_table", "results_long",
                                           "sensitivity_by_training", "transfer_table", "defense_findings", "findings",
                                           "report_landing_page", "all"}
 

@@ -16,16 +16,19 @@ def test_every_stage_produced_its_outputs(tiny_run):
     models = sorted(p.name.split("~")[0] for p in (data_dir / "models").iterdir())
     # every training of both architectures, and the layer-range sweep's extra fine-tuning of each
     expected = [f"{a}-{t}" for a in ("resnet18", "vgg16") for t in ("alp", "eat", "nat", "pat", "sns_sen", "vanilla")]
-    expected += ["resnet18-sns_sen_from_l4b2c1", "vgg16-sns_sen_from_conv13"]
+    expected += ["resnet18-sns_sen_from_l4b2c1", "vgg16-sns_sen_from_conv13", "small-external"]
     assert models == sorted(expected)
     for model_dir in (data_dir / "models").iterdir():
+        if "-external~" in model_dir.name:  # imported, not trained (test_external_model_through_every_stage)
+            continue
         metrics = pd.read_csv(model_dir / "metrics.csv")
         assert metrics.epoch.tolist() == [1]
         meta = json.loads((model_dir / "metadata.json").read_text())
         assert meta["seed"] == 0 and "torch" in meta["versions"]
         assert not (model_dir / "resume.pt").exists()
     pair_files = sorted((data_dir / "pairs").glob("*/*/pairs.npz"))
-    assert len(pair_files) == 4 * 2 + 8  # fgsm and pgd for the analysed models, pgd (sensitivity) for defenses
+    # fgsm and pgd for the analysed models, pgd (sensitivity) for defenses and the external model
+    assert len(pair_files) == 4 * 2 + 8 + 1
     for path in pair_files:
         pairs = open_pairs(path)
         assert len(pairs) == 24 and pairs.perturbed.min() >= 0 and pairs.perturbed.max() <= 1
@@ -35,42 +38,47 @@ def test_every_stage_produced_its_outputs(tiny_run):
 def test_sensitivity_outputs_cover_every_layer(tiny_run):
     (data_dir,) = [p for p in (tiny_run / "results").iterdir() if p.name.startswith("digits~")]
     tables = sorted((data_dir / "sensitivity").glob("*/pgd~*/sensitivity_tip_bn.csv"))
-    assert len(tables) == 4 + 8  # the defense models' feed the sensitivity-by-training figure
+    assert len(tables) == 4 + 8 + 1  # the defense models' feed the sensitivity-by-training figure
     tables = [t for t in tables if t.with_name("top10pct_tip_bn.csv").exists()]
-    assert len(tables) == 4
+    assert len(tables) == 4 + 1
     for table_path in tables:
         table = pd.read_csv(table_path)
-        expected = [f"conv{i}" for i in range(1, 14)] + ["fc"] if "vgg16" in str(table_path) else None
-        if expected:
-            assert table.layer.unique().tolist() == expected
-        else:
+        if "vgg16" in str(table_path):
+            assert table.layer.unique().tolist() == [f"conv{i}" for i in range(1, 14)] + ["fc"]
+        elif "resnet18" in str(table_path):
             assert {"conv1", "l1b1c1", "l4b2c2", "fc"} <= set(table.layer)
+        else:  # the external model: its own module names, in forward order, its head as "fc"
+            assert table.layer.unique().tolist() == ["stem.0", "block_a", "block_b", "plain", "head"]
         assert (table.sensitivity >= 0).all() and table.sensitivity.max() > 0
         top10 = pd.read_csv(table_path.with_name("top10pct_tip_bn.csv"))
         top50 = pd.read_csv(table_path.with_name("top50pct_tip_bn.csv"))
         assert len(top50) > len(top10) >= table.layer.nunique()
-        first = table[table.layer == "fc"].sensitivity.max()
-        assert top10[top10.layer == "fc"].sensitivity.iloc[0] == pytest.approx(first)
+        head = "head" if "-external~" in str(table_path) else "fc"
+        first = table[table.layer == head].sensitivity.max()
+        assert top10[top10.layer == head].sensitivity.iloc[0] == pytest.approx(first)
 
 
 def test_robustness_tables_have_the_papers_columns_and_trace_every_cell(tiny_run):
     tables = tiny_run / "results" / "tables"
     table = pd.read_csv(tables / "robustness.csv")
-    assert sorted(table.model) == ["resnet18-pat", "resnet18-vanilla", "vgg16-pat", "vgg16-vanilla"]
-    assert list(table.columns) == ["model", "Clean", "C&W", "L2 PGD", "L-inf PGD", "FGSM", "SPSA", "Step-LL", "MI-FGSM"]
+    assert sorted(table.model) == ["resnet18-pat", "resnet18-vanilla", "small-external", "vgg16-pat", "vgg16-vanilla"]
+    assert list(table.columns) == ["model", "Clean", "C&W", "L2 PGD", "L-inf PGD", "FGSM", "SPSA", "Step-LL", "MI-FGSM",
+                                   "Worst case"]
     assert ((table.drop(columns="model") >= 0) & (table.drop(columns="model") <= 100)).all().all()
     settings = pd.read_csv(tables / "robustness_settings.csv")
-    assert len(settings) == 4 * 8  # every cell but the model names
+    assert len(settings) == 5 * 9  # every cell but the model names
     spsa = settings[settings.column == "SPSA"]
     assert set(spsa.n_images) == {8} and set(settings[settings.column == "FGSM"].n_images) == {24}
     assert set(settings[settings.column == "L-inf PGD"].eps_255) == {32}
     table_i = pd.read_csv(tables / "robustness_table_i.csv")
-    assert list(table_i.columns) == ["model", "Clean", "PGD eps=32/255", "Gaussian s=1", "Gaussian s=5"]
+    assert list(table_i.columns) == ["model", "Clean", "PGD eps=32/255", "Gaussian s=1", "Gaussian s=5", "Worst case"]
     # One evaluation job per model and attack, reused by both tables (pgd appears in both).
     (data_dir,) = [p for p in (tiny_run / "results").iterdir() if p.name.startswith("digits~")]
     # analysed models x 9, defenses and MeanSparse x the 7 of table_iii, IG-Defense x its 2 (ig_defense.attacks),
-    # the two extra layer-range models x pgd
-    assert len(list((data_dir / "robustness").glob("*/*.csv"))) == 4 * 9 + 8 * 7 + 2 * 7 + 2 * 2 + 2
+    # the two extra layer-range models x pgd, the external model x 9, its MeanSparse x 7 and IG-Defense x 2
+    records = list((data_dir / "robustness").glob("*/*.csv"))
+    assert len(records) == 4 * 9 + 8 * 7 + 2 * 7 + 2 * 2 + 2 + 9 + 7 + 2
+    assert all(p.with_name(f"{p.stem}.images.csv.gz").exists() and p.with_suffix(".json").exists() for p in records)
     assert "vgg16-pat" in (tables / "robustness.md").read_text()
 
 
@@ -151,15 +159,17 @@ def test_defenses_trained_and_compared_with_every_model(tiny_run):
     tables = tiny_run / "results" / "tables"
     final = pd.read_csv(tables / "final_robustness.csv")
     assert list(final.columns[:4]) == ["arch", "model", "training", "method"]
-    assert list(final.columns[4:]) == ["Clean", "C&W", "L2 PGD", "L-inf PGD", "FGSM", "SPSA", "Step-LL", "MI-FGSM"]
-    assert list(final.arch.unique()) == ["vgg16", "resnet18"] and len(final) == 16
-    assert set(final.method) == {"vanilla", "pat", "alp", "nat", "eat", "sns", "meansparse", "ig_defense"}
+    assert list(final.columns[4:]) == ["Clean", "C&W", "L2 PGD", "L-inf PGD", "FGSM", "SPSA", "Step-LL", "MI-FGSM",
+                                       "Worst case"]
+    assert list(final.arch.unique()) == ["vgg16", "resnet18", "small"] and len(final) == 16 + 3
+    assert set(final.method) == {"vanilla", "pat", "alp", "nat", "eat", "sns", "meansparse", "ig_defense", "external"}
     # IG-Defense runs the attacks of ig_defense.attacks (pgd, fgsm) adaptively; the other cells stay empty
     ig = final[final.method == "ig_defense"]
     assert ig[["Clean", "L-inf PGD", "FGSM"]].notna().all().all() and ig[["C&W", "L2 PGD", "SPSA", "Step-LL", "MI-FGSM"]].isna().all().all()
     settings = pd.read_csv(tables / "final_robustness_settings.csv")
     ig_cells = settings[settings.model.isin(ig.model) & (settings.column != "Clean")]
-    assert len(ig_cells) == 4 and ig_cells.description.str.contains("EOT over 2 noise draws").all()
+    ig_cells = ig_cells[ig_cells.column != "Worst case"]
+    assert len(ig_cells) == 6 and ig_cells.description.str.contains("EOT over 2 noise draws").all()
     assert "—" in (tables / "final_robustness.md").read_text() and "adaptively" in (tables / "final_robustness.md").read_text()
     for d in (data_dir / "ig_defense").iterdir():  # LO-IR ranking, mask, analysis of the four channel groups
         ranking = pd.read_csv(d / "lo_ir_ranking.csv")
@@ -294,3 +304,48 @@ def test_a_step_run_by_hand_names_what_is_wrong(tiny_run, tmp_path):
     assert proc.returncode != 0 and "is not an output of sensitive_channels.py" in proc.stderr
     proc = run_by_hand(tmp_path, "sensitive_channels", str(made))  # its sensitivity file is not here
     assert proc.returncode != 0 and "are missing" in proc.stderr and "make them first with `snakemake" in proc.stderr
+
+
+def test_external_model_through_every_stage_that_applies(tiny_run):
+    """The tiny run's external model (tests/support/external_factory.py, weights trained outside the pipeline):
+    imported, evaluated under both tables' attacks with per-image records, measured for sensitivity, defended by
+    MeanSparse (which names the ReLU it could not reach) and IG-Defense, and traced in results_long.csv."""
+    (data_dir,) = [p for p in (tiny_run / "results").iterdir() if p.name.startswith("digits~")]
+    (model_dir,) = list((data_dir / "models").glob("small-external~*"))
+    meta = json.loads((model_dir / "metadata.json").read_text())
+    assert meta["shared_relus"] == ["shared"] and meta["params"]["weights"] == "external/small.pt"
+    tables = tiny_run / "results" / "tables"
+    table = pd.read_csv(tables / "robustness.csv").set_index("model")
+    assert table.loc["small-external", "Clean"] > 50  # its own training reached ~70-80% on the test split
+    # the worst case is taken on the images every attack saw: SPSA's 8 (the smallest seeded subset)
+    assert table.loc["small-external", "Worst case"] <= table.loc["small-external", "SPSA"]
+    # per-image records: equal to the table's cells
+    records = list((data_dir / "robustness" / model_dir.name).glob("*.csv"))
+    for path in records:
+        images = pd.read_csv(path.with_name(f"{path.stem}.images.csv.gz"))
+        record = pd.read_csv(path)
+        for rec in record.itertuples():
+            part = images[images.attack == rec.attack]
+            assert len(part) == rec.n_images and part.correct.mean() == pytest.approx(rec.accuracy)
+            if rec.attack_type == "spsa":
+                assert (part.queries >= 1).all()  # black-box: queries counted per image
+    # defended: MeanSparse says which ReLU it could not reach; both defenses are rows of the final table
+    final = pd.read_csv(tables / "final_robustness.csv").set_index("model")
+    assert {"small-external", "small-external_meansparse", "small-external_igdefense"} <= set(final.index)
+    (ms_dir,) = [d for d in (data_dir / "defended").iterdir() if d.name.startswith("small-")]
+    ms_meta = json.loads((ms_dir / "metadata.json").read_text())
+    assert ms_meta["relus_defended"] == ["stem.2"] and ms_meta["relus_not_reached"] == ["shared"]
+    # lineage: every cell of the tables names its checkpoint, code fingerprint, seed, device and log
+    settings = pd.read_csv(tables / "robustness_settings.csv")
+    cells = settings[(settings.model == "small-external") & (settings.column != "Worst case")]
+    from advneurons.models.checkpoint import file_digest
+
+    assert set(cells.checkpoint_sha256) == {file_digest(model_dir / "model.pt")}
+    assert cells.code.str.len().min() > 8 and (cells.device == "cpu").all() and (cells.seed == 0).all()
+    assert all((tiny_run / log).exists() for log in cells.log)
+    # the long table: every accuracy of the run, this model's included, with its interval
+    long = pd.read_csv(tables / "results_long.csv")
+    own = long[long.model == "small-external"]
+    assert set(own.defense) == {"external"} and len(own[own.attack != "clean"]) == 9
+    assert ((own.ci_low_pct <= own.accuracy_pct) & (own.accuracy_pct <= own.ci_high_pct)).all()
+    assert set(long.model) >= set(final.index[final.training.notna()])

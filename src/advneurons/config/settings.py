@@ -142,9 +142,44 @@ def check_references(config: dict) -> None:
     if ig.get("enabled", False):
         _check_ig_defense(ig, config)
     _check_transfer(config)
+    _check_external(config)
     for i, name in enumerate(config["models"]["architectures"]):
         if name not in config["architectures"]:
             raise ConfigError(f"config key 'models.architectures[{i}]': {name!r} is not defined under 'architectures'")
+
+
+def _check_external(config: dict) -> None:
+    """External models: names that do not clash with the trained architectures, a zoo entry of the run's dataset,
+    and a full check of each (factory imports, weights file present, loadable with weights_only=True, matching the
+    network, outputs of the dataset's 10 classes), so a bad entry fails before any job runs. The full check is
+    cached per entry and weights file (advneurons.models.external.verify_cached): re-parsing the workflow (every
+    SLURM job does) does not rebuild the model."""
+    for name, entry in config.get("external_models", {}).items():
+        from advneurons.models.external import ExternalModelError, verify_cached  # torch: only when there are any
+
+        key = f"external_models.{name}"
+        if name in config["architectures"] or name in ("vgg16", "resnet18"):
+            raise ConfigError(f"config key '{key}': {name!r} is the name of a built-in architecture; rename it")
+        zoo = entry["source"].get("robustbench")
+        if zoo is not None and zoo.get("dataset", "cifar10") != config["dataset"]["name"]:
+            raise ConfigError(f"config key '{key}.source.robustbench.dataset': a {zoo.get('dataset', 'cifar10')} zoo "
+                              f"model cannot classify this run's {config['dataset']['name']} images")
+        try:
+            verify_cached(name, entry, num_classes=10)
+        except ExternalModelError as exc:
+            raise ConfigError(f"config key '{key}': {exc}") from exc
+
+
+def external_entries(config: dict) -> dict[str, dict]:
+    """model id -> {arch (the entry's name), training_name "external", training {method: external}, external (the
+    entry), seed} for every external model; the id hashes the entry (source, weights path, normalisation, layers)."""
+    out = {}
+    for name, entry in config.get("external_models", {}).items():
+        out[make_id(f"{name}-external", {"external": entry})] = {
+            "arch": name, "training_name": "external", "training": {"method": "external"}, "external": entry,
+            "seed": config["seed"],
+        }
+    return out
 
 
 SNS_ONLY = ("base", "variant", "sns_lambda", "sns_layers", "top_percent", "select_images", "dyn_images", "repeat",
@@ -405,6 +440,13 @@ def meansparse_entries(config: dict) -> dict[str, dict]:
                 "arch": arch, "training_name": name, "training": {"method": "meansparse"},
                 "base_id": base_id, "settings": settings, "seed": config["seed"],
             }
+    for base_id, entry in external_entries(config).items():
+        if entry["external"].get("meansparse"):
+            out[make_id(f"{entry['arch']}-external_meansparse",
+                        {"base": {"external": entry["external"]}, "meansparse": settings, "seed": config["seed"]})] = {
+                "arch": entry["arch"], "training_name": "external_meansparse", "training": {"method": "meansparse"},
+                "base_id": base_id, "settings": settings, "seed": config["seed"],
+            }
     return out
 
 
@@ -426,6 +468,13 @@ def ig_defense_entries(config: dict) -> dict[str, dict]:
             out[make_id(f"{arch}-{name}", {"base": base, "ig_defense": settings, "seed": config["seed"]})] = {
                 "arch": arch, "training_name": name, "training": {"method": "ig_defense"},
                 "base_id": make_id(f"{arch}-{train_name}", base), "settings": settings, "seed": config["seed"],
+            }
+    for base_id, entry in external_entries(config).items():
+        if entry["external"].get("ig_defense"):
+            out[make_id(f"{entry['arch']}-external_igdefense",
+                        {"base": {"external": entry["external"]}, "ig_defense": settings, "seed": config["seed"]})] = {
+                "arch": entry["arch"], "training_name": "external_igdefense", "training": {"method": "ig_defense"},
+                "base_id": base_id, "settings": settings, "seed": config["seed"],
             }
     return out
 

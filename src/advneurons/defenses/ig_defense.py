@@ -173,7 +173,8 @@ def ig_defense_model(model_path: Path, train_path: Path, val_path: Path, top_per
         distinct_channels_in_any_mask=int(mask.any(0).sum()),
     )
     save_model(defended, out_model, ckpt["arch"], ckpt["dataset"], ckpt["width"], ckpt["num_classes"], meta,
-               defense=ig_defense_record(mask, noise_std_255 / 255.0, temperature, eot_samples))
+               defense=ig_defense_record(mask, noise_std_255 / 255.0, temperature, eot_samples),
+               external=ckpt.get("external"))
     write_json(meta, meta_path)
     return defended
 

@@ -139,10 +139,16 @@ def meansparse_model(model_path: Path, train_path: Path, val_path: Path, alphas,
         {"model": str(model_path), "alphas": alphas, "attacks": attacks, "select_on": select_on,
          "max_clean_drop_pct": max_clean_drop, "n_val": n_val},
         seed=seed, alpha=alpha, n_val_used=len(index), base_meta=ckpt.get("meta"),
-        split_used_for_alpha="val",
+        split_used_for_alpha="val", relus_defended=list(stats),
+        # an external model's ReLU modules shared by several layers cannot hold per-layer statistics; ReLUs
+        # applied as functions (F.relu) have no module at all: neither is defended
+        relus_not_reached=(model.unreachable_relus() if hasattr(model, "unreachable_relus") else []),
     )
+    if getattr(model, "unreachable_relus", None) is not None:
+        log.warning("MeanSparse could not reach the shared ReLU modules %s, nor any ReLU applied as a function",
+                    model.unreachable_relus())
     save_model(model, out_model, ckpt["arch"], ckpt["dataset"], ckpt["width"], ckpt["num_classes"], meta,
-               defense=meansparse_record(stats, alpha))
+               defense=meansparse_record(stats, alpha), external=ckpt.get("external"))
     with atomic_path(sweep_csv) as tmp:
         sweep.to_csv(tmp, index=False)
     shown = sweep.copy()

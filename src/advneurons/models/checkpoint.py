@@ -48,9 +48,10 @@ def safe_load(path: Path) -> dict:
 
 
 def save_model(model: nn.Module, path: Path, arch: str, dataset: str, width: float, num_classes: int, meta: dict,
-               defense: dict | None = None) -> None:
+               defense: dict | None = None, external: dict | None = None) -> None:
     """``defense``: how to rebuild a defended model's structure (e.g. advneurons.defenses.meansparse) before its
-    weights load; plain data only, so the checkpoint still loads with weights_only=True."""
+    weights load; ``external``: how to rebuild an external model (advneurons.models.external); plain data only,
+    so the checkpoint still loads with weights_only=True."""
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -63,6 +64,8 @@ def save_model(model: nn.Module, path: Path, arch: str, dataset: str, width: flo
     }
     if defense is not None:
         payload["defense"] = defense
+    if external is not None:
+        payload["external"] = external
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
@@ -75,7 +78,12 @@ def load_model(path: Path) -> tuple[nn.Module, dict]:
     if ckpt.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path} has checkpoint format version {ckpt.get('format_version')}, expected {FORMAT_VERSION}")
     try:
-        model = build_model(ckpt["arch"], ckpt["dataset"], ckpt["width"], ckpt["num_classes"])
+        if ckpt.get("external") is not None:
+            from advneurons.models.external import build_external
+
+            model = build_external(ckpt["external"])
+        else:
+            model = build_model(ckpt["arch"], ckpt["dataset"], ckpt["width"], ckpt["num_classes"])
         if ckpt.get("defense") is not None:
             model = rebuild_defense(model, ckpt["defense"])
         model.load_state_dict(ckpt["state_dict"], strict=True)

@@ -14,8 +14,11 @@ The model registries, and why there are several:
   under that sweep's attacks only).
 - ``defended``: MeanSparse and IG-Defense wrapped around trained models (no training of their own);
   ``ig_defended`` is its IG-Defense part, which has its own analysis.
+- ``external``: models from outside (``external_models``), made by ``import_model`` at the same checkpoint
+  path as a trained model; evaluated and measured for sensitivity, not trained or analysed further.
 - ``trained`` = analysed + defense + layer-range models: what ``train_model`` makes.
-- ``evaluated`` = analysed + defense + defended models: the rows of the final robustness table.
+- ``evaluated`` = analysed + defense + external + defended models: the rows of the final robustness table.
+- ``tabled`` = analysed + external models: the rows of the robustness tables, measured for neuron sensitivity.
 """
 
 from __future__ import annotations
@@ -69,9 +72,12 @@ class Plan:
         self.layer_range_models = settings.sns_layer_range_entries(config)
         self.ig_defended = settings.ig_defense_entries(config)
         self.defended = {**settings.meansparse_entries(config), **self.ig_defended}
+        self.external = settings.external_entries(config)
         self.all_models = {**self.analysed, **self.defense_models}
         self.trained = {**self.all_models, **self.layer_range_models}
-        self.evaluated = {**self.all_models, **self.defended}
+        self.evaluated = {**self.all_models, **self.external, **self.defended}
+        # evaluated under the attack suite in the robustness tables, measured for neuron sensitivity
+        self.tabled = {**self.analysed, **self.external}
         self.attacks = settings.attack_entries(config)
         self.attack_id = {entry["name"]: attack_id for attack_id, entry in self.attacks.items()}
         self.robustness = settings.robustness_entries(config)
@@ -172,8 +178,8 @@ class Plan:
 
     # ------------------------------------------------------------------------------ groups of results
     def robustness_records(self, names, models=None) -> list[str]:
-        """Records of every model (default: the analysed ones) under each named attack."""
-        return [self.robustness_record(m, name) for m in (self.analysed if models is None else models)
+        """Records of every model (default: the analysed and the external ones) under each named attack."""
+        return [self.robustness_record(m, name) for m in (self.tabled if models is None else models)
                 for name in names]
 
     @staticmethod

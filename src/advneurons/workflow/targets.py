@@ -29,9 +29,9 @@ def robustness(plan: Plan) -> list[str]:
 
 
 def sensitivity(plan: Plan) -> list[str]:
-    """Every analysed model's sensitivity table and its top-percent channel lists."""
+    """Every analysed and external model's sensitivity table and its top-percent channel lists."""
     files = []
-    for m in plan.analysed:
+    for m in plan.tabled:
         files.append(plan.sensitivity_file(m))
         files += [plan.top_file(m, percent) for percent in plan.config["sensitivity"]["top_percent"]]
     return files

@@ -36,6 +36,17 @@ class JobWiring:
     def model_settings(self, wildcards) -> dict:
         return self.plan.trained[wildcards.model]
 
+    def external_settings(self, wildcards) -> dict:
+        """The external model entry (name, source, normalisation, layers) an import_model job turns into a checkpoint."""
+        entry = self.plan.external[wildcards.model]
+        return {"name": entry["arch"], "entry": entry["external"]}
+
+    def external_weights(self, wildcards) -> str:
+        """The weights file of an external model: a change of its contents (mtime) re-imports it."""
+        from advneurons.models.external import weights_file
+
+        return str(weights_file(self.plan.external[wildcards.model]["external"]["source"]))
+
     def training_inputs(self, wildcards) -> dict:
         """The splits, the base checkpoint of a fine-tuned model (SNS), the static source models of EAT."""
         files = {"train": self._split(wildcards, "train"), "val": self._split(wildcards, "val")}
@@ -69,7 +80,7 @@ class JobWiring:
         trainings."""
         table = self.config["robustness"]["table_iii"]
         out = {}
-        for arch in self.plan.archs:
+        for arch in [*self.plan.archs, *(e["arch"] for e in self.plan.external.values())]:
             for model_id, entry in self.plan.evaluated.items():
                 if entry["arch"] != arch:
                     continue

@@ -1,0 +1,341 @@
+"""Models from outside the pipeline: any PyTorch network built by a factory function, or a RobustBench model-zoo
+entry (advneurons.models.zoo), behind the interface the analyses use (models.architectures): [0, 1] images in,
+normalisation inside, layers addressed by name.
+
+Layer names are the networks' own qualified module names (e.g. ``layer2.0.conv1``): every Conv2d and Linear, in
+the order the forward pass runs them, unless the config lists them. Where each layer is read (the measurement
+sites of models.architectures) is found by a probe: one forward pass with hooks that follows tensors from module
+to module. A conv's "bn" site is the BatchNorm that consumes exactly the conv's output; its "relu" site the
+ReLU module that consumes that output (or the conv's own, without BatchNorm). A layer without a BatchNorm after it
+is read at its conv output for "bn"; asking for a "relu" site that does not exist, or whose ReLU module is
+shared by several layers (called more than once per pass), is an error naming the layer.
+
+An external model's checkpoint in the pipeline (``import_model``) stores how to rebuild the network (factory and
+keyword arguments, or zoo entry), the normalisation and the probed layer map, beside the weights; rebuilding
+runs the factory again, so its module must be importable wherever the jobs run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from advneurons.models.architectures import Normalize, check_site
+
+FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+INPUT_SHAPE = (3, 32, 32)  # both datasets of the pipeline (digits are upscaled to CIFAR-10's shape)
+
+
+class ExternalModelError(ValueError):
+    """An external model cannot be used as configured; the message names the entry, the file or the layer."""
+
+
+# --------------------------------------------------------------------------------------------- building
+def resolve_factory(path: str):
+    """The function named by "package.module:function"."""
+    if not isinstance(path, str) or not FACTORY_PATTERN.match(path):
+        raise ExternalModelError(f"factory {path!r} is not of the form 'package.module:function'")
+    module_name, function = path.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ExternalModelError(f"factory {path!r}: cannot import module {module_name!r} ({exc})") from exc
+    factory = getattr(module, function, None)
+    if not callable(factory):
+        raise ExternalModelError(f"factory {path!r}: module {module_name!r} has no function {function!r}")
+    return factory
+
+
+def build_network(source: dict) -> nn.Module:
+    """The untrained network a source describes (factory with kwargs, or a zoo architecture)."""
+    if "robustbench" in source:
+        from advneurons.models import zoo
+
+        return zoo.architecture(**source["robustbench"])
+    network = resolve_factory(source["factory"])(**dict(source.get("kwargs") or {}))
+    if not isinstance(network, nn.Module):
+        raise ExternalModelError(f"factory {source['factory']!r} returned a {type(network).__name__}, not an nn.Module")
+    return network
+
+
+def weights_file(source: dict) -> Path:
+    if "robustbench" in source:
+        from advneurons.models import zoo
+
+        return zoo.weights_path(**source["robustbench"])
+    return Path(source["checkpoint"])
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The weights in a user's checkpoint file, loaded with weights_only=True: a state dict, or a dict holding
+    one under "state_dict" or "model"; a DataParallel "module." prefix is removed."""
+    from advneurons.models.checkpoint import CheckpointError, safe_load
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExternalModelError(f"weights file {path} does not exist")
+    try:
+        obj = safe_load(path)
+    except CheckpointError as exc:
+        raise ExternalModelError(str(exc)) from exc
+    for key in ("state_dict", "model"):
+        if isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ExternalModelError(f"{path} holds no tensors (expected a state dict)")
+    if all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+    return tensors
+
+
+def load_weights(network: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Load `state` into `network`, strictly; a mismatch names the file and the first differing keys/shapes."""
+    own = network.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} (e.g. {', '.join(unexpected[:3])})")
+        if shapes:
+            k = shapes[0]
+            parts.append(f"{len(shapes)} of other shape (e.g. {k}: file {tuple(state[k].shape)}, "
+                         f"model {tuple(own[k].shape)})")
+        raise ExternalModelError(f"{path} does not match the network: {'; '.join(parts)}")
+    network.load_state_dict(state, strict=True)
+
+
+# ------------------------------------------------------------------------------------------- the probe
+def probe_layers(network: nn.Module, input_shape=INPUT_SHAPE) -> "OrderedDict[str, dict]":
+    """Every Conv2d and Linear of `network` in execution order -> {kind, channels, bn, relu}: the qualified
+    names of the BatchNorm and ReLU modules that read its output (None where there is none), found by one
+    forward pass of a random batch of two in eval mode. Also returns, under the key "", the names of the
+    ReLU modules called more than once (shared) and of those called once."""
+    calls: dict[str, int] = {}
+    produced: dict[int, str] = {}  # id of an output tensor -> module that produced it
+    readers: dict[str, list[str]] = {}  # module -> modules that read its output
+    order: list[str] = []
+    keep: list[torch.Tensor] = []  # holding every tensor keeps ids from being reused during the pass
+    names = {module: name for name, module in network.named_modules() if name}
+    watched = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d, nn.ReLU)
+
+    def hook(module, inputs, output):
+        name = names[module]
+        calls[name] = calls.get(name, 0) + 1
+        if calls[name] == 1:
+            order.append(name)
+        if inputs and isinstance(inputs[0], torch.Tensor):
+            keep.append(inputs[0])
+            # looked up now: an in-place ReLU returns its input object, which then maps to the ReLU itself
+            source = produced.get(id(inputs[0]))
+            if source is not None and source != name:
+                readers.setdefault(source, []).append(name)
+        if isinstance(output, torch.Tensor):
+            keep.append(output)
+            produced[id(output)] = name
+
+    handles = [m.register_forward_hook(hook) for m in names if isinstance(m, watched)]
+    was_training = network.training
+    try:
+        network.eval()
+        with torch.no_grad():
+            network(torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(0)))
+    except Exception as exc:  # the factory's network cannot take the dataset's images
+        raise ExternalModelError(f"a forward pass of a {tuple(input_shape)} batch failed: {exc}") from exc
+    finally:
+        for h in handles:
+            h.remove()
+        network.train(was_training)
+    modules = dict(network.named_modules())
+
+    def follower(name: str, kind) -> str | None:
+        found = [r for r in readers.get(name, []) if isinstance(modules[r], kind)]
+        return found[0] if len(found) == 1 else None
+
+    layers: "OrderedDict[str, dict]" = OrderedDict()
+    for name in order:
+        module = modules[name]
+        if not isinstance(module, (nn.Conv2d, nn.Linear)):
+            continue
+        bn = follower(name, (nn.BatchNorm2d, nn.BatchNorm1d)) if isinstance(module, nn.Conv2d) else None
+        relu = follower(bn or name, nn.ReLU)
+        channels = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+        layers[name] = {"kind": "conv" if isinstance(module, nn.Conv2d) else "linear", "channels": int(channels),
+                        "bn": bn, "relu": relu}
+    if not layers:
+        raise ExternalModelError("the network has no Conv2d or Linear module that runs in its forward pass")
+    relus = [n for n in order if isinstance(modules[n], nn.ReLU)]
+    layers[""] = {"relus": [n for n in relus if calls[n] == 1], "shared_relus": [n for n in relus if calls[n] > 1]}
+    return layers
+
+
+# ------------------------------------------------------------------------------------------ the model
+class ExternalModel(nn.Module):
+    """An outside network behind the pipeline's model interface (see the module docstring)."""
+
+    def __init__(self, network: nn.Module, normalization: dict | str, layer_map: dict, selected=None):
+        super().__init__()
+        if normalization == "inside":
+            self.normalize = nn.Identity()
+        else:
+            self.normalize = Normalize(normalization["mean"], normalization["std"])
+        self.network = network
+        self.layer_map = {k: v for k, v in layer_map.items() if k}
+        self.relu_map = dict(layer_map.get("", {"relus": [], "shared_relus": []}))
+        unknown = [n for n in (selected or []) if n not in self.layer_map]
+        if unknown:
+            raise ExternalModelError(f"layers {unknown} are not Conv2d/Linear modules run by the network; it has "
+                                     f"{', '.join(list(self.layer_map)[:8])}...")
+        self.selected = list(selected) if selected else list(self.layer_map)
+
+    def forward(self, x):
+        return self.network(self.normalize(x))
+
+    def _module(self, name: str) -> nn.Module:
+        return self.network.get_submodule(name)
+
+    def layers(self, site: str = "conv") -> "OrderedDict[str, nn.Module]":
+        """Layer name -> the module read at `site` (module docstring); Linear layers at every site."""
+        check_site(site)
+        out = OrderedDict()
+        for name in self.selected:
+            info = self.layer_map[name]
+            if info["kind"] == "linear" or site == "conv":
+                out[name] = self._module(name)
+            elif site == "bn":
+                out[name] = self._module(info["bn"] or name)
+            else:
+                if info["relu"] is None or info["relu"] in self.relu_map.get("shared_relus", []):
+                    raise ExternalModelError(f"layer {name} has no ReLU module of its own after it (functional or "
+                                             f"shared ReLU); read it at the 'bn' or 'conv' site")
+                out[name] = self._module(info["relu"])
+        return out
+
+    def relus(self) -> "OrderedDict[str, nn.Module]":
+        """The ReLU modules called once per forward pass, by qualified name (MeanSparse replaces these)."""
+        return OrderedDict((name, self._module(name)) for name in self.relu_map.get("relus", []))
+
+    def unreachable_relus(self) -> list[str]:
+        """ReLU modules shared by several layers (one module cannot hold per-layer statistics)."""
+        return list(self.relu_map.get("shared_relus", []))
+
+    @property
+    def fc(self) -> nn.Module | None:
+        """The last layer when it is a Linear (the head IG-Defense needs), else None."""
+        last = list(self.layer_map)[-1]
+        return self._module(last) if self.layer_map[last]["kind"] == "linear" else None
+
+    def penultimate(self) -> nn.Module:
+        """A module whose output is the head's input: a view of the head that records what enters it."""
+        if self.fc is None:
+            raise ExternalModelError("the network's last layer is not a Linear head on pooled features")
+        return _HeadInput(self.fc)
+
+
+class _HeadInput:
+    """Stands for "the module whose output feeds the head" (models.hooks.captured_outputs registers a forward
+    hook on it): its hook receives the head's input as the output."""
+
+    def __init__(self, head: nn.Module):
+        self.head = head
+
+    def register_forward_hook(self, hook):
+        return self.head.register_forward_hook(lambda module, inputs, output: hook(module, inputs, inputs[0]))
+
+
+def build_external(record: dict) -> ExternalModel:
+    """The model (untrained) a checkpoint's `external` record describes; the caller loads the state dict."""
+    network = build_network(record["source"])
+    return ExternalModel(network, record["normalization"], record["layer_map"], record.get("layers"))
+
+
+def import_external(name: str, entry: dict, num_classes: int) -> tuple[ExternalModel, dict]:
+    """Build an external model entry (config `external_models.<name>`) with its weights, probe its layers and
+    check that it classifies the dataset's images into `num_classes` classes. Returns the model (eval mode) and
+    the record a pipeline checkpoint stores to rebuild it."""
+    source = entry["source"]
+    try:
+        network = build_network(source)
+        path = weights_file(source)
+        load_weights(network, read_state_dict(path), path)
+        layer_map = probe_layers(network)
+        record = {"name": name, "source": source, "normalization": entry["normalization"], "layer_map": layer_map,
+                  "layers": entry.get("layers")}
+        model = ExternalModel(network, entry["normalization"], layer_map, entry.get("layers")).eval()
+        with torch.no_grad():
+            out = model(torch.rand(2, *INPUT_SHAPE, generator=torch.Generator().manual_seed(0)))
+    except ExternalModelError as exc:
+        raise ExternalModelError(f"external model {name!r}: {exc}") from exc
+    if out.dim() != 2 or out.shape[1] != num_classes:
+        raise ExternalModelError(f"external model {name!r} returns outputs of shape {tuple(out.shape)} for a batch of "
+                                 f"2 images; the dataset has {num_classes} classes")
+    return model, record
+
+
+# ---------------------------------------------------------------------------------------- workflow step
+def import_model(name: str, entry: dict, dataset: str, num_classes: int, out_model: Path, meta_path: Path) -> None:
+    """Workflow step: an external model entry as a pipeline checkpoint (loaded by checkpoint.load_model like a
+    trained one), with a metadata JSON naming its weights file and digest and the layers the probe found."""
+    from advneurons.data import file_hash
+    from advneurons.models.checkpoint import save_model
+    from advneurons.runtime import metadata, write_json
+
+    model, record = import_external(name, entry, num_classes)
+    weights = weights_file(entry["source"])
+    params = {"name": name, "entry": entry, "weights": str(weights), "weights_sha256": file_hash(weights, "sha256")}
+    save_model(model, out_model, name, dataset, 1.0, num_classes, {"params": params}, external=record)
+    layers = {k: v for k, v in record["layer_map"].items() if k}
+    write_json(metadata("import_model", params, layers=layers, analysed_layers=model.selected,
+                        relus=model.relu_map.get("relus", []), shared_relus=model.unreachable_relus()), meta_path)
+
+
+# -------------------------------------------------------------------------------- check before any job
+CHECK_CACHE = Path(".snakemake") / "advneurons" / "external_checks.json"
+
+
+def _fingerprint(entry: dict) -> str:
+    import hashlib
+    import json
+
+    path = weights_file(entry["source"])
+    stat = path.stat() if path.is_file() else None
+    key = {"entry": entry, "weights": str(path.resolve()) if stat else str(path),
+           "size": stat.st_size if stat else None, "mtime_ns": stat.st_mtime_ns if stat else None}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def verify_cached(name: str, entry: dict, num_classes: int, cache: Path = CHECK_CACHE) -> None:
+    """:func:`import_external` once per (entry, weights file size and mtime): a passed check is remembered in
+    `cache`, so later parses of the workflow skip rebuilding the model. A failure raises ExternalModelError."""
+    import json
+
+    source = entry["source"]
+    path = weights_file(source) if "robustbench" not in source else None
+    if path is not None and not path.is_file():  # the cheap, common mistake: say it before importing anything
+        raise ExternalModelError(f"weights file {path} does not exist")
+    fingerprint = _fingerprint(entry)
+    try:
+        passed = set(json.loads(cache.read_text()))
+    except (OSError, ValueError):
+        passed = set()
+    if fingerprint in passed:
+        return
+    import_external(name, entry, num_classes)
+    passed.add(fingerprint)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{id(passed)}")
+        tmp.write_text(json.dumps(sorted(passed)))
+        tmp.replace(cache)
+    except OSError:  # a read-only working directory only loses the cache
+        pass
