@@ -38,7 +38,7 @@ def test_the_probe_follows_tensors_to_each_layers_batchnorm_and_relu():
     model = external.ExternalModel(small_cnn(8), "inside", layers)
     bn = model.layers("bn")
     assert bn["stem.0"] is model.network.stem[1] and bn["plain"] is model.network.plain  # no BatchNorm: the conv
-    assert model.layers("conv")["block_a"] is model.network.block_a and bn["head"] is model.network.head
+    assert model.layers("conv")["block_a"] is model.network.block_a and bn["fc"] is model.network.head  # the logits
     with pytest.raises(external.ExternalModelError, match="layer block_a has no ReLU module of its own"):
         model.layers("relu")
     assert list(model.relus()) == ["stem.2"] and model.unreachable_relus() == ["shared"]
@@ -69,7 +69,7 @@ def test_import_loads_user_weights_normalises_inside_and_round_trips_through_a_p
     from advneurons.evaluation.sensitivity import compute_neuron_sensitivity
 
     sens = compute_neuron_sensitivity(loaded, [(x, (x + 0.03).clamp(0, 1))], site="bn")
-    assert list(sens) == ["stem.0", "block_a", "block_b", "plain", "head"]
+    assert list(sens) == ["stem.0", "block_a", "block_b", "plain", "fc"]
     assert [len(v) for v in sens.values()] == [8, 16, 16, 32, 10]
 
 
@@ -189,3 +189,24 @@ def test_a_robustbench_entry_needs_its_weights_where_robustbench_keeps_them(tmp_
     config = _config(standard=entry)
     with pytest.raises(settings.ConfigError, match="cifar10 zoo model cannot classify this run's digits images"):
         settings.validate_config(config)
+
+
+def test_the_per_model_sns_analyses_run_on_an_external_model(tmp_path, small_weights, digits_files):
+    """Targeted sets, per-target sensitivity and importance, layer similarity: the analyses read layers by name
+    (the probe's), and the logits as "fc"."""
+    from advneurons.sns.importance import targeted_neurons, targeted_pairs
+    from advneurons.sns.similarity import importance_report, layer_similarity
+
+    external.import_model("small", _entry(small_weights), "digits", 10, tmp_path / "model.pt", tmp_path / "m.json")
+    targeted_pairs(tmp_path / "model.pt", digits_files["test"], {"type": "pgd", "eps": 32, "steps": 3}, 2, 0, 64,
+                   tmp_path / "pairs.npz", tmp_path / "pairs.json")
+    sens, importance = targeted_neurons(tmp_path / "model.pt", tmp_path / "pairs.npz", 3, 64, tmp_path / "s.csv",
+                                        tmp_path / "i.csv", tmp_path / "t.json", site="bn")
+    # the pooled features entering the head are the "penultimate" layer, as for the built-in models
+    assert list(dict.fromkeys(sens.layer)) == ["stem.0", "block_a", "block_b", "plain", "penultimate", "fc"]
+    report = importance_report(tmp_path / "s.csv", tmp_path / "i.csv", 3, tmp_path / "r.csv", tmp_path / "r.md",
+                               tmp_path / "rs.csv", tmp_path / "r.png", tmp_path / "r.json")
+    assert 0 < len(report) <= 10  # one row per target class the attack reached
+    similarity = layer_similarity(tmp_path / "s.csv", 10, tmp_path / "l.csv", tmp_path / "l.md", tmp_path / "l.png",
+                                  tmp_path / "l.json")
+    assert list(similarity.layer) == ["stem.0", "block_a", "block_b", "plain", "penultimate"]  # no logits, as for VGG

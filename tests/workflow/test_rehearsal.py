@@ -23,7 +23,7 @@ def _workdir(tmp_path):
     shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
     archive = tmp_path / "resources" / "cifar10" / "cifar-10-python.tar.gz"
     archive.parent.mkdir(parents=True)
-    md5 = write_tiny_cifar(archive, per_batch=30, n_test=20, learnable=True)
+    md5 = write_tiny_cifar(archive, per_batch=20, n_test=20, learnable=True)  # 100 training images
     (tmp_path / "archive.yaml").write_text(yaml.safe_dump({"dataset": {"cifar10": {"md5": md5}}}))
     return ["--configfile", str(REHEARSAL), str(tmp_path / "archive.yaml")]
 
@@ -59,12 +59,12 @@ def test_rehearsal_ran_every_job_at_full_width(rehearsal_run):
     assert metas
     for path in metas:
         meta = json.loads(path.read_text())
-        assert meta["params"]["width"] == 1.0 and meta["n_train"] == 135, path
+        assert meta["params"]["width"] == 1.0 and meta["n_train"] == 90, path
         assert meta["versions"]["device"] in ("cpu", "cuda", "cuda:0"), path
     splits = json.loads((data_dir / "data" / "metadata.json").read_text())["splits"]
-    # the archive's 150 training images less the 10% validation share, and its 20 test images (the preset's caps
+    # the archive's 100 training images less the 10% validation share, and its 20 test images (the preset's caps
     # are 200 and 20)
-    assert (splits["train"]["n"], splits["val"]["n"], splits["test"]["n"]) == (135, 15, 20)
+    assert (splits["train"]["n"], splits["val"]["n"], splits["test"]["n"]) == (90, 10, 20)
 
 
 @pytest.mark.slow

@@ -7,7 +7,8 @@ PSN scores and their analyses (one heatmap layer each) on the two vanilla models
 eat, sns_sen) per architecture and MeanSparse on the PAT models, evaluated under the 5 table_iii attacks;
 IG-Defense on the PAT models, evaluated under 2 of them; the transfer check (pgd) of the four defended models. EAT's static source models are the vanilla models of
 both architectures. One external model (tests/conftest.py TINY_EXTERNAL): imported, evaluated under the 9 attacks
-of both tables, measured for sensitivity, and defended by MeanSparse and IG-Defense (two more transfer checks).
+of both tables, measured for sensitivity, analysed per model (targeted sets, importance, layer similarity), and
+defended by MeanSparse and IG-Defense (two more transfer checks).
 results_long gathers every evaluation, so it re-runs whenever any evaluation does.
 """
 
@@ -43,8 +44,9 @@ TRANSFER_TABLE = {"transfer_table": 1}
 # the SNS layer-range sweep: two extra fine-tunings (one per architecture), their pgd cell, the table
 LAYER_RANGE = {"train_model": 2, "evaluate_attack": 2, "sns_layer_range": 1}
 # the external model: imported, its pgd pair set (sensitivity, and the transfer checks of its defended models),
-# sensitivity with its two top lists, the 9 attacks of both tables
-EXTERNAL = {"import_model": 1, "attack_pairs": 1, "neuron_sensitivity": 1, "sensitive_channels": 2, "evaluate_attack": 9}
+# sensitivity with its two top lists, the 9 attacks of both tables, the per-model SNS analyses (targeted sets)
+EXTERNAL = {"import_model": 1, "attack_pairs": 1, "neuron_sensitivity": 1, "sensitive_channels": 2, "evaluate_attack": 9,
+            "targeted_pairs": 1, "targeted_neurons": 1, "importance_report": 1, "layer_similarity": 1}
 RESULTS_LONG = {"results_long": 1}
 
 
@@ -74,7 +76,7 @@ CHANGES = {
         {"attacks": {"pgd": {"eps": 24}}},
         # pgd makes the pair sets behind the sensitivity files, the targeted sets, and cells of both tables
         {"attack_pairs": 4, "neuron_sensitivity": 4, "sensitive_channels": 8, "evaluate_attack": 4,
-         "targeted_pairs": 4, "targeted_neurons": 4, "importance_report": 4, "layer_similarity": 4,
+         "targeted_pairs": 5, "targeted_neurons": 5, "importance_report": 5, "layer_similarity": 5,
          "robustness_table": 1, "robustness_table_i": 1, "sensitivity_curves": 2, "suppression_study": 2,
          "ratio_report": 2, "findings": 1, "all": 1, "psn_agreement": 2,
          # the eight defense models: their sensitivity pair sets and their pgd cell
@@ -112,8 +114,8 @@ CHANGES = {
         # every sensitivity file (new paths) and what reads it; the targeted sets; and the SNS fine-tunings,
         # which choose and stabilise channels at the site: both SNS-sen models and the layer-range models
         _sum({"neuron_sensitivity": 4 + 8 + 1, "sensitive_channels": 8 + 2, "sensitivity_curves": 2,
-              "suppression_study": 2, "ratio_report": 2, "findings": 1, "all": 1, "psn_agreement": 2, "targeted_neurons": 4,
-              "importance_report": 4, "layer_similarity": 4},
+              "suppression_study": 2, "ratio_report": 2, "findings": 1, "all": 1, "psn_agreement": 2, "targeted_neurons": 5,
+              "importance_report": 5, "layer_similarity": 5},
              {k: 2 * v for k, v in PER_DEFENSE_MODEL.items() if k != "neuron_sensitivity"}, DEFENSE_SUMMARIES,
              LAYER_RANGE),
     ),
@@ -151,7 +153,7 @@ CHANGES = {
     ),
     "images per target class": (
         {"sns": {"targeted": {"n_per_class": 4}}},
-        {"targeted_pairs": 4, "targeted_neurons": 4, "importance_report": 4, "layer_similarity": 4,
+        {"targeted_pairs": 5, "targeted_neurons": 5, "importance_report": 5, "layer_similarity": 5,
          "findings": 1, "all": 1},
     ),
     "SNS lambda": (

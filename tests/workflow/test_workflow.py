@@ -47,15 +47,14 @@ def test_sensitivity_outputs_cover_every_layer(tiny_run):
             assert table.layer.unique().tolist() == [f"conv{i}" for i in range(1, 14)] + ["fc"]
         elif "resnet18" in str(table_path):
             assert {"conv1", "l1b1c1", "l4b2c2", "fc"} <= set(table.layer)
-        else:  # the external model: its own module names, in forward order, its head as "fc"
-            assert table.layer.unique().tolist() == ["stem.0", "block_a", "block_b", "plain", "head"]
+        else:  # the external model: its own module names, in forward order, its logit layer as "fc"
+            assert table.layer.unique().tolist() == ["stem.0", "block_a", "block_b", "plain", "fc"]
         assert (table.sensitivity >= 0).all() and table.sensitivity.max() > 0
         top10 = pd.read_csv(table_path.with_name("top10pct_tip_bn.csv"))
         top50 = pd.read_csv(table_path.with_name("top50pct_tip_bn.csv"))
         assert len(top50) > len(top10) >= table.layer.nunique()
-        head = "head" if "-external~" in str(table_path) else "fc"
-        first = table[table.layer == head].sensitivity.max()
-        assert top10[top10.layer == head].sensitivity.iloc[0] == pytest.approx(first)
+        first = table[table.layer == "fc"].sensitivity.max()
+        assert top10[top10.layer == "fc"].sensitivity.iloc[0] == pytest.approx(first)
 
 
 def test_robustness_tables_have_the_papers_columns_and_trace_every_cell(tiny_run):
@@ -95,12 +94,12 @@ def test_sns_analyses_and_findings(tiny_run):
     (data_dir,) = [p for p in (tiny_run / "results").iterdir() if p.name.startswith("digits~")]
     sns = data_dir / "sns"
     importance = sorted(sns.glob("*/targeted~*/importance_k5.csv"))
-    assert len(importance) == 4
+    assert len(importance) == 4 + 1  # the external model's too
     for path in importance:
         table = pd.read_csv(path)
         assert {"spearman", "levenshtein_similarity", "jaccard"} <= set(table.columns)
         assert table.spearman.between(-1, 1).all() and table.levenshtein_similarity.between(0, 1).all()
-    assert len(list(sns.glob("*/targeted~*/layer_similarity_top10pct.csv"))) == 4
+    assert len(list(sns.glob("*/targeted~*/layer_similarity_top10pct.csv"))) == 4 + 1
     # suppression on the vanilla models only; ratio reports and Fig 10 curves per architecture
     assert sorted(p.parent.parent.name.split("~")[0] for p in sns.glob("*/pgd~*-tip_bn/suppression~*_summary.csv")) == [
         "resnet18-vanilla", "vgg16-vanilla"]
@@ -109,6 +108,7 @@ def test_sns_analyses_and_findings(tiny_run):
         assert len(list((sns / arch).glob("pgd~*/sensitivity_curves_tip_bn.png"))) == 1
     findings = (tiny_run / "results" / "findings.md").read_text()
     assert "Claims supported by this run" in findings and "vgg16" in findings and "resnet18" in findings
+    assert "small-external" in findings  # its per-model SNS sections
 
 
 def test_psn_scores_and_analyses_on_the_vanilla_models(tiny_run):

@@ -3,7 +3,8 @@ entry (advneurons.models.zoo), behind the interface the analyses use (models.arc
 normalisation inside, layers addressed by name.
 
 Layer names are the networks' own qualified module names (e.g. ``layer2.0.conv1``): every Conv2d and Linear, in
-the order the forward pass runs them, unless the config lists them. Where each layer is read (the measurement
+the order the forward pass runs them, unless the config lists them; a final Linear layer (the logits) is "fc", as in
+the built-in models, since the analyses read the logits under that name. Where each layer is read (the measurement
 sites of models.architectures) is found by a probe: one forward pass with hooks that follows tensors from module
 to module. A conv's "bn" site is the BatchNorm that consumes exactly the conv's output; its "relu" site the
 ReLU module that consumes that output (or the conv's own, without BatchNorm). A layer without a BatchNorm after it
@@ -192,11 +193,20 @@ class ExternalModel(nn.Module):
         self.network = network
         self.layer_map = {k: v for k, v in layer_map.items() if k}
         self.relu_map = dict(layer_map.get("", {"relus": [], "shared_relus": []}))
-        unknown = [n for n in (selected or []) if n not in self.layer_map]
+        # The logit layer is "fc" in every table of the pipeline (the analyses read the logits there): a final
+        # Linear layer goes by that name, whatever its module is called.
+        last = list(self.layer_map)[-1]
+        self.head_name = last if self.layer_map[last]["kind"] == "linear" and "fc" not in self.layer_map else None
+        chosen = [self.head_name if n == "fc" and self.head_name else n for n in (selected or [])]
+        unknown = [n for n in chosen if n not in self.layer_map]
         if unknown:
             raise ExternalModelError(f"layers {unknown} are not Conv2d/Linear modules run by the network; it has "
                                      f"{', '.join(list(self.layer_map)[:8])}...")
-        self.selected = list(selected) if selected else list(self.layer_map)
+        self.selected = chosen or list(self.layer_map)
+
+    def display_name(self, name: str) -> str:
+        """A layer's name in tables: its qualified module name, "fc" for the final Linear layer."""
+        return "fc" if name == self.head_name else name
 
     def forward(self, x):
         return self.network(self.normalize(x))
@@ -211,14 +221,15 @@ class ExternalModel(nn.Module):
         for name in self.selected:
             info = self.layer_map[name]
             if info["kind"] == "linear" or site == "conv":
-                out[name] = self._module(name)
+                module = self._module(name)
             elif site == "bn":
-                out[name] = self._module(info["bn"] or name)
+                module = self._module(info["bn"] or name)
             else:
                 if info["relu"] is None or info["relu"] in self.relu_map.get("shared_relus", []):
                     raise ExternalModelError(f"layer {name} has no ReLU module of its own after it (functional or "
                                              f"shared ReLU); read it at the 'bn' or 'conv' site")
-                out[name] = self._module(info["relu"])
+                module = self._module(info["relu"])
+            out[self.display_name(name)] = module
         return out
 
     def relus(self) -> "OrderedDict[str, nn.Module]":
@@ -232,8 +243,7 @@ class ExternalModel(nn.Module):
     @property
     def fc(self) -> nn.Module | None:
         """The last layer when it is a Linear (the head IG-Defense needs), else None."""
-        last = list(self.layer_map)[-1]
-        return self._module(last) if self.layer_map[last]["kind"] == "linear" else None
+        return self._module(self.head_name) if self.head_name else None
 
     def penultimate(self) -> nn.Module:
         """A module whose output is the head's input: a view of the head that records what enters it."""

@@ -18,7 +18,8 @@ The model registries, and why there are several:
   path as a trained model; evaluated and measured for sensitivity, not trained or analysed further.
 - ``trained`` = analysed + defense + layer-range models: what ``train_model`` makes.
 - ``evaluated`` = analysed + defense + external + defended models: the rows of the final robustness table.
-- ``tabled`` = analysed + external models: the rows of the robustness tables, measured for neuron sensitivity.
+- ``tabled`` = analysed + external models: the rows of the robustness tables, measured for neuron sensitivity,
+  and the subjects of the per-model SNS analyses (targeted sets, importance, layer similarity).
 """
 
 from __future__ import annotations
@@ -228,7 +229,8 @@ class Plan:
 
     def findings_inputs(self) -> dict:
         """Labelled inputs of the SNS findings: what exists depends on the configured analyses."""
-        label, models = self.model_label, self.analysed
+        # the per-model analyses (targeted sets, importance, layer similarity) run on external models too
+        label, models = self.model_label, self.tabled
         suppressed = self.analysed_of(self.sns["suppression"]["training"])
         out = {
             "importance": {label(m): self.sns_model_file("importance", m) for m in models},

@@ -43,7 +43,7 @@ def sns(plan: Plan) -> list[str]:
     return [
         "results/findings.md",
         *[plan.sns_arch_file("curves_figure", a) for a in plan.archs],
-        *[plan.sns_model_file("importance_figure", m) for m in plan.analysed],
+        *[plan.sns_model_file("importance_figure", m) for m in plan.tabled],
     ]
 
 
