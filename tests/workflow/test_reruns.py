@@ -75,7 +75,7 @@ CHANGES = {
     "pgd eps": (
         {"attacks": {"pgd": {"eps": 24}}},
         # pgd makes the pair sets behind the sensitivity files, the targeted sets, and cells of both tables
-        {"attack_pairs": 4, "neuron_sensitivity": 4, "sensitive_channels": 8, "evaluate_attack": 4,
+        {"attack_pairs": 4, "neuron_sensitivity": 4, "sensitive_channels": 8 + 2, "evaluate_attack": 4,
          "targeted_pairs": 5, "targeted_neurons": 5, "importance_report": 5, "layer_similarity": 5,
          "robustness_table": 1, "robustness_table_i": 1, "sensitivity_curves": 2, "suppression_study": 2,
          "ratio_report": 2, "findings": 1, "all": 1, "psn_agreement": 2,
@@ -87,8 +87,8 @@ CHANGES = {
             {"evaluate_attack": 3, "ig_defense_analysis": 3},
             # MeanSparse sweeps pgd: new defended models, all their cells
             {k: 3 * v for k, v in MEANSPARSE_PER_MODEL.items()},
-            # the external model: its sensitivity pair set and what follows, its pgd cell
-            {"attack_pairs": 1, "neuron_sensitivity": 1, "sensitive_channels": 2, "evaluate_attack": 1},
+            # the external model: its sensitivity pair set and what follows (its top lists: left), its pgd cell
+            {"attack_pairs": 1, "neuron_sensitivity": 1, "evaluate_attack": 1},
             # the PAT models' pgd pair sets and every white-box pgd cell feed the transfer checks
             ALL_TRANSFERS,
             # the layer-range models' pgd cells and their table

@@ -271,13 +271,16 @@ def test_layer_range_sweep_and_paired_claims(tiny_run):
 # ------------------------------------------------------------------------------ steps run by hand
 def run_by_hand(workdir, script, *args):
     """`python workflow_scripts/<script>.py ARGS` in `workdir`, as a user would run one step outside Snakemake."""
+    import os
     import subprocess
     import sys
 
-    from workflow_helpers import ROOT
+    from workflow_helpers import ROOT, SUPPORT
 
+    # the tiny config names an external model: its factory's module is importable, as a user's package would be
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SUPPORT), os.environ.get("PYTHONPATH")]))}
     return subprocess.run([sys.executable, str(ROOT / "workflow_scripts" / f"{script}.py"), *args], cwd=workdir,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, env=env)
 
 
 def test_a_step_run_by_hand_makes_the_same_file_as_snakemake(tiny_run, tmp_path):
@@ -289,6 +292,7 @@ def test_a_step_run_by_hand_makes_the_same_file_as_snakemake(tiny_run, tmp_path)
     (tmp_path / source).parent.mkdir(parents=True)
     shutil.copy(tiny_run / source, tmp_path / source)  # only the step's input: nothing upstream runs
     shutil.copy(tiny_run / "config.yaml", tmp_path / "config.yaml")
+    shutil.copytree(tiny_run / "external", tmp_path / "external")  # the config's external model's weights
     proc = run_by_hand(tmp_path, "sensitive_channels", str(target))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / target).read_bytes() == made.read_bytes()
@@ -299,6 +303,7 @@ def test_a_step_run_by_hand_names_what_is_wrong(tiny_run, tmp_path):
     import shutil
 
     shutil.copy(tiny_run / "config.yaml", tmp_path / "config.yaml")
+    shutil.copytree(tiny_run / "external", tmp_path / "external")
     made = sorted(tiny_run.glob("results/*/sensitivity/*-vanilla~*/*/top10pct_*.csv"))[0].relative_to(tiny_run)
     proc = run_by_hand(tmp_path, "sensitive_channels", "results/not/a/file.csv")
     assert proc.returncode != 0 and "is not an output of sensitive_channels.py" in proc.stderr
