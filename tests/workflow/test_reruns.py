@@ -44,9 +44,10 @@ TRANSFER_TABLE = {"transfer_table": 1}
 # the SNS layer-range sweep: two extra fine-tunings (one per architecture), their pgd cell, the table
 LAYER_RANGE = {"train_model": 2, "evaluate_attack": 2, "sns_layer_range": 1}
 # the external model: imported, its pgd pair set (sensitivity, and the transfer checks of its defended models),
-# sensitivity with its two top lists, the 9 attacks of both tables, the per-model SNS analyses (targeted sets)
+# sensitivity with its two top lists, the 9 attacks of both tables, the per-model SNS analyses (targeted sets), its
+# PGD sweep
 EXTERNAL = {"import_model": 1, "attack_pairs": 1, "neuron_sensitivity": 1, "sensitive_channels": 2, "evaluate_attack": 9,
-            "targeted_pairs": 1, "targeted_neurons": 1, "importance_report": 1, "layer_similarity": 1}
+            "targeted_pairs": 1, "targeted_neurons": 1, "importance_report": 1, "layer_similarity": 1, "pgd_sweep": 1}
 RESULTS_LONG = {"results_long": 1}
 
 
@@ -145,7 +146,7 @@ CHANGES = {
     ),
     "sweep eps values": (
         {"sweeps": {"eps_values": [8, 16, 32]}},
-        {"pgd_sweep": 4, "sweep_figures": 1, "all": 1},
+        {"pgd_sweep": 4 + 1, "sweep_figures": 1, "all": 1},
     ),
     "suppression beta list": (
         {"sns": {"suppression": {"betas": [1.0, 0.7]}}},

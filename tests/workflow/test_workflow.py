@@ -83,7 +83,7 @@ def test_robustness_tables_have_the_papers_columns_and_trace_every_cell(tiny_run
 
 def test_pgd_sweeps_cover_steps_and_eps(tiny_run):
     sweep = pd.read_csv(tiny_run / "results" / "tables" / "pgd_sweep.csv")
-    assert set(sweep.model) == {"resnet18-pat", "resnet18-vanilla", "vgg16-pat", "vgg16-vanilla"}
+    assert set(sweep.model) == {"resnet18-pat", "resnet18-vanilla", "vgg16-pat", "vgg16-vanilla", "small-external"}
     assert sorted(sweep[sweep.sweep == "steps"].steps.unique()) == [1, 2]
     assert sorted(sweep[sweep.sweep == "eps"].eps_255.unique()) == [16, 32]
     for name in ("pgd_sweep_steps.png", "pgd_sweep_eps.png"):

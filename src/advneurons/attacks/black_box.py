@@ -181,5 +181,6 @@ def _add_queries(query_counts: torch.Tensor | None, spent: torch.Tensor) -> None
     if query_counts is None:
         return
     if query_counts.shape != spent.shape:
-        raise ValueError(f"query_counts needs one entry per image ({len(spent)}), got shape {tuple(query_counts.shape)}")
+        raise ValueError(f"query_counts needs one entry per image ({len(spent)}), "
+                         f"got shape {tuple(query_counts.shape)}")
     query_counts += spent

@@ -13,9 +13,9 @@ import pandas as pd
 
 from advneurons.report.figures import LAYER_LABEL, figure_width, layer_ticks, plotting, save_figure
 from advneurons.report.markdown import markdown_table, write_markdown
-from advneurons.evaluation.robustness import (INTERVAL_NOTE, WORST_CASE, accuracy_table, attack_report, mark_warned_cells,
-                                              read_lineage, read_record_images, read_records, table_iii_columns,
-                                              with_intervals)
+from advneurons.evaluation.robustness import (INTERVAL_NOTE, WORST_CASE, accuracy_table, attack_report,
+                                              mark_warned_cells, read_lineage, read_record_images, read_records,
+                                              table_iii_columns, with_intervals)
 from advneurons.models.layer_names import SNS_LAYERS
 from advneurons.runtime import atomic_path
 from advneurons.evaluation.paired_stats import decide, decide_pooled

@@ -186,7 +186,8 @@ def image_frame(model: str, attack: str, index, clean: torch.Tensor, results: Im
     """The per-image records (IMAGE_COLUMNS) of one attack; compact dtypes keep them a few bytes per image."""
     n = len(results.correct)
     if not len(index) == len(clean) == n:
-        raise ValueError(f"per-image records need one index and clean result per image: {len(index)}, {len(clean)}, {n}")
+        raise ValueError("per-image records need one index and clean result per image: "
+                         f"{len(index)}, {len(clean)}, {n}")
     return pd.DataFrame({
         "model": model, "attack": attack, "index": np.asarray(index, dtype=np.int64),
         "clean_correct": clean.numpy().astype(np.int8), "correct": results.correct.numpy().astype(np.int8),

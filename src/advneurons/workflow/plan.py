@@ -19,7 +19,7 @@ The model registries, and why there are several:
 - ``trained`` = analysed + defense + layer-range models: what ``train_model`` makes.
 - ``evaluated`` = analysed + defense + external + defended models: the rows of the final robustness table.
 - ``tabled`` = analysed + external models: the rows of the robustness tables, measured for neuron sensitivity,
-  and the subjects of the per-model SNS analyses (targeted sets, importance, layer similarity).
+  and the subjects of the PGD sweeps and the per-model SNS analyses (targeted sets, importance, layer similarity).
 """
 
 from __future__ import annotations
@@ -220,8 +220,8 @@ class Plan:
                 for name in self.config["sns_layer_range"]["attacks"]]
 
     def sweep_files(self) -> list[str]:
-        """Sweeps of the analysed models, and of the defenses where defenses.sweeps is on."""
-        models = self.evaluated if self.config["defenses"]["sweeps"] else self.analysed
+        """Sweeps of the analysed and external models, and of the defenses where defenses.sweeps is on."""
+        models = self.evaluated if self.config["defenses"]["sweeps"] else self.tabled
         return [self.sweep_file(m) for m in models]
 
     def transfer_rows(self) -> list[str]:

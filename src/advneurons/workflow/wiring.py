@@ -37,7 +37,8 @@ class JobWiring:
         return self.plan.trained[wildcards.model]
 
     def external_settings(self, wildcards) -> dict:
-        """The external model entry (name, source, normalisation, layers) an import_model job turns into a checkpoint."""
+        """The external model entry (name, source, normalisation, layers) that an import_model job turns into a
+        checkpoint."""
         entry = self.plan.external[wildcards.model]
         return {"name": entry["arch"], "entry": entry["external"]}
 
