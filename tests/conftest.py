@@ -35,6 +35,7 @@ external_models:
     normalization: {{mean: {mean}, std: {std}}}
     meansparse: true
     ig_defense: true
+    sns: {{training: [sns_sen], layers: [block_b, plain], sns_lambda: 5}}
 """
 
 
@@ -50,7 +51,7 @@ def tiny_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("tiny")
     shutil.copy(ROOT / "presets" / "quick.yaml", workdir / "config.yaml")
     # one external model (a small factory network trained outside the pipeline), defended by MeanSparse and
-    # IG-Defense too; its weights path is relative to the working directory, as a user's would be
+    # IG-Defense and fine-tuned by SNS too; its weights path is relative to the working directory, as a user's would be
     write_trained_checkpoint(workdir / "external" / "small.pt")
     with open(workdir / "config.yaml", "a") as fh:
         fh.write(TINY_EXTERNAL.format(mean=MEAN, std=STD))

@@ -210,3 +210,37 @@ def test_the_per_model_sns_analyses_run_on_an_external_model(tmp_path, small_wei
     similarity = layer_similarity(tmp_path / "s.csv", 10, tmp_path / "l.csv", tmp_path / "l.md", tmp_path / "l.png",
                                   tmp_path / "l.json")
     assert list(similarity.layer) == ["stem.0", "block_a", "block_b", "plain", "penultimate"]  # no logits, as for VGG
+
+
+def test_sns_fine_tunes_an_external_model_from_its_own_layers(tmp_path, small_weights, digits_files, monkeypatch):
+    """An external model as SNS's base: the training's settings with the entry's layers and lambda; the fine-tuned
+    model is an external model again (same network, new weights) with the layers below the first frozen."""
+    from advneurons.training.loop import TrainConfig, train_model
+    from advneurons.workflow.plan import Plan
+
+    external.import_model("small", _entry(small_weights), "digits", 10, tmp_path / "base.pt", tmp_path / "b.json")
+    cfg = TrainConfig(method="sns", base="external", variant="sen", epochs=1, batch_size=64, lr=0.01, eps=32, steps=2,
+                      select_images=64, sns_lambda=1.0, sns_layers={"small": ["block_b", "plain"]}, site="bn")
+    meta = train_model(digits_files["train"], None, "small", "digits", 1.0, cfg, 0, tmp_path / "sns.pt",
+                       tmp_path / "m.csv", tmp_path / "m.json", tmp_path / "resume.pt", base_path=tmp_path / "base.pt")
+    assert meta["sns_layers"] == ["block_b", "plain"] and set(meta["stabilised_channels"]) == {"block_b", "plain"}
+    tuned, ckpt = load_model(tmp_path / "sns.pt")
+    base, _ = load_model(tmp_path / "base.pt")
+    assert isinstance(tuned, external.ExternalModel) and ckpt["external"]["name"] == "small"
+    assert torch.equal(tuned.network.stem[0].weight, base.network.stem[0].weight)  # frozen below block_b
+    assert not torch.equal(tuned.network.plain.weight, base.network.plain.weight)  # fine-tuned
+    # in the config: one model per (external model, SNS training), fine-tuned from the imported checkpoint
+    monkeypatch.chdir(tmp_path)
+    entry = {**_entry(small_weights), "sns": {"training": ["sns_sen"], "layers": ["block_b", "plain"]}}
+    with pytest.raises(settings.ConfigError, match="external_models.small.sns.sns_lambda"):
+        settings.validate_config(_config(small=entry))  # quick.yaml's sns_sen keeps the papers' per-arch lambda
+    entry["sns"]["sns_lambda"] = 5
+    plan = Plan(settings.validate_config(_config(small=entry)))
+    (tuned_id,) = [m for m, e in plan.defense_models.items() if e["arch"] == "small"]
+    (base_id,) = plan.external
+    assert settings.base_model_id(plan.config, plan.trained[tuned_id]) == base_id
+    assert plan.trained[tuned_id]["training"]["sns_layers"] == {"small": ["block_b", "plain"]}
+    assert plan.model_label(tuned_id) == "small-sns_sen" and tuned_id in plan.evaluated
+    bad = {**_entry(small_weights), "sns": {"training": ["vanilla"], "layers": ["plain"], "sns_lambda": 1}}
+    with pytest.raises(settings.ConfigError, match="'vanilla' is not an SNS training"):
+        settings.validate_config(_config(small=bad))

@@ -8,7 +8,8 @@ eat, sns_sen) per architecture and MeanSparse on the PAT models, evaluated under
 IG-Defense on the PAT models, evaluated under 2 of them; the transfer check (pgd) of the four defended models. EAT's static source models are the vanilla models of
 both architectures. One external model (tests/conftest.py TINY_EXTERNAL): imported, evaluated under the 9 attacks
 of both tables, measured for sensitivity, analysed per model (targeted sets, importance, layer similarity), and
-defended by MeanSparse and IG-Defense (two more transfer checks).
+defended by MeanSparse and IG-Defense (two more transfer checks), fine-tuned by SNS-sen (its own lambda, so
+changing the training's lambda leaves it alone).
 results_long gathers every evaluation, so it re-runs whenever any evaluation does.
 """
 
@@ -48,6 +49,7 @@ LAYER_RANGE = {"train_model": 2, "evaluate_attack": 2, "sns_layer_range": 1}
 # PGD sweep
 EXTERNAL = {"import_model": 1, "attack_pairs": 1, "neuron_sensitivity": 1, "sensitive_channels": 2, "evaluate_attack": 9,
             "targeted_pairs": 1, "targeted_neurons": 1, "importance_report": 1, "layer_similarity": 1, "pgd_sweep": 1}
+EXTERNAL_SNS = {"train_model": 1, "evaluate_attack": 7}  # SNS-sen fine-tuned from it, under the table_iii attacks
 RESULTS_LONG = {"results_long": 1}
 
 
@@ -64,7 +66,7 @@ EVERYTHING = _sum({"prepare_dataset": 1}, {k: 4 * v for k, v in PER_MODEL.items(
                   {k: 8 * v for k, v in PER_DEFENSE_MODEL.items()}, DEFENSE_SUMMARIES,
                   {k: 3 * v for k, v in MEANSPARSE_PER_MODEL.items()}, {k: 3 * v for k, v in IG_PER_MODEL.items()},
                   {k: 6 * v for k, v in TRANSFER_PER_DEFENDED.items()}, TRANSFER_TABLE, {"defense_findings": 1},
-                  LAYER_RANGE, EXTERNAL, RESULTS_LONG)
+                  LAYER_RANGE, EXTERNAL, EXTERNAL_SNS, RESULTS_LONG)
 ALL_TRANSFERS = _sum({k: 6 * v for k, v in TRANSFER_PER_DEFENDED.items()}, TRANSFER_TABLE)
 PAT_TRANSFERS = _sum({k: 4 * v for k, v in TRANSFER_PER_DEFENDED.items()}, TRANSFER_TABLE)  # of the PAT models
 TWO_TRANSFERS = _sum({k: 2 * v for k, v in TRANSFER_PER_DEFENDED.items()}, TRANSFER_TABLE)
@@ -88,8 +90,9 @@ CHANGES = {
             {"evaluate_attack": 3, "ig_defense_analysis": 3},
             # MeanSparse sweeps pgd: new defended models, all their cells
             {k: 3 * v for k, v in MEANSPARSE_PER_MODEL.items()},
-            # the external model: its sensitivity pair set and what follows (its top lists: left), its pgd cell
-            {"attack_pairs": 1, "neuron_sensitivity": 1, "evaluate_attack": 1},
+            # the external model: its sensitivity pair set and what follows (its top lists: left), its pgd cell and
+            # its SNS fine-tuning's
+            {"attack_pairs": 1, "neuron_sensitivity": 1, "evaluate_attack": 1 + 1},
             # the PAT models' pgd pair sets and every white-box pgd cell feed the transfer checks
             ALL_TRANSFERS,
             # the layer-range models' pgd cells and their table
@@ -118,7 +121,7 @@ CHANGES = {
               "suppression_study": 2, "ratio_report": 2, "findings": 1, "all": 1, "psn_agreement": 2, "targeted_neurons": 5,
               "importance_report": 5, "layer_similarity": 5},
              {k: 2 * v for k, v in PER_DEFENSE_MODEL.items() if k != "neuron_sensitivity"}, DEFENSE_SUMMARIES,
-             LAYER_RANGE),
+             LAYER_RANGE, EXTERNAL_SNS),
     ),
     "ResNet width": (
         {"architectures": {"resnet18": {"width": 0.125}}},
@@ -141,7 +144,8 @@ CHANGES = {
         {"robustness": {"n_images": 16}},
         # spsa keeps its own subset size (n_images_by_attack); defense models run the table_iii attacks,
         # IG-Defense its two; the external model both tables' attacks, its MeanSparse and IG-Defense like the PAT ones'
-        _sum({"evaluate_attack": 4 * 8 + 8 * 6 + 2 * 6 + 2 * 2 + 8 + 6 + 2, "robustness_table": 1, "robustness_table_i": 1,
+        _sum({"evaluate_attack": 4 * 8 + 8 * 6 + 2 * 6 + 2 * 2 + 8 + 6 + 2 + 6, "robustness_table": 1,
+              "robustness_table_i": 1,
               "final_robustness_table": 1, "all": 1}, ALL_TRANSFERS, {"evaluate_attack": 2, "sns_layer_range": 1}),
     ),
     "sweep eps values": (

@@ -16,7 +16,7 @@ def test_every_stage_produced_its_outputs(tiny_run):
     models = sorted(p.name.split("~")[0] for p in (data_dir / "models").iterdir())
     # every training of both architectures, and the layer-range sweep's extra fine-tuning of each
     expected = [f"{a}-{t}" for a in ("resnet18", "vgg16") for t in ("alp", "eat", "nat", "pat", "sns_sen", "vanilla")]
-    expected += ["resnet18-sns_sen_from_l4b2c1", "vgg16-sns_sen_from_conv13", "small-external"]
+    expected += ["resnet18-sns_sen_from_l4b2c1", "vgg16-sns_sen_from_conv13", "small-external", "small-sns_sen"]
     assert models == sorted(expected)
     for model_dir in (data_dir / "models").iterdir():
         if "-external~" in model_dir.name:  # imported, not trained (test_external_model_through_every_stage)
@@ -76,7 +76,7 @@ def test_robustness_tables_have_the_papers_columns_and_trace_every_cell(tiny_run
     # analysed models x 9, defenses and MeanSparse x the 7 of table_iii, IG-Defense x its 2 (ig_defense.attacks),
     # the two extra layer-range models x pgd, the external model x 9, its MeanSparse x 7 and IG-Defense x 2
     records = list((data_dir / "robustness").glob("*/*.csv"))
-    assert len(records) == 4 * 9 + 8 * 7 + 2 * 7 + 2 * 2 + 2 + 9 + 7 + 2
+    assert len(records) == 4 * 9 + 8 * 7 + 2 * 7 + 2 * 2 + 2 + 9 + 7 + 2 + 7  # ... and its SNS fine-tuning x 7
     assert all(p.with_name(f"{p.stem}.images.csv.gz").exists() and p.with_suffix(".json").exists() for p in records)
     assert "vgg16-pat" in (tables / "robustness.md").read_text()
 
@@ -161,7 +161,7 @@ def test_defenses_trained_and_compared_with_every_model(tiny_run):
     assert list(final.columns[:4]) == ["arch", "model", "training", "method"]
     assert list(final.columns[4:]) == ["Clean", "C&W", "L2 PGD", "L-inf PGD", "FGSM", "SPSA", "Step-LL", "MI-FGSM",
                                        "Worst case"]
-    assert list(final.arch.unique()) == ["vgg16", "resnet18", "small"] and len(final) == 16 + 3
+    assert list(final.arch.unique()) == ["vgg16", "resnet18", "small"] and len(final) == 16 + 4
     assert set(final.method) == {"vanilla", "pat", "alp", "nat", "eat", "sns", "meansparse", "ig_defense", "external"}
     # IG-Defense runs the attacks of ig_defense.attacks (pgd, fgsm) adaptively; the other cells stay empty
     ig = final[final.method == "ig_defense"]
@@ -336,7 +336,12 @@ def test_external_model_through_every_stage_that_applies(tiny_run):
                 assert (part.queries >= 1).all()  # black-box: queries counted per image
     # defended: MeanSparse says which ReLU it could not reach; both defenses are rows of the final table
     final = pd.read_csv(tables / "final_robustness.csv").set_index("model")
-    assert {"small-external", "small-external_meansparse", "small-external_igdefense"} <= set(final.index)
+    assert {"small-external", "small-external_meansparse", "small-external_igdefense", "small-sns_sen"} <= set(
+        final.index)
+    (sns_dir,) = list((data_dir / "models").glob("small-sns_sen~*"))  # SNS-sen fine-tuned from it
+    sns_meta = json.loads((sns_dir / "metadata.json").read_text())
+    assert sns_meta["base"]["path"].endswith(f"{model_dir.name}/model.pt")
+    assert sns_meta["sns_layers"] == ["block_b", "plain"]
     (ms_dir,) = [d for d in (data_dir / "defended").iterdir() if d.name.startswith("small-")]
     ms_meta = json.loads((ms_dir / "metadata.json").read_text())
     assert ms_meta["relus_defended"] == ["stem.2"] and ms_meta["relus_not_reached"] == ["shared"]

@@ -168,6 +168,35 @@ def _check_external(config: dict) -> None:
             verify_cached(name, entry, num_classes=10)
         except ExternalModelError as exc:
             raise ConfigError(f"config key '{key}': {exc}") from exc
+        for i, train_name in enumerate((entry.get("sns") or {}).get("training", [])):
+            training = config["training"].get(train_name)
+            if training is None or training["method"] != "sns":
+                raise ConfigError(f"config key '{key}.sns.training[{i}]': {train_name!r} is not an SNS training "
+                                  "defined under 'training'")
+            if not isinstance(training.get("sns_lambda"), (int, float)) and "sns_lambda" not in entry["sns"]:
+                raise ConfigError(f"config key '{key}.sns.sns_lambda': training {train_name!r} sets lambda per "
+                                  "built-in architecture (or not at all); give this model's")
+
+
+def external_sns_entries(config: dict) -> dict[str, dict]:
+    """model id -> entry (like :func:`model_entries`', plus base_id) of every SNS fine-tuning of an external model
+    (external_models.<name>.sns): the training's settings with the entry's layers (and lambda, when given); the id
+    hashes them and the external entry it starts from."""
+    out = {}
+    for base_id, base in external_entries(config).items():
+        sns = base["external"].get("sns")
+        if not sns:
+            continue
+        for train_name in sns["training"]:
+            training = {**config["training"][train_name], "sns_layers": {base["arch"]: list(sns["layers"])}}
+            training["base"] = f"external:{base['arch']}"  # a name only: the base checkpoint is base_id's
+            if "sns_lambda" in sns:
+                training["sns_lambda"] = sns["sns_lambda"]
+            params = {"arch": base["arch"], "width": 1.0, "training": training, "seed": config["seed"],
+                      "base": {"external": base["external"]}}
+            out[make_id(f"{base['arch']}-{train_name}", params)] = {**params, "training_name": train_name,
+                                                                      "base_id": base_id}
+    return out
 
 
 def external_entries(config: dict) -> dict[str, dict]:
@@ -511,6 +540,8 @@ def ig_analysis_id(config: dict) -> str:
 
 def base_model_id(config: dict, entry: dict) -> str | None:
     """Id of the model a fine-tuned entry starts from (None when trained from scratch)."""
+    if entry.get("base_id"):  # an external model's SNS fine-tuning
+        return entry["base_id"]
     base = entry["training"].get("base")
     if not base:
         return None

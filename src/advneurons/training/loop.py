@@ -278,15 +278,19 @@ def train_model(
     x_train, y_train = load_split(train_path)
     x_val, y_val = load_split(val_path) if val_path else (None, None)
     torch.manual_seed(seed)  # weight initialisation
-    model = build_model(arch, dataset, width, num_classes).to(device())
-    base_info = None
+    base_info, external = None, None
     if base_path is not None:
         base_model, base_ckpt = ckpt_io.load_model(base_path)
         if (base_ckpt.get("arch"), float(base_ckpt.get("width", -1))) != (arch, float(width)):
             raise ValueError(f"base checkpoint {base_path} is a {base_ckpt.get('arch')} of width {base_ckpt.get('width')}, "
                              f"not a {arch} of width {width}")
-        model.load_state_dict(base_model.state_dict())
+        external = base_ckpt.get("external")  # an external model (models.external): fine-tuned as it is
+        model = base_model.to(device()) if external else build_model(arch, dataset, width, num_classes).to(device())
+        if not external:
+            model.load_state_dict(base_model.state_dict())
         base_info = {"path": str(base_path), "training": (base_ckpt.get("meta") or {}).get("params", {}).get("training")}
+    else:
+        model = build_model(arch, dataset, width, num_classes).to(device())
     fast_layout(model)
     # the training split on the device when it fits (no per-batch host copies); the generator stays on the CPU
     x_train, y_train = hold_on_device((x_train, y_train), model_device(model))
@@ -374,7 +378,7 @@ def train_model(
     if static:
         extra["static_models"] = [{"path": str(p), "arch": m.arch_name} for p, m in zip(static_paths, static)]
     meta = metadata("train", params, seed=seed, n_train=len(x_train), final=history[-1] if history else {}, **extra)
-    ckpt_io.save_model(model.cpu(), model_out, arch, dataset, width, num_classes, meta)
+    ckpt_io.save_model(model.cpu(), model_out, arch, dataset, width, num_classes, meta, external=external)
     with atomic_path(metrics_out) as tmp:
         pd.DataFrame(history).to_csv(tmp, index=False)
     write_json(meta, metadata_out)

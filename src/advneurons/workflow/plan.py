@@ -8,8 +8,9 @@ gives new paths and re-runs only what depends on it; undoing it points back at t
 The model registries, and why there are several:
 
 - ``analysed``: the models of ``models.training``; every analysis stage runs on them.
-- ``defense_models``: the models of ``defenses.training`` that are not analysed ones; trained, evaluated
-  in the final table, measured for the sensitivity-by-training figure.
+- ``defense_models``: the models of ``defenses.training`` that are not analysed ones, and the SNS fine-tunings
+  of external models; trained, evaluated in the final table, measured for the sensitivity-by-training figure
+  (built-in architectures).
 - ``layer_range_models``: the extra SNS fine-tunings of the layer-range sweep (trained, then evaluated
   under that sweep's attacks only).
 - ``defended``: MeanSparse and IG-Defense wrapped around trained models (no training of their own);
@@ -68,7 +69,7 @@ class Plan:
         self.data_id = settings.make_id(self.dataset, settings.dataset_params(config))
         self.archs = list(config["models"]["architectures"])
         self.analysed = settings.model_entries(config)
-        self.defense_models = settings.defense_entries(config)
+        self.defense_models = {**settings.defense_entries(config), **settings.external_sns_entries(config)}
         self.layer_range = settings.sns_layer_range_models(config)
         self.layer_range_models = settings.sns_layer_range_entries(config)
         self.ig_defended = settings.ig_defense_entries(config)
