@@ -469,11 +469,19 @@ def meansparse_entries(config: dict) -> dict[str, dict]:
                 "arch": arch, "training_name": name, "training": {"method": "meansparse"},
                 "base_id": base_id, "settings": settings, "seed": config["seed"],
             }
+    return {**out, **_external_defended(config, "meansparse", "meansparse", settings)}
+
+
+def _external_defended(config: dict, method: str, suffix: str, settings: dict) -> dict[str, dict]:
+    """Defended-model entries of the external models whose entry turns `method` on (key `method`: true); ids and
+    fields as for the trained models' (meansparse_entries, ig_defense_entries)."""
+    out = {}
     for base_id, entry in external_entries(config).items():
-        if entry["external"].get("meansparse"):
-            out[make_id(f"{entry['arch']}-external_meansparse",
-                        {"base": {"external": entry["external"]}, "meansparse": settings, "seed": config["seed"]})] = {
-                "arch": entry["arch"], "training_name": "external_meansparse", "training": {"method": "meansparse"},
+        if entry["external"].get(method):
+            name = f"external_{suffix}"
+            params = {"base": {"external": entry["external"]}, method: settings, "seed": config["seed"]}
+            out[make_id(f"{entry['arch']}-{name}", params)] = {
+                "arch": entry["arch"], "training_name": name, "training": {"method": method},
                 "base_id": base_id, "settings": settings, "seed": config["seed"],
             }
     return out
@@ -498,14 +506,7 @@ def ig_defense_entries(config: dict) -> dict[str, dict]:
                 "arch": arch, "training_name": name, "training": {"method": "ig_defense"},
                 "base_id": make_id(f"{arch}-{train_name}", base), "settings": settings, "seed": config["seed"],
             }
-    for base_id, entry in external_entries(config).items():
-        if entry["external"].get("ig_defense"):
-            out[make_id(f"{entry['arch']}-external_igdefense",
-                        {"base": {"external": entry["external"]}, "ig_defense": settings, "seed": config["seed"]})] = {
-                "arch": entry["arch"], "training_name": "external_igdefense", "training": {"method": "ig_defense"},
-                "base_id": base_id, "settings": settings, "seed": config["seed"],
-            }
-    return out
+    return {**out, **_external_defended(config, "ig_defense", "igdefense", settings)}
 
 
 def display_group(training_name: str, training: dict) -> str:

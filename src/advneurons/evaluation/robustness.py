@@ -118,22 +118,11 @@ class ImageResults:
     queries: torch.Tensor
 
 
-def robust_correct(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    spec: AttackSpec,
-    batch_size: int = 256,
-    generator: torch.Generator | None = None,
-    progress: bool = False,
-    autoattack_log=None,
-    precision: str = "fp32",
-) -> torch.Tensor:
-    """Per image: is it still classified correctly after `spec` perturbs it? (bool tensor, CPU)
-    `autoattack_log` (attacks.AutoAttackLog) collects AutoAttack's own report over the batches;
-    `precision` "bf16" runs the attack under bfloat16 autocast (runtime.autocast), the final check in fp32."""
-    return attack_images(model, images, labels, spec, batch_size, generator, progress, autoattack_log,
-                         precision).correct
+def robust_correct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, spec: AttackSpec, *args,
+                   **kwargs) -> torch.Tensor:
+    """Per image: is it still classified correctly after `spec` perturbs it? (bool tensor, CPU; the arguments
+    of :func:`attack_images`)"""
+    return attack_images(model, images, labels, spec, *args, **kwargs).correct
 
 
 def attack_images(
@@ -147,8 +136,10 @@ def attack_images(
     autoattack_log=None,
     precision: str = "fp32",
 ) -> ImageResults:
-    """:func:`robust_correct` with the per-image records beside it (:class:`ImageResults`); a few bytes per
-    image, computed from tensors the attack produces anyway."""
+    """What `spec` does to each image (:class:`ImageResults`: still correct, perturbation norms, queries); a few
+    bytes per image, computed from tensors the attack produces anyway. `autoattack_log` (attacks.AutoAttackLog)
+    collects AutoAttack's own report over the batches; `precision` "bf16" runs the attack under bfloat16 autocast
+    (runtime.autocast), the final check in fp32."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     correct, linf, l2, queries = [], [], [], []
