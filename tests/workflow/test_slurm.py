@@ -43,7 +43,8 @@ def one_model_config() -> dict:
     return cfg
 
 EXPECTED_JOBS = {"prepare_dataset": 1, "train_model": 1, "attack_pairs": 2, "neuron_sensitivity": 1,
-                 "sensitive_channels": 2, "evaluate_attack": 2, "robustness_table": 1, "robustness_table_i": 1}
+                 "sensitive_channels": 2, "evaluate_attack": 2, "robustness_table": 1, "robustness_table_i": 1,
+                 "results_long": 1}
 
 
 @pytest.fixture(scope="module")
