@@ -5,12 +5,11 @@ of the number (checkpoint digest, code fingerprint, seed, device, versions, log 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
-from advneurons.evaluation.robustness import TableError, interval_pct, record_sidecars, RECORD_COLUMNS
+from advneurons.evaluation.robustness import RECORD_COLUMNS, TableError, interval_pct, record_lineage, record_sidecars
 from advneurons.io import write_csv
 
 LONG_COLUMNS = (
@@ -18,21 +17,6 @@ LONG_COLUMNS = (
     "n_images", "accuracy_pct", "ci_low_pct", "ci_high_pct", "description", "checkpoint_sha256", "code", "seed",
     "device", "versions", "log", "record_file",
 )
-
-
-def _lineage(record_csv: Path) -> dict:
-    meta_path = record_sidecars(record_csv)[1]
-    if not meta_path.exists():
-        raise TableError(f"{record_csv} has no metadata beside it ({meta_path.name}); re-run its evaluation job")
-    meta = json.loads(meta_path.read_text())
-    own = meta.get("lineage", {})
-    versions = dict(meta.get("versions", {}))
-    device = versions.pop("device", "")
-    return {"checkpoint_sha256": own.get("checkpoint_sha256", ""), "code": own.get("code") or "",
-            "seed": meta.get("seed"), "device": device,
-            "versions": ", ".join(f"{k} {v}" for k, v in versions.items()
-                                  if k not in ("platform", "cpu", "cpu_capability", "threads")),
-            "log": own.get("log") or ""}
 
 
 def long_table(record_csvs: list[Path], models: dict[str, dict]) -> pd.DataFrame:
@@ -45,7 +29,10 @@ def long_table(record_csvs: list[Path], models: dict[str, dict]) -> pd.DataFrame
         missing = [c for c in RECORD_COLUMNS if c not in records.columns]
         if missing:
             raise TableError(f"{path} is not a robustness records file: missing columns {', '.join(missing)}")
-        lineage = _lineage(path)
+        lineage = record_lineage(path)
+        if lineage is None:
+            raise TableError(f"{path} has no metadata beside it ({record_sidecars(path)[1].name}); re-run its "
+                             "evaluation job")
         for rec in records.itertuples():
             if rec.model not in models:
                 raise TableError(f"{path}: model {rec.model!r} is not one of the run's models")
@@ -57,7 +44,6 @@ def long_table(record_csvs: list[Path], models: dict[str, dict]) -> pd.DataFrame
                 "threat": rec.threat, "eps_255": rec.eps_255, "steps": rec.steps, "settings_id": path.stem,
                 "n_images": int(rec.n_images), "accuracy_pct": round(100.0 * float(rec.accuracy), 2),
                 "ci_low_pct": low, "ci_high_pct": high, "description": rec.description, **lineage,
-                "record_file": str(path),
             })
     frame = pd.DataFrame(rows, columns=list(LONG_COLUMNS))
     # a model's clean record is repeated by every job on the same subset: one row per (model, subset size)

@@ -378,6 +378,26 @@ def record_sidecars(record_csv: Path) -> tuple[Path, Path]:
 LINEAGE_COLUMNS = ("settings_id", "checkpoint_sha256", "code", "seed", "device", "versions", "log", "record_file")
 
 
+def record_lineage(record_csv: Path) -> dict | None:
+    """What produced the records of one evaluation job (LINEAGE_COLUMNS), from the metadata JSON beside it; None
+    when there is none."""
+    path = Path(record_csv)
+    meta_path = record_sidecars(path)[1]
+    if not meta_path.exists():
+        return None
+    meta = json.loads(meta_path.read_text())
+    own = meta.get("lineage", {})
+    versions = dict(meta.get("versions", {}))
+    device_name = versions.pop("device", "")
+    return {
+        "settings_id": path.stem, "checkpoint_sha256": own.get("checkpoint_sha256", ""),
+        "code": own.get("code") or "", "seed": meta.get("seed"), "device": device_name,
+        "versions": ", ".join(f"{k} {v}" for k, v in versions.items()
+                              if k not in ("platform", "cpu", "cpu_capability", "threads")),
+        "log": own.get("log") or "", "record_file": str(path),
+    }
+
+
 def read_lineage(record_csvs: list[Path]) -> dict[tuple[str, str], dict]:
     """(model, attack) -> what produced that record (LINEAGE_COLUMNS), from the metadata JSON beside each records
     CSV: the checkpoint's sha256, the code fingerprint of the evaluation rule, the seed, device, package versions,
@@ -386,20 +406,9 @@ def read_lineage(record_csvs: list[Path]) -> dict[tuple[str, str], dict]:
     Records without metadata beside them get no lineage (their cells' lineage columns stay empty)."""
     lineage: dict[tuple[str, str], dict] = {}
     for path in map(Path, record_csvs):
-        meta_path = record_sidecars(path)[1]
-        if not meta_path.exists():
+        entry = record_lineage(path)
+        if entry is None:
             continue
-        meta = json.loads(meta_path.read_text())
-        own = meta.get("lineage", {})
-        versions = dict(meta.get("versions", {}))
-        device_name = versions.pop("device", "")
-        entry = {
-            "settings_id": path.stem, "checkpoint_sha256": own.get("checkpoint_sha256", ""),
-            "code": own.get("code") or "", "seed": meta.get("seed"), "device": device_name,
-            "versions": ", ".join(f"{k} {v}" for k, v in versions.items()
-                                  if k not in ("platform", "cpu", "cpu_capability", "threads")),
-            "log": own.get("log") or "", "record_file": str(path),
-        }
         frame = pd.read_csv(path, usecols=["model", "attack", "n_images"])
         for row in frame.itertuples():
             key = (row.model, row.attack)
