@@ -55,6 +55,7 @@ def test_paper_preset_plans_the_full_cifar10_dag(tmp_path):
         "psn_heatmaps": 4,  # two layers per architecture
         "psn_agreement": 2,
         "report_landing_page": 1,
+        "results_long": 1,  # every accuracy of the run in one long table
         "all": 1,
     }
 
