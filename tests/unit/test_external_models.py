@@ -244,3 +244,17 @@ def test_sns_fine_tunes_an_external_model_from_its_own_layers(tmp_path, small_we
     bad = {**_entry(small_weights), "sns": {"training": ["vanilla"], "layers": ["plain"], "sns_lambda": 1}}
     with pytest.raises(settings.ConfigError, match="'vanilla' is not an SNS training"):
         settings.validate_config(_config(small=bad))
+
+
+def test_an_external_sns_entry_reads_the_same_whatever_the_training_says_about_what_it_overrides(
+        tmp_path, small_weights, monkeypatch):
+    """Snakemake compares params as text: a change of the training's lambda, which the external entry overrides,
+    must leave the entry's settings identical, key order included (else the model would be retrained)."""
+    monkeypatch.chdir(tmp_path)
+    entry = {**_entry(small_weights), "sns": {"training": ["sns_sen"], "layers": ["plain"], "sns_lambda": 5}}
+    plain = settings.validate_config(_config(small=entry))
+    changed = _config(small=entry)
+    changed["training"]["sns_sen"]["sns_lambda"] = 1.0
+    changed = settings.validate_config(changed)
+    a, b = settings.external_sns_entries(plain), settings.external_sns_entries(changed)
+    assert list(a) == list(b) and str(a) == str(b)

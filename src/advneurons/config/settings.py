@@ -192,6 +192,9 @@ def external_sns_entries(config: dict) -> dict[str, dict]:
             training["base"] = f"external:{base['arch']}"  # a name only: the base checkpoint is base_id's
             if "sns_lambda" in sns:
                 training["sns_lambda"] = sns["sns_lambda"]
+            # Snakemake compares params by their text, key order included: the same settings must read the same
+            # whether the training entry set the overridden lambda or not
+            training = {k: training[k] for k in sorted(training)}
             params = {"arch": base["arch"], "width": 1.0, "training": training, "seed": config["seed"],
                       "base": {"external": base["external"]}}
             out[make_id(f"{base['arch']}-{train_name}", params)] = {**params, "training_name": train_name,
