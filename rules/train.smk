@@ -12,6 +12,10 @@ rule train_model:
         "logs/{data}/train_model/{model}.log",
     benchmark:
         "benchmarks/{data}/train_model/{model}.tsv"
+    # not an external model's id (import_model makes those): Snakemake would otherwise try this rule's input
+    # function on them too and print its failure as an error
+    wildcard_constraints:
+        model=r"(?![a-z0-9]+-external~)[a-z0-9]+-[a-z0-9_]+~[0-9a-f]{8}",
     # models first: everything else waits on them (profiles/default/config.yaml says why not `prioritize`)
     priority: 10
     conda:

@@ -36,6 +36,7 @@ external_models:
     meansparse: true
     ig_defense: true
     sns: {{training: [sns_sen], layers: [block_b, plain], sns_lambda: 5}}
+    psn: {{n_images: 1, nodes: relu_inputs, heatmap_layers: [norm_b]}}
 """
 
 

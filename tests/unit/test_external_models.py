@@ -34,7 +34,7 @@ def test_the_probe_follows_tensors_to_each_layers_batchnorm_and_relu():
     assert (layers["block_a"]["bn"], layers["block_b"]["bn"]) == ("norm_a", "norm_b")
     assert layers["plain"] == {"kind": "conv", "channels": 32, "bn": None, "relu": None}  # F.relu is invisible
     assert layers["head"]["kind"] == "linear"
-    assert layers[""] == {"relus": ["stem.2"], "shared_relus": ["shared"]}
+    assert (layers[""]["relus"], layers[""]["shared_relus"]) == (["stem.2"], ["shared"])
     model = external.ExternalModel(small_cnn(8), "inside", layers)
     bn = model.layers("bn")
     assert bn["stem.0"] is model.network.stem[1] and bn["plain"] is model.network.plain  # no BatchNorm: the conv
@@ -149,7 +149,9 @@ def test_the_plan_puts_external_models_in_the_tables_and_the_sensitivity_stage(t
     jobs = JobWiring(plan)
     assert "small-external" in jobs.final_table_models(None)
     wildcards = type("W", (), {"model": model_id})()
-    assert jobs.external_settings(wildcards) == {"name": "small", "entry": config["external_models"]["small"]}
+    entry = config["external_models"]["small"]
+    assert jobs.external_settings(wildcards) == {"name": "small", "entry": {
+        "source": entry["source"], "normalization": entry["normalization"], "layers": None}}
     assert jobs.external_weights(wildcards) == str(small_weights)
     assert plan.long_table_models()["small-external"] == {"arch": "small", "training": "external",
                                                           "method": "external"}

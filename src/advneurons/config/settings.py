@@ -121,6 +121,8 @@ def check_references(config: dict) -> None:
         if name not in config["training"]:
             raise ConfigError(f"config key 'defenses.training[{i}]': training {name!r} is not defined under 'training'")
     for name, training in config["training"].items():
+        if name == "external":  # model ids "<name>-external~..." are the external models' (rule import_model)
+            raise ConfigError("config key 'training.external': the name 'external' is reserved for external models")
         _check_training(config, name, training)
     layer_range = config.get("sns_layer_range", {})
     if layer_range.get("enabled", False):
@@ -165,7 +167,9 @@ def _check_external(config: dict) -> None:
             raise ConfigError(f"config key '{key}.source.robustbench.dataset': a {zoo.get('dataset', 'cifar10')} zoo "
                               f"model cannot classify this run's {config['dataset']['name']} images")
         try:
-            verify_cached(name, entry, num_classes=10)
+            psn = config.get("psn", {})
+            node_set = entry["psn"].get("nodes", psn.get("nodes")) if psn.get("enabled") and entry.get("psn") else None
+            verify_cached(name, entry, num_classes=10, psn_nodes=node_set)
         except ExternalModelError as exc:
             raise ConfigError(f"config key '{key}': {exc}") from exc
         for i, train_name in enumerate((entry.get("sns") or {}).get("training", [])):
@@ -196,18 +200,28 @@ def external_sns_entries(config: dict) -> dict[str, dict]:
             # whether the training entry set the overridden lambda or not
             training = {k: training[k] for k in sorted(training)}
             params = {"arch": base["arch"], "width": 1.0, "training": training, "seed": config["seed"],
-                      "base": {"external": base["external"]}}
+                      "base": {"external": external_identity(base["external"])}}
             out[make_id(f"{base['arch']}-{train_name}", params)] = {**params, "training_name": train_name,
                                                                       "base_id": base_id}
     return out
 
 
+EXTERNAL_IDENTITY = ("source", "normalization", "layers")
+
+
+def external_identity(entry: dict) -> dict:
+    """What makes an external model entry the model it is (source with weights path, normalisation, analysed
+    layers), not what the run does with it (meansparse, ig_defense, sns, psn): turning an analysis on or off must not
+    re-import the model nor re-run what was computed on it."""
+    return {k: entry.get(k) for k in EXTERNAL_IDENTITY}
+
+
 def external_entries(config: dict) -> dict[str, dict]:
     """model id -> {arch (the entry's name), training_name "external", training {method: external}, external (the
-    entry), seed} for every external model; the id hashes the entry (source, weights path, normalisation, layers)."""
+    entry), seed} for every external model; the id hashes the entry's identity (:func:`external_identity`)."""
     out = {}
     for name, entry in config.get("external_models", {}).items():
-        out[make_id(f"{name}-external", {"external": entry})] = {
+        out[make_id(f"{name}-external", {"external": external_identity(entry)})] = {
             "arch": name, "training_name": "external", "training": {"method": "external"}, "external": entry,
             "seed": config["seed"],
         }
@@ -482,7 +496,7 @@ def _external_defended(config: dict, method: str, suffix: str, settings: dict) -
     for base_id, entry in external_entries(config).items():
         if entry["external"].get(method):
             name = f"external_{suffix}"
-            params = {"base": {"external": entry["external"]}, method: settings, "seed": config["seed"]}
+            params = {"base": {"external": external_identity(entry["external"])}, method: settings, "seed": config["seed"]}
             out[make_id(f"{entry['arch']}-{name}", params)] = {
                 "arch": entry["arch"], "training_name": name, "training": {"method": method},
                 "base_id": base_id, "settings": settings, "seed": config["seed"],
@@ -608,15 +622,38 @@ def heatmap_settings(config: dict) -> dict:
     return {k: v for k, v in psn["heatmaps"].items() if k != "layers"} | pgd
 
 
+def psn_images(config: dict, model: dict) -> int | None:
+    """How many images PSN scores for a model entry: the external entry's own `psn.n_images`, else the
+    architecture's of `psn.n_images`."""
+    if "external" in model:
+        return model["external"]["psn"]["n_images"]
+    return config["psn"]["n_images"][model["arch"]]
+
+
+def psn_node_set(config: dict, model: dict) -> str:
+    """The PSN node set of a model entry: the external entry's own `psn.nodes` when it sets one, else `psn.nodes`."""
+    if "external" in model:
+        return model["external"]["psn"].get("nodes", config["psn"]["nodes"])
+    return config["psn"]["nodes"]
+
+
+def psn_heatmap_layers(config: dict, model: dict) -> list[str]:
+    """The nodes whose PSN units get focus heatmaps: the external entry's `psn.heatmap_layers`, else the
+    architecture's of `psn.heatmaps.layers`."""
+    if "external" in model:
+        return list(model["external"]["psn"].get("heatmap_layers", []))
+    return list(config["psn"]["heatmaps"]["layers"].get(model["arch"], []))
+
+
 def psn_ids(config: dict, model: dict) -> dict[str, str]:
     """Ids of the PSN outputs of one model (an entry of :func:`model_entries`): the scores hash the
     bound settings and the images scored; each analysis hashes its own settings."""
     psn, seed = config["psn"], config["seed"]
-    scores = {k: psn[k] for k in ("bound_method", "variant", "eps", "zscore", "nodes")}
+    scores = {k: psn[k] for k in ("bound_method", "variant", "eps", "zscore")} | {"nodes": psn_node_set(config, model)}
     if psn.get("last_nodes"):  # a rehearsal's count; runs over every node keep the ids they always had
         scores["last_nodes"] = psn["last_nodes"]
     return {
-        "scores": make_id("psn", {**scores, "n_images": psn["n_images"][model["arch"]], "seed": seed}),
+        "scores": make_id("psn", {**scores, "n_images": psn_images(config, model), "seed": seed}),
         "deviation": make_id("deviation", {**psn["deviation"], "seed": seed}),
         "attack": make_id("noise", {**psn["attack"], "seed": seed}),
         "heatmaps": make_id("heatmaps", {**heatmap_settings(config), "seed": seed}),

@@ -117,20 +117,66 @@ def load_weights(network: nn.Module, state: dict[str, torch.Tensor], path: Path)
 
 
 # ------------------------------------------------------------------------------------------- the probe
+# Functional ReLUs and residual sums have no module to hook; the probe sees them as torch functions.
+_RELU_FUNCTIONS = {torch.nn.functional.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
+_ADD_FUNCTIONS = {torch.add, torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__, torch.Tensor.__iadd__,
+                  torch.Tensor.__radd__}
+_NODE_KINDS = ((nn.Conv2d, "conv"), (nn.Linear, "linear"), (nn.BatchNorm2d, "bn"), (nn.BatchNorm1d, "bn"),
+               (nn.ReLU, "relu"), ((nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d), "pool"), (nn.Flatten, "flatten"))
+
+
+class _TensorFunctions(torch.overrides.TorchFunctionMode):
+    """Reports the functional ReLUs and the additions a forward pass runs (``on_relu(input)``,
+    ``on_add(output)``); calls made inside a module's forward (``busy`` > 0) are the module's own business."""
+
+    def __init__(self, on_relu, on_add):
+        super().__init__()
+        self.on_relu, self.on_add, self.busy = on_relu, on_add, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not self.busy and args and isinstance(args[0], torch.Tensor):
+            if func in _RELU_FUNCTIONS:
+                self.on_relu(args[0])
+            elif func in _ADD_FUNCTIONS and isinstance(out, torch.Tensor):
+                self.on_add(out)
+        return out
+
+
 def probe_layers(network: nn.Module, input_shape=INPUT_SHAPE) -> "OrderedDict[str, dict]":
     """Every Conv2d and Linear of `network` in execution order -> {kind, channels, bn, relu}: the qualified
     names of the BatchNorm and ReLU modules that read its output (None where there is none), found by one
-    forward pass of a random batch of two in eval mode. Also returns, under the key "", the names of the
-    ReLU modules called more than once (shared) and of those called once."""
+    forward pass of a random batch of two in eval mode. Under the key "" it also returns the names of the ReLU
+    modules called more than once (shared) and of those called once, and the graph nodes PSN can score
+    (:func:`psn_nodes`)."""
     calls: dict[str, int] = {}
-    produced: dict[int, str] = {}  # id of an output tensor -> module that produced it
-    readers: dict[str, list[str]] = {}  # module -> modules that read its output
+    produced: dict[int, str] = {}  # id of an output tensor -> module (or "+N", the N-th addition) that produced it
+    readers: dict[str, list[str]] = {}  # module or addition -> modules that read its output
+    sum_reads: dict[str, list[tuple[str, int]]] = {}  # addition -> (ReLU module, which call of it) reading it
+    relu_fed: set[str] = set()  # modules and additions whose output a ReLU (module or functional) reads
     order: list[str] = []
     keep: list[torch.Tensor] = []  # holding every tensor keeps ids from being reused during the pass
     names = {module: name for name, module in network.named_modules() if name}
-    watched = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d, nn.ReLU)
+    watched = tuple(cls for classes, _ in _NODE_KINDS for cls in (classes if isinstance(classes, tuple) else (classes,)))
+
+    def on_relu(tensor):
+        source = produced.get(id(tensor))
+        if source is not None:
+            relu_fed.add(source)
+
+    def on_add(tensor):
+        keep.append(tensor)
+        name = f"+{sum(1 for n in order if n.startswith('+'))}"
+        order.append(name)
+        produced[id(tensor)] = name
+
+    functions = _TensorFunctions(on_relu, on_add)
+
+    def pre_hook(module, inputs):
+        functions.busy += 1
 
     def hook(module, inputs, output):
+        functions.busy -= 1
         name = names[module]
         calls[name] = calls.get(name, 0) + 1
         if calls[name] == 1:
@@ -141,16 +187,21 @@ def probe_layers(network: nn.Module, input_shape=INPUT_SHAPE) -> "OrderedDict[st
             source = produced.get(id(inputs[0]))
             if source is not None and source != name:
                 readers.setdefault(source, []).append(name)
+                if isinstance(module, nn.ReLU):
+                    relu_fed.add(source)
+                    if source.startswith("+"):
+                        sum_reads.setdefault(source, []).append((name, calls[name] - 1))
         if isinstance(output, torch.Tensor):
             keep.append(output)
             produced[id(output)] = name
 
-    handles = [m.register_forward_hook(hook) for m in names if isinstance(m, watched)]
+    handles = [h for m in names if isinstance(m, watched)
+               for h in (m.register_forward_pre_hook(pre_hook), m.register_forward_hook(hook))]
     was_training = network.training
     try:
         network.eval()
-        with torch.no_grad():
-            network(torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(0)))
+        with torch.no_grad(), functions:
+            output = network(torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(0)))
     except Exception as exc:  # the factory's network cannot take the dataset's images
         raise ExternalModelError(f"a forward pass of a {tuple(input_shape)} batch failed: {exc}") from exc
     finally:
@@ -165,7 +216,7 @@ def probe_layers(network: nn.Module, input_shape=INPUT_SHAPE) -> "OrderedDict[st
 
     layers: "OrderedDict[str, dict]" = OrderedDict()
     for name in order:
-        module = modules[name]
+        module = modules.get(name)
         if not isinstance(module, (nn.Conv2d, nn.Linear)):
             continue
         bn = follower(name, (nn.BatchNorm2d, nn.BatchNorm1d)) if isinstance(module, nn.Conv2d) else None
@@ -175,9 +226,46 @@ def probe_layers(network: nn.Module, input_shape=INPUT_SHAPE) -> "OrderedDict[st
                         "bn": bn, "relu": relu}
     if not layers:
         raise ExternalModelError("the network has no Conv2d or Linear module that runs in its forward pass")
-    relus = [n for n in order if isinstance(modules[n], nn.ReLU)]
-    layers[""] = {"relus": [n for n in relus if calls[n] == 1], "shared_relus": [n for n in relus if calls[n] > 1]}
+    relus = [n for n in order if isinstance(modules.get(n), nn.ReLU)]
+    logits = produced.get(id(output)) if isinstance(output, torch.Tensor) else None
+    nodes, gaps = psn_nodes(order, modules, calls, sum_reads, relu_fed, layers, logits)
+    layers[""] = {"relus": [n for n in relus if calls[n] == 1], "shared_relus": [n for n in relus if calls[n] > 1],
+                  "psn_nodes": nodes, "psn_gaps": gaps}
     return layers
+
+
+def psn_nodes(order, modules, calls, sum_reads, relu_fed, layers, logits) -> tuple[list[dict], list[str]]:
+    """The nodes of an external network that PSN can score (advneurons.psn.graph), in execution order: the output
+    of every conv, linear, BatchNorm, ReLU, pooling and flatten module called once, except the one that gives the
+    logits, and each sum a ReLU module reads (a residual sum; read at that module's input and named
+    "<relu module>.input", or "<relu module>.input<k>" when the module runs several times per pass and its k-th
+    call, from 0, reads the sum). Each is {name, kind, module, hook, call, conv, relu_input}: `call` that k (None:
+    every call), `conv` the analysed layer it belongs to (a conv itself, its BatchNorm, its ReLU), `relu_input`
+    whether a ReLU, module or functional, reads it. Also returns what PSN cannot score among the ReLU inputs (a sum
+    read by a functional ReLU only), each said in words."""
+    conv_of = {}
+    for layer, info in layers.items():
+        if info["kind"] == "conv":
+            conv_of.update({site: layer for site in (layer, info["bn"], info["relu"]) if site})
+    nodes, gaps, previous = [], [], "the input"
+    for name in order:
+        previous = previous if name.startswith("+") else name
+        if name.startswith("+"):  # a sum: scored where a ReLU module reads it
+            for relu, k in sum_reads.get(name, [])[:1]:
+                shared = calls[relu] > 1
+                nodes.append({"name": f"{relu}.input{k if shared else ''}", "kind": "add", "module": relu,
+                              "hook": "input", "call": k if shared else None, "conv": None, "relu_input": True})
+            if name in relu_fed and name not in sum_reads:
+                gaps.append(f"the sum computed after {previous} feeds a functional ReLU (make that ReLU a module to "
+                            "score the sum)")
+            continue
+        if calls[name] != 1 or name == logits:
+            continue
+        kind = next(k for classes, k in _NODE_KINDS if isinstance(modules[name], classes))
+        nodes.append({"name": name, "kind": kind, "module": name, "hook": "output", "call": None,
+                      "conv": conv_of.get(name),
+                      "relu_input": name in relu_fed})
+    return nodes, gaps
 
 
 # ------------------------------------------------------------------------------------------ the model
@@ -236,6 +324,16 @@ class ExternalModel(nn.Module):
         """The ReLU modules called once per forward pass, by qualified name (MeanSparse replaces these)."""
         return OrderedDict((name, self._module(name)) for name in self.relu_map.get("relus", []))
 
+    def psn_nodes(self) -> list[dict]:
+        """The nodes PSN can score (:func:`psn_nodes`); raises when a ReLU input cannot be scored or the checkpoint
+        predates the record."""
+        if "psn_nodes" not in self.relu_map:
+            raise ExternalModelError("this checkpoint's layer record predates PSN on external models; re-import it "
+                                     "(delete it and re-run import_model)")
+        if self.relu_map["psn_gaps"]:
+            raise ExternalModelError(f"PSN cannot score every ReLU input: {'; '.join(self.relu_map['psn_gaps'])}")
+        return list(self.relu_map["psn_nodes"])
+
     def unreachable_relus(self) -> list[str]:
         """ReLU modules shared by several layers (one module cannot hold per-layer statistics)."""
         return list(self.relu_map.get("shared_relus", []))
@@ -269,10 +367,26 @@ def build_external(record: dict) -> ExternalModel:
     return ExternalModel(network, record["normalization"], record["layer_map"], record.get("layers"))
 
 
-def import_external(name: str, entry: dict, num_classes: int) -> tuple[ExternalModel, dict]:
+def check_psn_entry(model: ExternalModel, psn: dict, node_set: str) -> None:
+    """An entry's `psn` settings against the probed nodes: with `node_set` "relu_inputs" every ReLU input must be
+    scorable, and each of `heatmap_layers` must be a node of that set with a spatial feature map (a conv, its
+    BatchNorm or ReLU, a pooling module)."""
+    nodes = {n["name"]: n for n in model.psn_nodes()}  # raises when a ReLU input cannot be scored
+    scored = [n for n, node in nodes.items() if node_set == "all" or node["relu_input"]]
+    for layer in psn.get("heatmap_layers", []):
+        if layer not in scored:
+            raise ExternalModelError(f"psn.heatmap_layers: {layer!r} is not a node psn.nodes={node_set} scores; "
+                                     f"those are {', '.join(scored)}")
+        if nodes[layer]["conv"] is None and nodes[layer]["kind"] != "pool":
+            raise ExternalModelError(f"psn.heatmap_layers: {layer!r} has no spatial feature map for Grad-CAM (choose "
+                                     "a conv layer, its BatchNorm or ReLU)")
+
+
+def import_external(name: str, entry: dict, num_classes: int, psn_nodes: str | None = None) -> tuple[ExternalModel, dict]:
     """Build an external model entry (config `external_models.<name>`) with its weights, probe its layers and
-    check that it classifies the dataset's images into `num_classes` classes. Returns the model (eval mode) and
-    the record a pipeline checkpoint stores to rebuild it."""
+    check that it classifies the dataset's images into `num_classes` classes, and (`psn_nodes`: the run's PSN node
+    set, when PSN runs on it) that PSN can name the nodes it scores. Returns the model (eval mode) and the record
+    a pipeline checkpoint stores to rebuild it."""
     source = entry["source"]
     try:
         network = build_network(source)
@@ -284,6 +398,8 @@ def import_external(name: str, entry: dict, num_classes: int) -> tuple[ExternalM
         model = ExternalModel(network, entry["normalization"], layer_map, entry.get("layers")).eval()
         with torch.no_grad():
             out = model(torch.rand(2, *INPUT_SHAPE, generator=torch.Generator().manual_seed(0)))
+        if psn_nodes is not None and entry.get("psn"):
+            check_psn_entry(model, entry["psn"], psn_nodes)
     except ExternalModelError as exc:
         raise ExternalModelError(f"external model {name!r}: {exc}") from exc
     if out.dim() != 2 or out.shape[1] != num_classes:
@@ -313,34 +429,36 @@ def import_model(name: str, entry: dict, dataset: str, num_classes: int, out_mod
 CHECK_CACHE = Path(".snakemake") / "advneurons" / "external_checks.json"
 
 
-def _fingerprint(entry: dict) -> str:
+def _fingerprint(entry: dict, psn_nodes: str | None) -> str:
     import hashlib
     import json
 
     path = weights_file(entry["source"])
     stat = path.stat() if path.is_file() else None
-    key = {"entry": entry, "weights": str(path.resolve()) if stat else str(path),
+    key = {"entry": entry, "psn_nodes": psn_nodes, "weights": str(path.resolve()) if stat else str(path),
            "size": stat.st_size if stat else None, "mtime_ns": stat.st_mtime_ns if stat else None}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def verify_cached(name: str, entry: dict, num_classes: int, cache: Path = CHECK_CACHE) -> None:
-    """:func:`import_external` once per (entry, weights file size and mtime): a passed check is remembered in
-    `cache`, so later parses of the workflow skip rebuilding the model. A failure raises ExternalModelError."""
+def verify_cached(name: str, entry: dict, num_classes: int, cache: Path = CHECK_CACHE,
+                  psn_nodes: str | None = None) -> None:
+    """:func:`import_external` once per (entry, PSN node set, weights file size and mtime): a passed check is
+    remembered in `cache`, so later parses of the workflow skip rebuilding the model. A failure raises
+    ExternalModelError."""
     import json
 
     source = entry["source"]
     path = weights_file(source) if "robustbench" not in source else None
     if path is not None and not path.is_file():  # the cheap, common mistake: say it before importing anything
         raise ExternalModelError(f"weights file {path} does not exist")
-    fingerprint = _fingerprint(entry)
+    fingerprint = _fingerprint(entry, psn_nodes)
     try:
         passed = set(json.loads(cache.read_text()))
     except (OSError, ValueError):
         passed = set()
     if fingerprint in passed:
         return
-    import_external(name, entry, num_classes)
+    import_external(name, entry, num_classes, psn_nodes)
     passed.add(fingerprint)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,9 @@ class ScoredLayer:
     sensitivity (a residual sum and the block output belong to the block's second conv), None if none;
     ``block`` groups nodes for summaries (VGG: B1..B5 by pooling stage, FC; ResNet: stem, layer1..4,
     head); ``source`` is the module whose *input* serves as the Grad-CAM feature map of the node's units
-    (None where there is no spatial map); ``relu_input`` marks the nodes of the ``relu_inputs`` set.
+    (None where there is no spatial map); ``relu_input`` marks the nodes of the ``relu_inputs`` set; ``call``
+    which call of ``module`` in a forward pass gives the node, for a module run several times (an external
+    model's shared ReLU reading a residual sum), None when it runs once.
     """
 
     name: str
@@ -53,6 +55,7 @@ class ScoredLayer:
     hook: str = "output"
     source: nn.Module | None = None
     relu_input: bool = False
+    call: int | None = None  # a module run several times per pass: which call (from 0) gives the node
 
 
 def check_node_set(nodes: str) -> str:
@@ -135,6 +138,22 @@ def _resnet_nodes(model: nn.Module) -> "list[ScoredLayer]":
     return out
 
 
+def _external_nodes(model: nn.Module) -> "list[ScoredLayer]":
+    """The nodes of an external model (advneurons.models.external) as its probe found them, named by their
+    qualified module names; the ReLU inputs are marked by the probe, which also sees functional ReLUs. Nodes
+    group into blocks by the first part of their names (e.g. ``layer2`` for ``layer2.0.bn1``)."""
+    network = model.network
+    out = []
+    for node in model.psn_nodes():
+        conv = node["conv"]
+        source = network.get_submodule(conv) if conv else (
+            network.get_submodule(node["module"]) if node["kind"] == "pool" else None)
+        out.append(ScoredLayer(node["name"], node["kind"], node["name"].split(".")[0], conv,
+                               network.get_submodule(node["module"]), hook=node["hook"], source=source,
+                               relu_input=node["relu_input"], call=node.get("call")))
+    return out
+
+
 def _mark_relu_inputs(nodes: "list[ScoredLayer]") -> "list[ScoredLayer]":
     """relu_input=True on the nodes a ReLU reads: ``X.bn`` when ``X.relu`` exists (conv layers), ``fc1``
     when ``fc1.relu`` exists (hidden linear layers), ``lXbYadd`` (its ReLU is ``lXbYadd.relu``)."""
@@ -152,17 +171,18 @@ def _mark_relu_inputs(nodes: "list[ScoredLayer]") -> "list[ScoredLayer]":
 def scored_layers(model: nn.Module, nodes: str = "relu_inputs") -> "OrderedDict[str, ScoredLayer]":
     """The scored nodes of ``model`` in forward order (``nodes``: "relu_inputs" or "all")."""
     check_node_set(nodes)
-    if isinstance(getattr(model, "features", None), nn.Sequential):
-        found = _vgg_nodes(model)
+    if hasattr(model, "psn_nodes"):  # an external model: its probe marked the ReLU inputs
+        found = _external_nodes(model)
+    elif isinstance(getattr(model, "features", None), nn.Sequential):
+        found = _mark_relu_inputs(_vgg_nodes(model))
     elif hasattr(model, "blocks"):
-        found = _resnet_nodes(model)
+        found = _mark_relu_inputs(_resnet_nodes(model))
     else:
         raise ValueError(
             f"cannot name the PSN nodes of a {type(model).__name__}: PSN knows VGG-style models (a `features` "
             "Sequential of conv / BatchNorm / ReLU / pooling modules, then flatten and linear layers) and "
             "ResNet-style models (`blocks()` of BasicBlocks)"
         )
-    found = _mark_relu_inputs(found)
     if nodes == "relu_inputs":
         found = [n for n in found if n.relu_input]
     return OrderedDict((n.name, n) for n in found)
@@ -179,11 +199,13 @@ class ActivationRecorder:
         self.model, self.layers, self.keep, self.edit = model, layers, keep, edit or {}
         self.values: "OrderedDict[str, torch.Tensor]" = OrderedDict()
         self._hooks = None
+        self._calls: dict[str, int] = {}  # per node of a module run several times: its calls in this pass
 
     def __enter__(self):
         items = self.layers.items()
+        reset = [(self.model, lambda _module, _inputs: self._calls.clear())]  # runs first: the model's own hook
         self._hooks = hooked(on_output=[(l.module, self._hook(n)) for n, l in items if l.hook != "input"],
-                             on_input=[(l.module, self._pre_hook(n)) for n, l in items if l.hook == "input"])
+                             on_input=reset + [(l.module, self._pre_hook(n)) for n, l in items if l.hook == "input"])
         self._hooks.__enter__()
         return self
 
@@ -192,23 +214,40 @@ class ActivationRecorder:
         self._hooks = None
 
     def _visit(self, name, value):
-        if name in self.edit:
+        """The value the forward pass goes on with, or None to leave it as it is."""
+        edited = name in self.edit
+        if edited:
             value = self.edit[name](name, value)
         if self.keep:
+            # The pass goes on with a copy: a later in-place op (an inplace ReLU, `out += shortcut`) would otherwise
+            # change the kept value; the copy depends on it, so gradients with respect to the kept value still flow.
             self.values[name] = value
-        return value
+            return value.clone()
+        return value if edited else None
+
+    def _this_call(self, name) -> bool:
+        """Whether the module's current call gives the node (always, for a node without a call index)."""
+        wanted = self.layers[name].call
+        if wanted is None:
+            return True
+        k = self._calls.get(name, 0)
+        self._calls[name] = k + 1
+        return k == wanted
 
     def _pre_hook(self, name):
         def hook(_module, inputs):
+            if not self._this_call(name):
+                return None
             value = self._visit(name, inputs[0])
-            return (value,) + tuple(inputs[1:]) if name in self.edit else None
+            return None if value is None else (value,) + tuple(inputs[1:])
 
         return hook
 
     def _hook(self, name):
         def hook(_module, _inputs, output):
-            value = self._visit(name, output)
-            return value if name in self.edit else None
+            if not self._this_call(name):
+                return None
+            return self._visit(name, output)
 
         return hook
 

@@ -71,6 +71,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,9 +135,34 @@ def _kind_classes(lirpa) -> dict:
     ops = lirpa.bound_ops
     return {
         "conv": (ops.BoundConv,), "bn": (ops.BoundBatchNormalization,), "relu": (ops.BoundRelu,),
-        "pool": (ops.BoundMaxPool, ops.BoundAveragePool), "flatten": (ops.BoundFlatten, ops.BoundReshape),
+        "pool": (ops.BoundMaxPool, ops.BoundAveragePool, ops.BoundGlobalAveragePool), "flatten": (ops.BoundFlatten, ops.BoundReshape),
         "add": (ops.BoundAdd,), "linear": (ops.BoundLinear, ops.BoundMatMul),
     }
+
+
+class UnsupportedModelError(ValueError):
+    """auto_LiRPA cannot bound the model; the message names the operation that failed."""
+
+
+@contextmanager
+def naming_failed_operation(lirpa, what: str):
+    """Re-raise an error auto_LiRPA meets inside one of its bound operations as an UnsupportedModelError that names
+    the operation (its class and graph node), which its own messages often do not."""
+    try:
+        yield
+    except Exception as exc:
+        op = None
+        tb = exc.__traceback__
+        while tb is not None:  # the innermost frame that runs a method of a bound operation
+            owner = tb.tb_frame.f_locals.get("self")
+            if isinstance(owner, lirpa.bound_ops.Bound):
+                op = owner
+            tb = tb.tb_next
+        if op is None:
+            raise
+        kind = type(op).__name__[len("Bound"):] if type(op).__name__.startswith("Bound") else type(op).__name__
+        raise UnsupportedModelError(f"auto_LiRPA cannot {what} this model: its {kind} operation (graph node "
+                                    f"{op.name}) failed: {type(exc).__name__}: {exc}") from exc
 
 
 def relu_relaxation(lower: torch.Tensor, upper: torch.Tensor):
@@ -172,8 +198,9 @@ class PSNBounder:
         self.mem_budget_bytes = float(mem_budget_mb) * 2**20
         self.layers = layers if layers is not None else scored_layers(model)
         example = example[:1].detach().to(self.device).float()
-        self.bm = bounded_module(self.model, example, bound_opts={"sparse_intermediate_bounds": False},
-                                 device=self.device)
+        with naming_failed_operation(self.lirpa, "trace"):
+            self.bm = bounded_module(self.model, example, bound_opts={"sparse_intermediate_bounds": False},
+                                     device=self.device)
         self.input_name = self.bm.input_name[0]
         self.output_name = self.bm.output_name[0]
         norm = input_normalisation(self.model)
@@ -246,8 +273,10 @@ class PSNBounder:
             needed = {n.name for n in eligible}
             what = "nodes between the normalised input and the logits"
         if needed - matched:
-            raise RuntimeError(f"auto_LiRPA {what} without a scored node: {sorted(needed - matched)} "
-                               "(a functional op or a module the PSN naming does not know?)")
+            missing = ", ".join(f"{n} ({type(self.bm[n]).__name__[len('Bound'):]})" for n in sorted(needed - matched))
+            raise RuntimeError(f"auto_LiRPA {what} without a scored node: {missing} (a functional op or a module "
+                               "the PSN naming does not know; with an external model, PSN scores modules called once "
+                               "and the sums ReLU modules read)")
         return node_of
 
     def _graph_consumers(self) -> dict:
@@ -471,7 +500,8 @@ class PSNBounder:
         self._recording = {}
         self.bm.backward_general = self._wrapped_backward
         try:
-            self.bm.compute_bounds(x=(self._ball(x, eps),), method=self.method, intermediate_layer_bounds=fixed)
+            with naming_failed_operation(self.lirpa, "bound"):
+                self.bm.compute_bounds(x=(self._ball(x, eps),), method=self.method, intermediate_layer_bounds=fixed)
             # read before any further backward pass resets the coefficients
             after = {name: self._after_norms(self.bm[node]) for name, node in self.node_of.items()}
             plan = {n: p for n, p in self.derivation_plan().items() if self.node_of[n] not in self._recording} if share else {}

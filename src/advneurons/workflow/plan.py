@@ -47,7 +47,8 @@ WILDCARD_PATTERNS = {
     "noise": r"noise~[0-9a-f]{8}",
     "heatmaps": r"heatmaps~[0-9a-f]{8}",
     "analysis": r"analysis~[0-9a-f]{8}",
-    "layer": r"[a-z0-9]+(\.(bn|relu))?",  # PSN node names: conv13, conv13.bn, conv13.relu, l4b2add, pool4
+    # PSN node names: conv13, conv13.bn, conv13.relu, l4b2add, pool4; an external model's qualified module names
+    "layer": r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*",
 }
 
 # The report's first page once a run has made it (Snakefile `report:`); rule report_landing_page writes it.
@@ -88,6 +89,10 @@ class Plan:
         self.sns = config["sns"]
         self.sns_id = settings.sns_ids(config)
         self.psn = config["psn"]
+        # the models PSN scores: the analysed ones of psn.training and the external ones whose entry asks for it
+        self.psn_models = ({**{m: self.analysed[m] for m in self.analysed_of(self.psn["training"])},
+                            **{m: e for m, e in self.external.items() if e["external"].get("psn")}}
+                           if self.psn.get("enabled") else {})
         self.ig_analysis_id = settings.ig_analysis_id(config)
         self.transfer = settings.transfer_attacks(config)
         # "<form>_<site>", e.g. tip_bn: the formula (TIP Eq 1 or ECCV) and where each conv layer is read
@@ -112,7 +117,7 @@ class Plan:
         return {e["training_name"]: m for m, e in self.analysed.items() if e["arch"] == arch}
 
     def psn_ids(self, entry: dict) -> dict[str, str]:
-        """Ids of the PSN outputs of one analysed model (scores, deviation, attack, heatmaps)."""
+        """Ids of the PSN outputs of one scored model (scores, deviation, attack, heatmaps)."""
         return settings.psn_ids(self.config, entry)
 
     # ----------------------------------------------------------------------------------------- paths

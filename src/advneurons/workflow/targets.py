@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+from advneurons.config import settings
 from advneurons.workflow.plan import LANDING_PAGE, Plan
 
 
@@ -56,13 +57,12 @@ def psn(plan: Plan) -> list[str]:
     agreement = (f"agreement_{plan.sensitivity_attack}-{plan.sensitivity_form}"
                  f"_top{psn['agreement']['k_percent']:g}pct")
     files = []
-    for model_id in plan.analysed_of(psn["training"]):
-        entry = plan.analysed[model_id]
+    for model_id, entry in plan.psn_models.items():
         ids = plan.psn_ids(entry)
         base = f"results/{plan.data_id}/psn/{model_id}/{ids['scores']}"
         files += [f"{base}/top{percents}pct.csv.gz", f"{base}/{ids['deviation']}.png",
                   f"{base}/{ids['attack']}.png", f"{base}/{agreement}.png"]
-        files += [f"{base}/{ids['heatmaps']}/{layer}.png" for layer in psn["heatmaps"]["layers"].get(entry["arch"], [])]
+        files += [f"{base}/{ids['heatmaps']}/{layer}.png" for layer in settings.psn_heatmap_layers(plan.config, entry)]
     return files
 
 

@@ -40,7 +40,7 @@ class JobWiring:
         """The external model entry (name, source, normalisation, layers) that an import_model job turns into a
         checkpoint."""
         entry = self.plan.external[wildcards.model]
-        return {"name": entry["arch"], "entry": entry["external"]}
+        return {"name": entry["arch"], "entry": settings.external_identity(entry["external"])}
 
     def external_weights(self, wildcards) -> str:
         """The weights file of an external model: a change of its contents (mtime) re-imports it."""
@@ -154,8 +154,9 @@ class JobWiring:
     def psn_score_settings(self, wildcards) -> dict:
         psn = self.plan.psn
         keys = ("bound_method", "variant", "zscore", "nodes", "last_nodes", "eps", "mem_budget_mb")
-        arch = self.plan.analysed[wildcards.model]["arch"]
-        return self._seeded({k: psn[k] for k in keys} | {"n_images": psn["n_images"][arch]})
+        entry = self.plan.psn_models[wildcards.model]
+        return self._seeded({k: psn[k] for k in keys} | {"n_images": settings.psn_images(self.config, entry),
+                                                         "nodes": settings.psn_node_set(self.config, entry)})
 
     def psn_deviation_settings(self, wildcards) -> dict:
         return self._seeded(self.plan.psn["deviation"])
