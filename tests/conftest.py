@@ -35,6 +35,7 @@ external_models:
     normalization: {{mean: {mean}, std: {std}}}
     meansparse: true
     ig_defense: true
+    suppression: true
     sns: {{training: [sns_sen], layers: [block_b, plain], sns_lambda: 5}}
     psn: {{n_images: 1, nodes: relu_inputs, heatmap_layers: [norm_b]}}
 """

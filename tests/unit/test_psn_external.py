@@ -197,3 +197,33 @@ def test_an_external_entry_turns_psn_on_with_its_own_images_node_set_and_heatmap
         config = _config(small_weights, psn)
         config["training"]["external"] = config["training"]["vanilla"]
         settings.validate_config(config)
+
+
+def test_suppression_scales_each_conv_layers_activation_where_a_relu_reads_it():
+    from advneurons.sns.common import activation_modules, activation_names
+    from advneurons.sns.suppression import scaled_channels
+
+    model = _external(small_cnn(4), MEAN, STD, (3, 32, 32))
+    # stem: its ReLU module; block_a / block_b: the BatchNorm the shared ReLU reads; plain: the conv F.relu reads
+    assert activation_names(model) == {"stem.0": "stem.2", "block_a": "norm_a", "block_b": "norm_b", "plain": "plain"}
+    assert activation_modules(model)["norm_a"] is model.network.norm_a
+    residual = _external(ResidualNet())
+    # b_conv2's output enters the sum, not a ReLU: no activation of its own to scale
+    assert activation_names(residual) == {"conv1": "relu", "b_conv1": "b_bn1"}  # b_relu runs twice: shared
+    # scaling the input of a ReLU by beta >= 0 is scaling its output: the suppressed model's activations are beta
+    # times the unsuppressed ones in the chosen channels, exactly as after a ReLU module
+    x = torch.rand(3, 3, 32, 32)
+    net = model.network
+    with torch.no_grad():
+        z = model.normalize(x)
+        stem = net.stem(z)
+        want = net.shared(net.norm_a(net.block_a(stem)))
+        want[:, [1, 3]] *= 0.7
+        with scaled_channels(activation_modules(model), {"norm_a": [1, 3]}, 0.7):
+            recorded = []
+            handle = net.shared.register_forward_hook(lambda _m, _i, out: recorded.append(out.clone()))
+            try:
+                model(x)
+            finally:
+                handle.remove()
+    torch.testing.assert_close(recorded[0], want)

@@ -8,7 +8,8 @@ eat, sns_sen) per architecture and MeanSparse on the PAT models, evaluated under
 IG-Defense on the PAT models, evaluated under 2 of them; the transfer check (pgd) of the four defended models. EAT's static source models are the vanilla models of
 both architectures. One external model (tests/conftest.py TINY_EXTERNAL): imported, evaluated under the 9 attacks
 of both tables, measured for sensitivity, analysed per model (targeted sets, importance, layer similarity), and
-defended by MeanSparse and IG-Defense (two more transfer checks), fine-tuned by SNS-sen (its own lambda, so
+defended by MeanSparse and IG-Defense (two more transfer checks), its suppression study and PSN (relu_inputs,
+one heatmap layer), fine-tuned by SNS-sen (its own lambda, so
 changing the training's lambda leaves it alone).
 results_long gathers every evaluation, so it re-runs whenever any evaluation does.
 """
@@ -46,9 +47,10 @@ TRANSFER_TABLE = {"transfer_table": 1}
 LAYER_RANGE = {"train_model": 2, "evaluate_attack": 2, "sns_layer_range": 1}
 # the external model: imported, its pgd pair set (sensitivity, and the transfer checks of its defended models),
 # sensitivity with its two top lists, the 9 attacks of both tables, the per-model SNS analyses (targeted sets), its
-# PGD sweep
+# PGD sweep, the suppression study, PSN with every analysis of it
 EXTERNAL = {"import_model": 1, "attack_pairs": 1, "neuron_sensitivity": 1, "sensitive_channels": 2, "evaluate_attack": 9,
-            "targeted_pairs": 1, "targeted_neurons": 1, "importance_report": 1, "layer_similarity": 1, "pgd_sweep": 1}
+            "targeted_pairs": 1, "targeted_neurons": 1, "importance_report": 1, "layer_similarity": 1, "pgd_sweep": 1,
+            "suppression_study": 1, **PER_PSN_MODEL}
 EXTERNAL_SNS = {"train_model": 1, "evaluate_attack": 7}  # SNS-sen fine-tuned from it, under the table_iii attacks
 RESULTS_LONG = {"results_long": 1}
 
@@ -80,8 +82,8 @@ CHANGES = {
         # pgd makes the pair sets behind the sensitivity files, the targeted sets, and cells of both tables
         {"attack_pairs": 4, "neuron_sensitivity": 4, "sensitive_channels": 8 + 2, "evaluate_attack": 4,
          "targeted_pairs": 5, "targeted_neurons": 5, "importance_report": 5, "layer_similarity": 5,
-         "robustness_table": 1, "robustness_table_i": 1, "sensitivity_curves": 2, "suppression_study": 2,
-         "ratio_report": 2, "findings": 1, "all": 1, "psn_agreement": 2,
+         "robustness_table": 1, "robustness_table_i": 1, "sensitivity_curves": 2, "suppression_study": 3,
+         "ratio_report": 2, "findings": 1, "all": 1, "psn_agreement": 3,
          # the eight defense models: their sensitivity pair sets and their pgd cell
          "final_robustness_table": 1, "sensitivity_by_training": 2} | _sum(
             {"attack_pairs": 4, "neuron_sensitivity": 4, "evaluate_attack": 4},
@@ -110,15 +112,15 @@ CHANGES = {
     "dataset split seed": ({"dataset": {"split_seed": 1}}, EVERYTHING),
     "sensitivity form": (
         {"sensitivity": {"form": "eccv"}},
-        {"neuron_sensitivity": 4 + 8 + 1, "sensitive_channels": 8 + 2, "sensitivity_curves": 2, "suppression_study": 2,
-         "ratio_report": 2, "findings": 1, "all": 1, "psn_agreement": 2, "sensitivity_by_training": 2},
+        {"neuron_sensitivity": 4 + 8 + 1, "sensitive_channels": 8 + 2, "sensitivity_curves": 2, "suppression_study": 3,
+         "ratio_report": 2, "findings": 1, "all": 1, "psn_agreement": 3, "sensitivity_by_training": 2},
     ),
     "sensitivity site": (
         {"sensitivity": {"site": "conv"}},
         # every sensitivity file (new paths) and what reads it; the targeted sets; and the SNS fine-tunings,
         # which choose and stabilise channels at the site: both SNS-sen models and the layer-range models
         _sum({"neuron_sensitivity": 4 + 8 + 1, "sensitive_channels": 8 + 2, "sensitivity_curves": 2,
-              "suppression_study": 2, "ratio_report": 2, "findings": 1, "all": 1, "psn_agreement": 2, "targeted_neurons": 5,
+              "suppression_study": 3, "ratio_report": 2, "findings": 1, "all": 1, "psn_agreement": 3, "targeted_neurons": 5,
               "importance_report": 5, "layer_similarity": 5},
              {k: 2 * v for k, v in PER_DEFENSE_MODEL.items() if k != "neuron_sensitivity"}, DEFENSE_SUMMARIES,
              LAYER_RANGE, EXTERNAL_SNS),
@@ -137,7 +139,7 @@ CHANGES = {
         # the PAT models' pgd pair sets are what the transfer checks feed the defended models
         _sum({"attack_pairs": 8 + 8 + 1, "neuron_sensitivity": 4 + 8 + 1, "sensitive_channels": 8 + 2,
               "sensitivity_curves": 2,
-              "suppression_study": 2, "ratio_report": 2, "findings": 1, "all": 1, "psn_agreement": 2,
+              "suppression_study": 3, "ratio_report": 2, "findings": 1, "all": 1, "psn_agreement": 3,
               "sensitivity_by_training": 2}, ALL_TRANSFERS),
     ),
     "images per robustness attack": (
@@ -154,7 +156,7 @@ CHANGES = {
     ),
     "suppression beta list": (
         {"sns": {"suppression": {"betas": [1.0, 0.7]}}},
-        {"suppression_study": 2, "findings": 1, "all": 1},
+        {"suppression_study": 3, "findings": 1, "all": 1},
     ),
     "images per target class": (
         {"sns": {"targeted": {"n_per_class": 4}}},
@@ -177,16 +179,16 @@ CHANGES = {
     ),
     "PSN bound method": (
         {"psn": {"bound_method": "CROWN-IBP"}},
-        # new scores: everything computed from them, for both scored models
-        {**{k: 2 * v for k, v in PER_PSN_MODEL.items()}, "all": 1},
+        # new scores: everything computed from them, for the three scored models (two vanilla, the external one)
+        {**{k: 3 * v for k, v in PER_PSN_MODEL.items()}, "all": 1},
     ),
     # the heatmaps' PGD row uses the deviation study's PGD
     "PSN deviation PGD steps": (
         {"psn": {"deviation": {"pgd_steps": 3}}},
-        {"psn_deviation": 2, "psn_heatmaps": 2, "all": 1},
+        {"psn_deviation": 3, "psn_heatmaps": 3, "all": 1},
     ),
-    "PSN top percentages": ({"psn": {"top_percent": [1]}}, {"psn_top_units": 2, "all": 1}),
-    "PSN images per architecture": (
+    "PSN top percentages": ({"psn": {"top_percent": [1]}}, {"psn_top_units": 3, "all": 1}),
+    "PSN images per architecture": (  # the external model has its own count
         {"psn": {"n_images": {"vgg16": 2, "resnet18": 1}}},
         {**PER_PSN_MODEL, "all": 1},
     ),

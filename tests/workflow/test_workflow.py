@@ -359,3 +359,16 @@ def test_external_model_through_every_stage_that_applies(tiny_run):
     assert set(own.defense) == {"external"} and len(own[own.attack != "clean"]) == 9
     assert ((own.ci_low_pct <= own.accuracy_pct) & (own.accuracy_pct <= own.ci_high_pct)).all()
     assert set(long.model) >= set(final.index[final.training.notna()])
+    # PSN (relu_inputs: the probe's ReLU inputs, functional and shared ReLUs included) and its analyses
+    (psn_dir,) = list((data_dir / "psn" / model_dir.name).glob("psn~*"))
+    scores = pd.read_csv(psn_dir / "scores.csv.gz")
+    assert list(dict.fromkeys(scores.layer)) == ["stem.1", "norm_a", "norm_b", "plain"]
+    assert np.isfinite(scores.score).all() and (scores.score > 0).all()
+    assert list(psn_dir.glob("heatmaps~*/norm_b.png")) and list(psn_dir.glob("deviation~*_blocks.csv"))
+    agreement = pd.read_csv(next(psn_dir.glob("agreement_*.csv")))
+    assert list(agreement.conv) == ["stem.0", "block_a", "block_b", "plain"]  # compared with its own sensitivity
+    # the suppression study: every conv layer scaled where a ReLU reads it (module, shared or functional)
+    (sup_meta,) = [p for p in (data_dir / "sns" / model_dir.name).glob("*/suppression~*.json")]
+    suppressed = json.loads(sup_meta.read_text())
+    assert set(suppressed["suppressed_channels"]) == {"stem.2", "norm_a", "norm_b", "plain"}
+    assert suppressed["layers_not_suppressed"] == []

@@ -324,6 +324,24 @@ class ExternalModel(nn.Module):
         """The ReLU modules called once per forward pass, by qualified name (MeanSparse replaces these)."""
         return OrderedDict((name, self._module(name)) for name in self.relu_map.get("relus", []))
 
+    def activation_sites(self) -> "OrderedDict[str, str]":
+        """Analysed conv layer -> where its activation is read or scaled (SNS suppression): the ReLU module of its own
+        after it, else the module (its BatchNorm, or the conv itself) whose output a ReLU reads directly, functional or
+        shared; ReLU(beta * z) = beta * ReLU(z) for beta >= 0, so scaling there scales the activation alike. Conv
+        layers no ReLU reads directly (e.g. before a residual sum) have none and are left out."""
+        shared = set(self.relu_map.get("shared_relus", []))
+        fed = {n["name"] for n in self.relu_map.get("psn_nodes", []) if n["relu_input"] and n["hook"] == "output"}
+        out = OrderedDict()
+        for name in self.selected:
+            info = self.layer_map[name]
+            if info["kind"] != "conv":
+                continue
+            if info["relu"] is not None and info["relu"] not in shared:
+                out[name] = info["relu"]
+            elif (info["bn"] or name) in fed:
+                out[name] = info["bn"] or name
+        return out
+
     def psn_nodes(self) -> list[dict]:
         """The nodes PSN can score (:func:`psn_nodes`); raises when a ReLU input cannot be scored or the checkpoint
         predates the record."""

@@ -89,6 +89,8 @@ def activation_names(model: nn.Module) -> "OrderedDict[str, str]":
     l{s}b{b}c2 -> l{s}b{b}r2 (block.relu2, applied after the residual add, so it also carries the shortcut).
     Shortcut projections (l{s}b1sc) have no ReLU of their own and are left out; so is fc.
     """
+    if hasattr(model, "activation_sites"):  # an external model: what its probe found
+        return model.activation_sites()
     relus = model.relus()
     out: "OrderedDict[str, str]" = OrderedDict()
     for name in model.layers():
@@ -103,9 +105,18 @@ def activation_names(model: nn.Module) -> "OrderedDict[str, str]":
     return out
 
 
+def activation_modules(model: nn.Module) -> "OrderedDict[str, nn.Module]":
+    """Name -> module of every activation site :func:`activation_names` gives (the ReLU modules; for an external
+    model also the modules whose output a functional or shared ReLU reads)."""
+    if hasattr(model, "activation_sites"):
+        return OrderedDict((site, model.network.get_submodule(site)) for site in model.activation_sites().values())
+    return model.relus()
+
+
 def named_modules_for(model: nn.Module, names: list[str]) -> "OrderedDict[str, nn.Module]":
-    """Modules for conv names (model.layers()), ReLU names (model.relus()) or PENULTIMATE, in the given order."""
-    layers, relus = model.layers(), model.relus()
+    """Modules for conv names (model.layers()), activation names (:func:`activation_modules`) or PENULTIMATE, in
+    the given order."""
+    layers, relus = model.layers(), activation_modules(model)
     out: "OrderedDict[str, nn.Module]" = OrderedDict()
     unknown = []
     for name in names:

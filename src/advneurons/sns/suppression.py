@@ -6,7 +6,8 @@ sensitive neurons" of the model. Control: the same number of channels per layer 
 the non-sensitive channels of that layer, `n_random` repeats averaged.
 
 Where: after the activation, i.e. on the output of the ReLU that follows each conv layer
-(`sns_common.activation_names`): VGG16 relu{i} after conv{i}; ResNet18 relu1 after the stem conv1, block.relu1
+(`sns_common.activation_names`; an external model: its ReLU module, or the input of a functional or shared ReLU,
+`ExternalModel.activation_sites`; the metadata lists the conv layers left out): VGG16 relu{i} after conv{i}; ResNet18 relu1 after the stem conv1, block.relu1
 after l{s}b{b}c1 and block.relu2 after l{s}b{b}c2 (relu2 acts after the residual add, so for c2 the scaled
 channel also carries the shortcut). Shortcut projections (l{s}b1sc) and fc have no ReLU of their own and are
 not suppressed.
@@ -34,7 +35,7 @@ from advneurons.evaluation.accuracy import clean_accuracy
 from advneurons.evaluation.sensitivity import top_channels
 from advneurons.io import write_table
 from advneurons.report.figures import grid, plotting, save_figure
-from advneurons.sns.common import activation_names, resolve_attack
+from advneurons.sns.common import activation_modules, activation_names, resolve_attack
 from advneurons.data import load_split
 from advneurons.evaluation.paired_stats import wilson_interval
 from advneurons.evaluation.pairs import select_subset
@@ -142,7 +143,7 @@ def suppression_curves(
     resolved = {name: resolve_attack(a) for name, a in perturbations.items()}
     if CLEAN in resolved:
         raise ValueError(f"{CLEAN!r} is reserved for clean accuracy; rename that perturbation")
-    relus = model.relus()
+    relus = activation_modules(model)
     selections = [("sensitive", 0, sensitive)] + [
         ("random", r, random_selection(model, sensitive, seed + 1 + r)) for r in range(n_random)
     ]
@@ -265,6 +266,9 @@ def suppression_study(
             seed=seed,
             perturbation_descriptions={k: p.description for k, p in resolved.items()},
             suppressed_channels=sensitive,
+            # conv layers without an activation of their own (shortcut projections; in an external model any conv
+            # that no ReLU reads directly)
+            layers_not_suppressed=[n for n in model.layers() if n != "fc" and n not in activation_names(model)],
             n_images_used=len(x),
         ),
         meta_path,

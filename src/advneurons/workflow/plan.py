@@ -237,7 +237,8 @@ class Plan:
         """Labelled inputs of the SNS findings: what exists depends on the configured analyses."""
         # the per-model analyses (targeted sets, importance, layer similarity) run on external models too
         label, models = self.model_label, self.tabled
-        suppressed = self.analysed_of(self.sns["suppression"]["training"])
+        suppressed = [*self.analysed_of(self.sns["suppression"]["training"]),
+                      *(m for m, e in self.external.items() if e["external"].get("suppression"))]
         out = {
             "importance": {label(m): self.sns_model_file("importance", m) for m in models},
             "importance_summaries": {label(m): self.sns_model_file("importance_summary", m) for m in models},
