@@ -100,9 +100,10 @@ def test_sns_analyses_and_findings(tiny_run):
         assert {"spearman", "levenshtein_similarity", "jaccard"} <= set(table.columns)
         assert table.spearman.between(-1, 1).all() and table.levenshtein_similarity.between(0, 1).all()
     assert len(list(sns.glob("*/targeted~*/layer_similarity_top10pct.csv"))) == 4 + 1
-    # suppression on the vanilla models only; ratio reports and Fig 10 curves per architecture
+    # suppression on the vanilla models and the external one (suppression: true); ratio reports and Fig 10 curves
+    # per architecture
     assert sorted(p.parent.parent.name.split("~")[0] for p in sns.glob("*/pgd~*-tip_bn/suppression~*_summary.csv")) == [
-        "resnet18-vanilla", "vgg16-vanilla"]
+        "resnet18-vanilla", "small-external", "vgg16-vanilla"]
     for arch in ("vgg16", "resnet18"):
         assert len(list((sns / arch).glob("pgd~*-tip_bn/ratios~*_table_ii.csv"))) == 1
         assert len(list((sns / arch).glob("pgd~*/sensitivity_curves_tip_bn.png"))) == 1
@@ -116,6 +117,8 @@ def test_psn_scores_and_analyses_on_the_vanilla_models(tiny_run):
 
     (data_dir,) = [p for p in (tiny_run / "results").iterdir() if p.name.startswith("digits~")]
     score_dirs = sorted((data_dir / "psn").glob("*/psn~*"))
+    # the external model's PSN: test_external_model_through_every_stage_that_applies
+    score_dirs = [d for d in score_dirs if "-external~" not in d.parent.name]
     assert [d.parent.name.split("~")[0] for d in score_dirs] == ["resnet18-vanilla", "vgg16-vanilla"]
     for d in score_dirs:
         arch = d.parent.name.split("-")[0]
