@@ -1,16 +1,19 @@
 """Code fingerprints hash exactly the package code a workflow step runs (advneurons.workflow.fingerprints).
 
 The first tests build small packages in a temporary folder and check the rules one by one; the last ones edit a
-copy of the real package and check which workflow steps see their fingerprint change.
+copy of the real package and check which workflow steps see their fingerprint change, and the last three the
+cache that keeps computed fingerprints.
 """
 
 import ast
+import json
 import shutil
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from advneurons.workflow import fingerprints
 from advneurons.workflow.fingerprints import CodeIndex, reachable_definitions, script_fingerprint
 from workflow_helpers import ROOT, edit_definition
 
@@ -193,3 +196,56 @@ def test_training_and_psn_scoring_do_not_hash_attack_or_pair_code():
     scores = {d.split(":")[1] for d in reachable_definitions(SCRIPTS / "psn_scores.py")}
     assert "pgd_linf" in train  # PAT trains on PGD examples
     assert not {"cw_l2", "attack_pairs", "generate_pairs", "autoattack"} & (train | scores)
+
+
+# --- the content-addressed cache --------------------------------------------------------------------------
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    for cached in (fingerprints._package_digest, fingerprints._cached, fingerprints._index):
+        cached.cache_clear()
+    yield tmp_path / "cache" / "advneurons" / "fingerprints"
+    for cached in (fingerprints._package_digest, fingerprints._cached, fingerprints._index):
+        cached.cache_clear()
+
+
+def test_a_cached_fingerprint_is_the_computed_one_and_is_read_back(tmp_path, fresh_cache):
+    pkg = write_package(tmp_path / "pkg", BASE)
+    script = tmp_path / "step.py"
+    script.write_text(SCRIPT_A)
+    cold = script_fingerprint(script, pkg)
+    assert cold == fingerprint(pkg, SCRIPT_A)
+    (cache_file,) = fresh_cache.glob("*.json")
+    # a new process (caches cleared) reads the file: plant a value there to see that it is what is served
+    entries = json.loads(cache_file.read_text())
+    assert list(entries.values()) == [cold]
+    cache_file.write_text(json.dumps({key: "planted" for key in entries}))
+    fingerprints._cached.cache_clear()
+    assert script_fingerprint(script, pkg) == "planted"
+
+
+def test_any_edit_of_the_package_or_the_script_makes_a_new_cache_key(tmp_path, fresh_cache):
+    pkg = write_package(tmp_path / "pkg", BASE)
+    script = tmp_path / "step.py"
+    script.write_text(SCRIPT_A)
+    first = script_fingerprint(script, pkg)
+    # a comment changes no fingerprint but does change the package's text: a new cache file, the same value
+    commented = write_package(tmp_path / "commented", dict(BASE, **{"util.py": BASE["util.py"] + "# note\n"}))
+    assert script_fingerprint(script, commented) == first
+    assert len(list(fresh_cache.glob("*.json"))) == 2
+    # a code edit: computed anew, never served from the earlier entry
+    edited_pkg = edited(tmp_path, "edited", **{"util.py": BASE["util.py"].replace("SCALE = 2", "SCALE = 3")})
+    assert script_fingerprint(script, edited_pkg) == fingerprint(edited_pkg, SCRIPT_A) != first
+    # the script's own text is part of the key
+    script.write_text(SCRIPT_B)
+    assert script_fingerprint(script, pkg) == fingerprint(pkg, SCRIPT_B)
+
+
+def test_an_unwritable_cache_only_costs_the_recomputation(tmp_path, fresh_cache):
+    fresh_cache.parent.mkdir(parents=True)
+    fresh_cache.write_text("a file where the cache directory should be")
+    pkg = write_package(tmp_path / "pkg", BASE)
+    script = tmp_path / "step.py"
+    script.write_text(SCRIPT_A)
+    assert script_fingerprint(script, pkg) == fingerprint(pkg, SCRIPT_A)

@@ -137,3 +137,19 @@ def test_the_workflow_wiring_imports_no_torch():
             "advneurons.workflow.fingerprints; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("preset", ["config.yaml", "presets/cifar10_rehearsal.yaml"])
+def test_parsing_the_workflow_imports_no_torch(tmp_path, preset):
+    """Snakemake parses the workflow for every dry run, every run and, on a cluster, every job: importing torch
+    there (2-3 s on these machines) would cost each of them before any work starts."""
+    (tmp_path / "config.yaml").write_text((ROOT / "config.yaml").read_text())
+    argv = ["snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--cores", "1",
+            "--configfile", str(ROOT / preset), "--dry-run", "--quiet", "rules", "all"]
+    code = ("import sys\nfrom snakemake.cli import main\n"
+            f"sys.argv = {argv!r}\n"
+            "try:\n    main()\nexcept SystemExit as stop:\n    print('EXIT', stop.code)\n"
+            "print('TORCH', 'torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert "EXIT 0" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "TORCH False" in out.stdout

@@ -36,6 +36,7 @@ from advneurons.runtime import autocast, check_precision, device, fast_batch, fa
 from advneurons.data import load_split
 from advneurons.evaluation.paired_stats import wilson_interval
 from advneurons.evaluation.pairs import select_subset
+from advneurons.evaluation.record_files import record_sidecars
 from advneurons.models.checkpoint import file_digest, load_model
 from advneurons.runtime import metadata, write_json
 
@@ -367,12 +368,6 @@ def read_records(paths: list[Path]) -> pd.DataFrame:
         pairs = sorted(set(zip(dup.model, dup.attack)))
         raise TableError(f"conflicting records for (model, attack): {pairs[:5]}")
     return records
-
-
-def record_sidecars(record_csv: Path) -> tuple[Path, Path]:
-    """(per-image records, metadata JSON) written by the evaluation job beside its records CSV."""
-    path = Path(record_csv)
-    return path.with_name(f"{path.stem}.images.csv.gz"), path.with_suffix(".json")
 
 
 LINEAGE_COLUMNS = ("settings_id", "checkpoint_sha256", "code", "seed", "device", "versions", "log", "record_file")

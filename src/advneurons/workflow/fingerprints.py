@@ -21,6 +21,12 @@ A name bound to a whole package module that is not used as `module.attr` (passed
 getattr) pulls in every definition of that module: over-inclusion re-runs too much, never too little. A class
 counts as a whole (all its methods). Module-level statements other than definitions, imports and the
 docstring run on import, so they are included with their module.
+
+Computing a fingerprint parses the whole package (about a second), and the workflow asks for one per step on
+every parse: each dry run, each run, each cluster job. Results are therefore kept in a content-addressed cache
+(`$XDG_CACHE_HOME/advneurons/fingerprints/`, else `~/.cache/...`): the key is a hash of the Python version, the
+text of every package file and the script's text, so any edit, even of a comment, makes a new key, and a stale
+entry can never be read. An unwritable cache directory only costs the recomputation.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ from __future__ import annotations
 import ast
 import copy
 import hashlib
+import json
+import os
+import platform
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -280,12 +289,61 @@ def _index(package_dir: str) -> CodeIndex:
     return CodeIndex(Path(package_dir))
 
 
+def cache_dir() -> Path:
+    """Where computed fingerprints are kept (see the module docstring)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / PACKAGE / "fingerprints"
+
+
+@lru_cache(maxsize=None)
+def _package_digest(package_dir: str) -> str:
+    """Hash of everything a fingerprint of this package can depend on but the script: the Python version
+    (the syntax tree's dump changes between versions) and every package file's name and text."""
+    digest = hashlib.sha256(platform.python_version().encode() + b"\0")
+    for path in sorted(Path(package_dir).rglob("*.py")):
+        digest.update(path.relative_to(package_dir).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:32]
+
+
+def _cache_file(package_dir: str) -> Path:
+    return cache_dir() / f"{_package_digest(package_dir)}.json"
+
+
+@lru_cache(maxsize=None)
+def _cached(package_dir: str) -> dict[str, str]:
+    """The cache's entries for this package's current text (script text digest -> fingerprint)."""
+    try:
+        entries = json.loads(_cache_file(package_dir).read_text())
+    except (OSError, ValueError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
+def _remember(package_dir: str, key: str, value: str) -> None:
+    entries = _cached(package_dir)
+    entries[key] = value
+    path = _cache_file(package_dir)
+    try:  # write-then-rename: parallel parses (cluster jobs) never read half a file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(entries, sort_keys=True))
+        tmp.replace(path)
+    except OSError:
+        pass
+
+
 def script_fingerprint(script: str | Path, package_dir: str | Path = PACKAGE_DIR) -> str:
     """Fingerprint of the package code that the workflow script `script` runs (not of the script's own
-    text, which Snakemake tracks itself)."""
-    index = _index(str(package_dir))
-    roots = index.script_roots(ast.parse(Path(script).read_text(), str(script)))
-    return index.fingerprint(roots)
+    text, which Snakemake tracks itself). Served from the content-addressed cache when it holds it."""
+    package_dir = str(package_dir)
+    text = Path(script).read_text()
+    key = hashlib.sha256(text.encode()).hexdigest()[:32]
+    if key in _cached(package_dir):
+        return _cached(package_dir)[key]
+    index = _index(package_dir)
+    value = index.fingerprint(index.script_roots(ast.parse(text, str(script))))
+    _remember(package_dir, key, value)
+    return value
 
 
 def reachable_definitions(script: str | Path, package_dir: str | Path = PACKAGE_DIR) -> list[str]:

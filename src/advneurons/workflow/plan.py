@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 
 from advneurons.config import settings
+from advneurons.evaluation import record_files
 
 # Patterns of the wildcards of every rule; ids are "<name>~<8 hex digits>".
 WILDCARD_PATTERNS = {
@@ -193,9 +194,7 @@ class Plan:
     def record_sidecars(records: list[str]) -> list[str]:
         """The per-image records and metadata the evaluation jobs write beside these records CSVs (tables read
         them for the worst-case column and every cell's lineage)."""
-        from advneurons.evaluation.robustness import record_sidecars
-
-        return [str(p) for path in records for p in record_sidecars(path)]
+        return [str(p) for path in records for p in record_files.record_sidecars(path)]
 
     def final_table_records(self) -> list[str]:
         """Records of every model of the final table under the attacks it is evaluated under."""
