@@ -321,6 +321,27 @@ def test_spsa_gradient_estimate_matches_the_true_gradient(linear_problem):
     assert cos.min() > 0.9
 
 
+@pytest.mark.parametrize("attack, samples", [(spsa, 16), (nattack, 10)])
+def test_fewer_black_box_iterations_are_a_prefix_of_more(linear_problem, attack, samples):
+    """A run with T' iterations is the first T' iterations of a run with T: the same images are fooled by then, at
+    the same query counts. bench/attack_budget.py reads the outcome of every smaller budget off one run's
+    per-image query counts on this ground."""
+    net, x, y = linear_problem
+    per_iteration = (2 * (samples // 2) if attack is spsa else samples) + 1
+    outcomes = {}
+    for steps in (2, 6):
+        counts = torch.zeros(len(y), dtype=torch.int64)
+        adv = attack(net, x, y, 0.06, steps=steps, samples=samples, generator=torch.Generator().manual_seed(3),
+                     query_counts=counts)
+        with torch.no_grad():
+            outcomes[steps] = (net(adv).argmax(1) == y, counts)
+    (correct_2, counts_2), (correct_6, counts_6) = outcomes[2], outcomes[6]
+    fooled_at = torch.where(correct_6, torch.full_like(counts_6, 10**6), (counts_6 - 1) // per_iteration)
+    assert ((fooled_at > 2) & (fooled_at <= 6)).any() and correct_6.any()  # fooled late, and never fooled
+    assert torch.equal(correct_2, fooled_at > 2)
+    assert torch.equal(counts_2, torch.minimum(counts_6, torch.tensor(1 + 2 * per_iteration)))
+
+
 def test_black_box_attacks_fool_an_easy_model(linear_problem):
     net, x, y = linear_problem
     eps = 0.1

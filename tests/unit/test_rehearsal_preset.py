@@ -17,7 +17,8 @@ COUNT_KEYS = {"epochs", "steps", "search_steps", "samples", "n_images", "n_per_c
 # Lists that sweep a value (or list repeated units of one kind): the rehearsal may keep a sub-list.
 SWEEP_LISTS = {("sweeps", "steps_values"), ("sweeps", "eps_values"), ("sns", "suppression", "betas"),
                ("meansparse", "alphas"), ("sns_layer_range", "first_layers", "*"),
-               ("sns", "ratios", "perturbations", "*"), ("psn", "heatmaps", "layers", "*"), ("defenses", "training")}
+               ("sns", "ratios", "perturbations", "*"), ("psn", "heatmaps", "layers", "*"), ("defenses", "training"),
+               ("robustness", "table_i")}
 
 
 def _load(name):
