@@ -6,9 +6,11 @@ import statements and runtime.setup, which most steps call first (until 2026-12-
 through torch.use_deterministic_algorithms: seconds per job); the preamble is what Snakemake puts before a script
 (`from snakemake import script` and its logger). Every command runs `--repeats` times in a fresh interpreter, interleaved so that load on a shared
 machine hits all of them alike; the median is reported. With `--jobs` the default run's job count of each step
-(from a dry run) weights the step, which gives the run's fixed cost in CPU-seconds.
+(from a dry run) weights the step, which gives the run's fixed cost in CPU-seconds. With `--end-step` each step
+is also timed ending as the scripts end, through runtime.end_step (exit handlers, no interpreter teardown), and
+the two are compared.
 
-Run:  .venv/bin/python bench/step_overhead.py [--repeats 5] [--jobs]
+Run:  .venv/bin/python bench/step_overhead.py [--repeats 5] [--jobs] [--end-step] [--steps <script> ...]
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ PREAMBLE = "from snakemake import script\nfrom snakemake.logging import logger\n
 
 
 SETUP = "\nfrom advneurons import runtime\nruntime.setup(1, 0)\n"
+END_STEP = "\nfrom advneurons import runtime\nruntime.end_step()\n"
 
 
 def script_imports(path: Path) -> str:
@@ -67,27 +70,43 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--jobs", action="store_true", help="weight each step by its job count in the default run")
+    parser.add_argument("--end-step", action="store_true", help="also time each step ending through runtime.end_step")
+    parser.add_argument("--steps", nargs="+", help="only these steps (script names); not with --jobs")
     args = parser.parse_args()
+    if args.steps and args.jobs:
+        parser.error("--jobs weights every step of the run: leave out --steps")
     commands = {"python (no import)": "pass", "import torch": "import torch"}
     for path in sorted((ROOT / "workflow_scripts").glob("*.py")):
+        if args.steps and path.stem not in args.steps:
+            continue
         commands[path.stem] = PREAMBLE + script_imports(path)
+        if args.end_step:
+            commands[f"{path.stem} +end_step"] = commands[path.stem] + END_STEP
     times = {name: [] for name in commands}
     for _ in range(args.repeats):
         for name, code in commands.items():
             times[name].append(timed(code))
     median = {name: statistics.median(t) for name, t in times.items()}
     torch_s = median["import torch"]
-    print(f"{'step':28s} {'no-op s':>8s} {'x torch':>8s}")
+    print(f"{'step':40s} {'no-op s':>8s} {'x torch':>8s}")
     for name, seconds in sorted(median.items(), key=lambda kv: -kv[1]):
         flag = "" if name in ("python (no import)", "import torch") or seconds <= TARGET_RATIO * torch_s else "  over"
-        print(f"{name:28s} {seconds:8.2f} {seconds / torch_s:8.2f}{flag}")
-    worst = max(v for k, v in median.items() if k not in ("python (no import)", "import torch"))
+        print(f"{name:40s} {seconds:8.2f} {seconds / torch_s:8.2f}{flag}")
+    if args.end_step:
+        pairs = [(median[name], median[f"{name} +end_step"]) for name in commands if f"{name} +end_step" in median]
+        saved = statistics.median(full - fast for full, fast in pairs)
+        ratio = statistics.median(fast / full for full, fast in pairs)
+        print(f"\nend_step: median saving {saved:.2f} s per step, no-op time x{ratio:.2f} (median over "
+              f"{len(pairs)} steps)")
+    worst = max(v for k, v in median.items() if k not in ("python (no import)", "import torch")
+                and not k.endswith("+end_step"))
     print(f"\nworst step / import torch = {worst / torch_s:.2f} (target <= {TARGET_RATIO})")
     if args.jobs:
         jobs, scripts = planned_jobs(), script_of_rule()
-        total = sum(n * median[scripts[rule]] for rule, n in jobs.items() if rule in scripts)
-        print(f"default run: {sum(jobs.values())} jobs, fixed cost {total:.0f} CPU-s "
-              f"({total / 2 / 60:.1f} min of wall time on 2 cores)")
+        for suffix in ("", " +end_step") if args.end_step else ("",):
+            total = sum(n * median[scripts[rule] + suffix] for rule, n in jobs.items() if rule in scripts)
+            print(f"default run{suffix}: {sum(jobs.values())} jobs, fixed cost {total:.0f} CPU-s "
+                  f"({total / 2 / 60:.1f} min of wall time on 2 cores)")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@ rule psn_scores:
         "logs/{data}/psn_scores/{model}/{psn}.log",
     benchmark:
         "benchmarks/{data}/psn_scores/{model}/{psn}.tsv"
+    # the longest job of a CIFAR-10 run (ResNet18's CROWN bounds: hours on a GPU, 9 min in the rehearsal),
+    # which waits on one model only: started as soon as that model exists, it no longer ends the run alone
+    priority: 5
     conda:
         "../envs/advneurons.yaml"
     threads: 1

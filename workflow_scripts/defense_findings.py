@@ -15,3 +15,4 @@ defense_findings(
     out_json=smk.output[0],
     transfer_csv=smk.input.get("transfer"),
 )
+runtime.end_step()

@@ -7,3 +7,4 @@ from advneurons.workflow.standalone import snakemake_object
 smk = snakemake_object(globals())  # Snakemake's, or built from the command line when run by hand
 runtime.configure_logging(smk.log[0])
 download_cifar10(smk.output[0], url=smk.params.url, md5=smk.params.md5, batch_md5=smk.params.batch_md5)
+runtime.end_step()

@@ -23,3 +23,4 @@ evaluate_attack(
     code=smk.params.code,
     log_path=smk.log[0],
 )
+runtime.end_step()

@@ -16,3 +16,4 @@ final_robustness_table(
     out_tex=smk.output.tex,
     settings_csv=smk.output.settings,
 )
+runtime.end_step()

@@ -12,3 +12,4 @@ sns_findings(
     title=f"Findings on {smk.params.dataset}",
     **smk.params.inputs,
 )
+runtime.end_step()

@@ -23,3 +23,4 @@ ig_defense_analysis(
     model_name=smk.params.model_name,
     batch_size=smk.params.batch_size,
 )
+runtime.end_step()

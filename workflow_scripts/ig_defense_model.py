@@ -24,3 +24,4 @@ ig_defense_model(
     meta_path=smk.output.meta,
     batch_size=smk.params.batch_size,
 )
+runtime.end_step()

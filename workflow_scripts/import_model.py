@@ -10,3 +10,4 @@ runtime.configure_logging(smk.log[0])
 runtime.setup(smk.threads, 0)
 e = smk.params.external
 import_model(e["name"], e["entry"], smk.params.dataset, 10, smk.output.model, smk.output.meta)
+runtime.end_step()

@@ -17,3 +17,4 @@ importance_report(
     meta_path=smk.output.meta,
     title=smk.params.title,
 )
+runtime.end_step()

@@ -15,3 +15,4 @@ layer_similarity(
     meta_path=smk.output.meta,
     title=smk.params.title,
 )
+runtime.end_step()

@@ -25,3 +25,4 @@ meansparse_model(
     meta_path=smk.output.meta,
     batch_size=smk.params.batch_size,
 )
+runtime.end_step()

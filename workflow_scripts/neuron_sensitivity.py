@@ -16,3 +16,4 @@ neuron_sensitivity(
     meta_path=smk.output.meta,
     site=smk.params.site,
 )
+runtime.end_step()

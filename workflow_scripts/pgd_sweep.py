@@ -22,3 +22,4 @@ pgd_sweep(
     out_csv=smk.output.csv,
     meta_path=smk.output.meta,
 )
+runtime.end_step()

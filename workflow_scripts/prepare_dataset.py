@@ -20,3 +20,4 @@ prepare_dataset(
     batch_md5=ds.get("batch_md5"),
     max_images=ds.get("max_images"),
 )
+runtime.end_step()

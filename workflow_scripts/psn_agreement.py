@@ -14,3 +14,4 @@ psn_agreement(
     out_md=smk.output.md,
     out_png=smk.output.png,
 )
+runtime.end_step()

@@ -22,3 +22,4 @@ psn_attack(
     sigma=a["sigma"],
     batch_size=smk.params.batch_size,
 )
+runtime.end_step()

@@ -25,3 +25,4 @@ psn_deviation(
     pgd_steps=d["pgd_steps"],
     batch_size=smk.params.batch_size,
 )
+runtime.end_step()

@@ -23,3 +23,4 @@ psn_heatmaps(
     pgd_step=h["pgd_step"],
     pgd_steps=h["pgd_steps"],
 )
+runtime.end_step()

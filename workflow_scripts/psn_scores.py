@@ -23,3 +23,4 @@ psn_scores(
     nodes=s["nodes"],
     last_nodes=s["last_nodes"],
 )
+runtime.end_step()

@@ -7,3 +7,4 @@ from advneurons.workflow.standalone import snakemake_object
 smk = snakemake_object(globals())  # Snakemake's, or built from the command line when run by hand
 runtime.configure_logging(smk.log[0])
 psn_top_units(scores_path=smk.input[0], percents=smk.params.percents, out_path=smk.output[0])
+runtime.end_step()

@@ -19,3 +19,4 @@ ratio_report(
     top_csvs=dict(zip(labels, smk.input.tops, strict=True)),
     title=smk.params.title,
 )
+runtime.end_step()

@@ -18,3 +18,4 @@ report_landing_page(
     findings_json=smk.input.get("findings"),
     links=smk.params.links,
 )
+runtime.end_step()

@@ -7,3 +7,4 @@ from advneurons.workflow.standalone import snakemake_object
 smk = snakemake_object(globals())  # Snakemake's, or built from the command line when run by hand
 runtime.configure_logging(smk.log[0])
 results_long(record_csvs=list(smk.input.records), models=smk.params.models, out_csv=smk.output.csv)
+runtime.end_step()

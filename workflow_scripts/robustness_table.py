@@ -16,3 +16,4 @@ robustness_table(
     settings_md=smk.output.settings_md,
     columns=smk.params.columns,
 )
+runtime.end_step()

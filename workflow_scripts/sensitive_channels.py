@@ -7,3 +7,4 @@ from advneurons.workflow.standalone import snakemake_object
 smk = snakemake_object(globals())  # Snakemake's, or built from the command line when run by hand
 runtime.configure_logging(smk.log[0])
 sensitive_channels(smk.input[0], float(smk.wildcards.percent), smk.output[0])
+runtime.end_step()

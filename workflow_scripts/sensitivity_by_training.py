@@ -12,3 +12,4 @@ sensitivity_by_training(
     out_csv=smk.output.csv,
     out_png=smk.output.png,
 )
+runtime.end_step()

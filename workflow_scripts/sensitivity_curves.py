@@ -15,3 +15,4 @@ sensitivity_curves(
     top_percent=smk.params.top_percent,
     title=smk.params.title,
 )
+runtime.end_step()

@@ -18,3 +18,4 @@ sensitivity_ratios(
     seed=r["seed"],
     batch_size=smk.params.batch_size,
 )
+runtime.end_step()

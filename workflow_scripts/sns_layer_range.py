@@ -15,3 +15,4 @@ sns_layer_range(
     out_md=smk.output.md,
     out_png=smk.output.png,
 )
+runtime.end_step()

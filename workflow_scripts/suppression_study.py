@@ -26,3 +26,4 @@ suppression_study(
     batch_size=smk.params.batch_size,
     title=smk.params.title,
 )
+runtime.end_step()

@@ -7,3 +7,4 @@ from advneurons.workflow.standalone import snakemake_object
 smk = snakemake_object(globals())  # Snakemake's, or built from the command line when run by hand
 runtime.configure_logging(smk.log[0])
 sweep_figures(list(smk.input.sweeps), smk.output.csv, smk.output.steps_png, smk.output.eps_png)
+runtime.end_step()

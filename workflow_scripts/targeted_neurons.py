@@ -17,3 +17,4 @@ targeted_neurons(
     meta_path=smk.output.meta,
     site=smk.params.site,
 )
+runtime.end_step()

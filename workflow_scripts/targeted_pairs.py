@@ -18,3 +18,4 @@ targeted_pairs(
     out_path=smk.output.pairs,
     meta_path=smk.output.meta,
 )
+runtime.end_step()

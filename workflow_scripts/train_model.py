@@ -26,3 +26,4 @@ train_model(
     base_path=smk.input.get("base"),
     static_paths=[static] if isinstance(static := smk.input.get("static", []), str) else list(static),
 )
+runtime.end_step()

@@ -12,3 +12,4 @@ transfer_table(
     out_csv=smk.output.csv,
     out_md=smk.output.md,
 )
+runtime.end_step()

@@ -198,3 +198,42 @@ def test_setup_makes_kernels_deterministic_without_loading_the_compiler():
             "print('torch._inductor' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_end_step_runs_exit_handlers_and_flushes_the_log_before_skipping_the_teardown(tmp_path):
+    """runtime.end_step ends every job (it saves the interpreter's teardown, ~0.5 s per job): what the step
+    logged, a progress bar's unfinished line, stdout and the exit handlers (temporary folders' clean-up) must all
+    still happen, with exit status 0."""
+    import subprocess
+    import sys
+
+    log_file, marker = tmp_path / "step.log", tmp_path / "exit_handler_ran"
+    code = (f"import atexit, sys, tempfile, pathlib\nfrom advneurons import runtime\n"
+            f"runtime.configure_logging({str(log_file)!r})\n"
+            f"scratch = tempfile.TemporaryDirectory(dir={str(tmp_path)!r})\n"
+            f"atexit.register(lambda: pathlib.Path({str(marker)!r}).write_text('yes'))\n"
+            "runtime.log.info('the step is done')\nsys.stderr.write('bar 100%')\nprint('to stdout', end='')\n"
+            "runtime.end_step()\nraise SystemExit(3)  # never reached\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout == "to stdout"
+    text = log_file.read_text()
+    assert "the step is done" in text and text.endswith("bar 100%")
+    assert marker.read_text() == "yes"
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []  # the temporary folder was removed
+
+
+def test_end_step_leaves_a_session_a_person_drives_alone():
+    """A script run in IPython (`%run`), a notebook or a debugger must not end that session."""
+    import subprocess
+    import sys
+
+    for setup in ("sys.ps1 = '>>> '", "sys.settrace(lambda *args: None)"):
+        code = f"import sys\nfrom advneurons import runtime\n{setup}\nruntime.end_step()\nprint('still here')\n"
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert proc.returncode == 0 and proc.stdout == "still here\n", setup
+
+
+def test_every_workflow_script_ends_its_step_with_end_step():
+    for path in sorted((ROOT / "workflow_scripts").glob("*.py")):
+        last = [line for line in path.read_text().splitlines() if line.strip()][-1]
+        assert last == "runtime.end_step()", path.name
