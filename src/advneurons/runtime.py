@@ -224,8 +224,8 @@ def end_step() -> None:
     """End a workflow step's process once its outputs are written, without the interpreter's teardown.
 
     Tearing down a process that has imported torch (with the CUDA libraries of the standard wheels), pandas and
-    the package takes about half a second (bench/step_overhead.py --end-step), which every job of a run pays after
-    its work is done. Here the exit handlers still run (logging's shutdown, the clean-up of temporary folders) and
+    the package takes about 0.9 s (bench/step_overhead.py --end-step, 2026-12-03), which every job of a run pays
+    after its work is done. Here the exit handlers still run (logging's shutdown, the clean-up of temporary folders) and
     stdout and the log are flushed; only the freeing of modules and of the native libraries' objects is skipped,
     which the operating system does at once. Every output is closed by then: writers close their files, most
     through :func:`atomic_path`. Scripts call it last, so a failing step never reaches it and exits as Python

@@ -201,7 +201,7 @@ def test_setup_makes_kernels_deterministic_without_loading_the_compiler():
 
 
 def test_end_step_runs_exit_handlers_and_flushes_the_log_before_skipping_the_teardown(tmp_path):
-    """runtime.end_step ends every job (it saves the interpreter's teardown, ~0.5 s per job): what the step
+    """runtime.end_step ends every job (it saves the interpreter's teardown, ~0.9 s per job): what the step
     logged, a progress bar's unfinished line, stdout and the exit handlers (temporary folders' clean-up) must all
     still happen, with exit status 0."""
     import subprocess
