@@ -249,3 +249,13 @@ def test_an_unwritable_cache_only_costs_the_recomputation(tmp_path, fresh_cache)
     script = tmp_path / "step.py"
     script.write_text(SCRIPT_A)
     assert script_fingerprint(script, pkg) == fingerprint(pkg, SCRIPT_A)
+
+
+def test_no_home_directory_only_costs_the_recomputation(tmp_path, fresh_cache, monkeypatch):
+    """A cluster job may run without HOME (Path.home() then raises RuntimeError): parsing must not fail."""
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setattr(Path, "home", classmethod(lambda cls: (_ for _ in ()).throw(RuntimeError("no home"))))
+    pkg = write_package(tmp_path / "pkg", BASE)
+    script = tmp_path / "step.py"
+    script.write_text(SCRIPT_A)
+    assert script_fingerprint(script, pkg) == fingerprint(pkg, SCRIPT_A)

@@ -314,7 +314,7 @@ def _cached(package_dir: str) -> dict[str, str]:
     """The cache's entries for this package's current text (script text digest -> fingerprint)."""
     try:
         entries = json.loads(_cache_file(package_dir).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RuntimeError):  # RuntimeError: no home directory to keep a cache in
         return {}
     return entries if isinstance(entries, dict) else {}
 
@@ -322,13 +322,13 @@ def _cached(package_dir: str) -> dict[str, str]:
 def _remember(package_dir: str, key: str, value: str) -> None:
     entries = _cached(package_dir)
     entries[key] = value
-    path = _cache_file(package_dir)
     try:  # write-then-rename: parallel parses (cluster jobs) never read half a file
+        path = _cache_file(package_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         tmp.write_text(json.dumps(entries, sort_keys=True))
         tmp.replace(path)
-    except OSError:
+    except (OSError, RuntimeError):
         pass
 
 
