@@ -276,6 +276,21 @@ def test_sweep_step_and_figures(tmp_path, tiny_vgg):
         robustness.sweep_figures(csvs + [tmp_path / "odd.csv"], tmp_path / "x.csv", tmp_path / "x.png", tmp_path / "y.png")
 
 
+def test_sweep_runs_the_point_both_sweeps_share_once(tmp_path, tiny_vgg, monkeypatch):
+    model_path, test_path = _split_and_model(tmp_path, tiny_vgg, n=12)
+    model, _ = checkpoint.load_model(model_path)
+    images, labels = data.load_split(test_path)
+    specs = robustness.sweep_specs(32, [1, 2], [8, 32], 2)  # (eps 32, k 2) is in both sweeps
+    assert specs[1][1] == specs[3][1]
+    calls = []
+    real = robustness.robust_accuracy
+    monkeypatch.setattr(robustness, "robust_accuracy", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    frame = robustness.compute_pgd_sweep(model, images, labels, "m", specs, seed=0, batch_size=4)
+    assert len(frame) == 4 and len(calls) == 3 and calls.count(specs[1][1]) == 1
+    alone = real(model, images, labels, specs[3][1], 4, robustness.attack_generator(0))
+    assert frame.accuracy.iloc[3] == frame.accuracy.iloc[1] == alone  # as if it had run again
+
+
 def test_tables_mark_cells_whose_attack_warned(tmp_path):
     import json
 

@@ -682,10 +682,15 @@ def compute_pgd_sweep(
     seed: int,
     batch_size: int = 256,
 ) -> pd.DataFrame:
-    """Rows (SWEEP_COLUMNS) of accuracy under each sweep point; each point has its own fresh generator."""
-    rows = []
+    """Rows (SWEEP_COLUMNS) of accuracy under each sweep point; each point has its own fresh generator.
+
+    A point that both sweeps share (the fixed eps at the fixed k: in the papers' sweeps, eps 8/255 at k = 10
+    is in each) is one attack, run once: with a fresh generator from the same seed its result is the same."""
+    rows, accuracy = [], {}
     for sweep, spec in tqdm(specs, desc=f"PGD sweep {model_name}", mininterval=5.0):
-        acc = robust_accuracy(model, images, labels, spec, batch_size, attack_generator(seed))
+        if spec not in accuracy:
+            accuracy[spec] = robust_accuracy(model, images, labels, spec, batch_size, attack_generator(seed))
+        acc = accuracy[spec]
         rows.append({"model": model_name, "sweep": sweep, "eps_255": round(spec.eps * 255, 6), "steps": spec.steps,
                      "step_size_255": round(spec.resolved_step_size * 255, 6), "n_images": len(labels), "accuracy": acc})
     return pd.DataFrame(rows, columns=list(SWEEP_COLUMNS))
