@@ -259,7 +259,10 @@ def estimate(config: dict, preset: Path, units: dict, crown: dict, startup: floa
                          n * attack_seconds(attacks[name], unit(model_id), robust(entry), robust_fraction)))
     sweeps = config["sweeps"]
     if sweeps["enabled"]:
-        grads = sum(sweeps["steps_values"]) + len(sweeps["eps_values"]) * sweeps["steps"]
+        # distinct (eps, k) points: the one both sweeps share runs once (evaluation.robustness.compute_pgd_sweep)
+        points = ({(sweeps["eps"], int(k)) for k in sweeps["steps_values"]}
+                  | {(e, int(sweeps["steps"])) for e in sweeps["eps_values"]})
+        grads = sum(k for _, k in points)
         for model_id in (plan.evaluated if config["defenses"]["sweeps"] else plan.analysed):
             n = images(sweeps["n_images"])
             jobs.append(("pgd_sweep", plan.model_label(model_id), n * grads * unit(model_id)["t_grad"]))
