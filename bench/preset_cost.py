@@ -64,9 +64,9 @@ def unit_costs(arch: str, width: float, dataset: str, device, batch: int, repeat
     from advneurons.models.architectures import build_model
     from advneurons.runtime import fast_batch, fast_layout
 
-    # in the layout the workflow's trainings and evaluations run in (channels_last)
+    # in the layout the workflow's trainings and evaluations run in (channels_last, where runtime.fast_layout uses it)
     model = fast_layout(build_model(arch, dataset, width=width).to(device))
-    x = fast_batch(torch.rand(batch, 3, 32, 32, device=device))
+    x = fast_batch(torch.rand(batch, 3, 32, 32, device=device), model)
     y = torch.randint(0, 10, (batch,), device=device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import os
@@ -100,18 +101,51 @@ def autocast(precision: str, where: torch.device | str):
     return torch.autocast(device_type=torch.device(where).type, dtype=torch.bfloat16)
 
 
+def channels_last_hazard(model: torch.nn.Module) -> str | None:
+    """The name of the first convolution in `model` that oneDNN's CPU kernels cannot train in channels_last,
+    else None.
+
+    The weight gradient of a 1x1 convolution with a stride above 1 and fewer than 8 input channels, in
+    channels_last, kills the process on CPUs whose best instruction set is AVX2 (torch 2.14.1, oneDNN 3.12):
+    a segmentation fault or an abort with 2 to 7 input channels at stride 2 or 4, a hang on 2 threads; 1 or
+    8 and more input channels, 3x3 kernels and the contiguous layout are unaffected (measured 2026-12-04 on
+    an AMD EPYC with AVX2, tests/unit/test_hot_paths.py). ResNet18's shortcut projections are such
+    convolutions below width 1/8 (width 1/16: 4 input channels in layer2's), as an external model's may be.
+    """
+    for name, module in model.named_modules():
+        if (isinstance(module, torch.nn.Conv2d) and tuple(module.kernel_size) == (1, 1)
+                and max(module.stride) > 1 and module.in_channels < 8):
+            return name or type(module).__name__
+    return None
+
+
+def runs_channels_last(model: torch.nn.Module) -> bool:
+    """Whether :func:`fast_layout` lays `model` out in channels_last: always on CUDA; on the CPU unless it has
+    a convolution oneDNN crashes on in that layout (:func:`channels_last_hazard`)."""
+    return model_device(model).type == "cuda" or channels_last_hazard(model) is None
+
+
 def fast_layout(model: torch.nn.Module) -> torch.nn.Module:
     """The model's weights in channels_last, the layout convolutions run fastest in: on CUDA (tensor cores) and
-    on the CPU too (oneDNN's NHWC kernels: at the default width 1/8, a forward pass of VGG16 ~2x and a training
-    step ~1.4x faster than in the contiguous layout, measured on 1 thread on 2026-12-03). Results differ from
-    the contiguous layout's only by float rounding, and are as deterministic."""
-    model.to(memory_format=torch.channels_last)
+    on the CPU too (oneDNN's NHWC kernels: at the default width 1/8, on 1 thread, a training step 1.3x (VGG16)
+    and 1.4x (ResNet18), an attack's gradient step 1.1x and a forward pass 1.2-1.6x faster than in the
+    contiguous layout, measured on an AVX2 machine on 2026-12-04; a VGG16 training step ~1.4x on an AVX-512
+    one on 2026-12-03). Results differ from the contiguous layout's only by float rounding,
+    and are as deterministic. A CPU model with a convolution oneDNN crashes on in channels_last
+    (:func:`channels_last_hazard`) keeps the contiguous layout, and says so in the log."""
+    if runs_channels_last(model):
+        model.to(memory_format=torch.channels_last)
+    else:
+        log.info("contiguous layout: oneDNN's CPU kernels crash on %s in channels_last", channels_last_hazard(model))
     return model
 
 
-def fast_batch(x: torch.Tensor) -> torch.Tensor:
-    """An image batch in the layout :func:`fast_layout` gives the model (channels_last)."""
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+def fast_batch(x: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
+    """An image batch in the layout :func:`fast_layout` gives `model`. The two must agree: a channels_last
+    batch alone makes a convolution run in channels_last, and every layer after it."""
+    if x.dim() == 4 and runs_channels_last(model):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def hold_on_device(tensors: tuple[torch.Tensor, ...], where: torch.device | str, share: float = 0.25):
@@ -216,6 +250,9 @@ def configure_logging(log_file: str | Path | None = None) -> None:
         force=True,
     )
     logging.captureWarnings(True)
+    # A crash in native code (a segmentation fault in a kernel) then leaves each thread's Python stack in the
+    # log instead of a bare signal in Snakemake's report.
+    faulthandler.enable(file=sys.stderr)
     # Every job's log says where it ran (the JSON outputs also carry it in their versions block).
     log.info("device: %s", device_description())
 

@@ -137,7 +137,7 @@ def test_every_attack_runs_on_a_channels_last_model_and_batch(trained, kind):
     x, y = x[:4], y[:4]
     fast = runtime.fast_layout(copy.deepcopy(model))
     _, plain = run(CHEAP[kind], model, x, y)
-    _, laid_out = run(CHEAP[kind], fast, runtime.fast_batch(x), y)
+    _, laid_out = run(CHEAP[kind], fast, runtime.fast_batch(x, fast), y)
     assert laid_out.shape == x.shape and torch.isfinite(laid_out).all()
     with torch.no_grad():
         assert torch.equal(model(plain).argmax(1) == y, fast(laid_out).argmax(1) == y)

@@ -44,9 +44,10 @@ def test_vectorised_augmentation_equals_the_per_image_loop(kind):
     assert torch.equal(gen_a.get_state(), gen_b.get_state())  # the same draws, so the next batch is the same too
 
 
-def _epoch_by_loop(model, optimizer, scheduler, cfg, x, y, gen, layout=runtime.fast_batch):
+def _epoch_by_loop(model, optimizer, scheduler, cfg, x, y, gen, layout=None):
     """One PAT / vanilla epoch as a plain host loop: per-image augmentation, .item() after every batch;
-    `layout` puts each batch in the layout the model runs in."""
+    `layout` puts each batch in the layout the model runs in (by default the one runtime.fast_layout gave it)."""
+    layout = layout or (lambda t: runtime.fast_batch(t, model))
     model.train()
     order = torch.randperm(len(x), generator=gen)
     loss_sum, correct, adv_correct, seen = 0.0, 0, 0, 0
@@ -114,6 +115,47 @@ def test_channels_last_changes_a_training_epoch_only_by_float_rounding():
         assert torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5), name
 
 
+def test_cpu_models_with_a_convolution_onednn_crashes_on_keep_the_contiguous_layout():
+    """ResNet18 below width 1/8 has 1x1 stride-2 shortcut convolutions with fewer than 8 input channels, whose
+    weight gradient in channels_last kills the process on AVX2 CPUs (CI's segfault of 2026-12-04 in the quick
+    preset's ALP training): such a model and its batches stay contiguous on the CPU, every other goes channels_last."""
+    from advneurons.models.architectures import build_model
+
+    narrow = build_model("resnet18", "digits", width=1 / 16)
+    assert runtime.channels_last_hazard(narrow) == "layer2.0.shortcut.conv"
+    assert runtime.fast_layout(narrow) is narrow and not runtime.runs_channels_last(narrow)
+    assert narrow.conv1.weight.is_contiguous() and not narrow.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(2, 3, 32, 32)
+    assert runtime.fast_batch(x, narrow) is x
+    for arch, width in (("resnet18", 1 / 8), ("resnet18", 1.0), ("vgg16", 1 / 16)):
+        model = build_model(arch, "digits", width=width)
+        assert runtime.channels_last_hazard(model) is None and runtime.runs_channels_last(model), (arch, width)
+        assert runtime.fast_batch(x, model).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_training_step_of_a_narrow_resnet18_runs_on_the_cpu():
+    """The step that crashed, in a process of its own (a crash there fails this test instead of the suite):
+    the layout train() gives a ResNet18 at width 1/16, a PGD training batch through _train_epoch, 1 and 2
+    threads (2 threads hung where 1 crashed)."""
+    import subprocess
+    import sys
+
+    for threads in (1, 2):
+        code = ("import faulthandler, torch; faulthandler.enable()\n"
+                "from advneurons import runtime\n"
+                "from advneurons.models.architectures import build_model\n"
+                "from advneurons.training.loop import TrainConfig, _train_epoch\n"
+                f"runtime.setup({threads}, 0)\n"
+                "model = runtime.fast_layout(build_model('resnet18', 'digits', width=1 / 16))\n"
+                "opt = torch.optim.SGD(model.parameters(), lr=0.01)\n"
+                "sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)\n"
+                "cfg = TrainConfig(method='pat', batch_size=64, augmentation='crop_flip', eps=32, steps=1)\n"
+                "x, y = torch.rand(64, 3, 32, 32), torch.randint(0, 10, (64,))\n"
+                "print(_train_epoch(model, opt, sched, cfg, x, y, runtime.generator(1))['train_loss'] > 0)\n")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and proc.stdout.strip() == "True", (threads, proc.returncode, proc.stderr[-3000:])
+
+
 def test_bf16_training_is_opt_in_and_gets_its_own_model_ids(tmp_path):
     splits = write_small_splits(tmp_path / "splits", n=48)
     fp32 = train_tiny(splits, tmp_path / "fp32", TrainConfig(method="pat", epochs=1, batch_size=16, eps=32, steps=2))
@@ -162,8 +204,9 @@ def test_device_helpers_lay_out_cpu_models_and_batches_in_channels_last_and_hold
     x, y = torch.rand(4, 3, 32, 32), torch.arange(4)
     held = runtime.hold_on_device((x, y), "cpu")
     assert held[0] is x and held[1] is y
-    assert runtime.fast_batch(x).is_contiguous(memory_format=torch.channels_last) and torch.equal(runtime.fast_batch(x), x)
-    assert runtime.fast_batch(y) is y
+    assert runtime.fast_batch(x, model).is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(runtime.fast_batch(x, model), x)
+    assert runtime.fast_batch(y, model) is y
     import contextlib
 
     assert isinstance(runtime.autocast("fp32", "cpu"), contextlib.nullcontext)
@@ -220,6 +263,21 @@ def test_end_step_runs_exit_handlers_and_flushes_the_log_before_skipping_the_tea
     assert "the step is done" in text and text.endswith("bar 100%")
     assert marker.read_text() == "yes"
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []  # the temporary folder was removed
+
+
+def test_a_native_crash_leaves_the_python_stack_in_the_job_log(tmp_path):
+    """A kernel's segmentation fault (CI's of 2026-12-04) showed only as a signal in Snakemake's report and an
+    unfinished progress bar in the log: configure_logging has the log record where Python was."""
+    import subprocess
+    import sys
+
+    log_file = tmp_path / "step.log"
+    code = (f"import os, signal\nfrom advneurons import runtime\nruntime.configure_logging({str(log_file)!r})\n"
+            "def the_crashing_step():\n    os.kill(os.getpid(), signal.SIGSEGV)\nthe_crashing_step()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == -11
+    text = log_file.read_text()
+    assert "Segmentation fault" in text and "the_crashing_step" in text
 
 
 def test_end_step_leaves_a_session_a_person_drives_alone():

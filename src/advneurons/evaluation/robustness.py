@@ -151,7 +151,7 @@ def attack_images(
     starts = range(0, len(labels), batch_size)
     for start in tqdm(starts, desc=spec.describe(), disable=not progress, leave=False, mininterval=5.0):
         x, y = _on_model_device(model, images[start : start + batch_size], labels[start : start + batch_size])
-        x = fast_batch(x)
+        x = fast_batch(x, model)
         counted = torch.zeros(len(y), dtype=torch.int64) if spec.black_box else None
         # the generator stays on the CPU: same draws anywhere
         with autocast(precision, x.device):

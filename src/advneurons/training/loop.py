@@ -183,7 +183,7 @@ def _train_epoch(model, optimizer, scheduler, cfg: TrainConfig, x, y, gen, sns=N
     for batch, start in enumerate(range(0, len(x), cfg.batch_size)):
         idx = order[start : start + cfg.batch_size].to(x.device)
         # Augmentation draws from the CPU generator so runs are identical whatever the device.
-        xb, yb = fast_batch(augment(x[idx], cfg.augmentation, gen).to(dev)), y[idx].to(dev)
+        xb, yb = fast_batch(augment(x[idx], cfg.augmentation, gen).to(dev), model), y[idx].to(dev)
         with autocast(cfg.precision, dev):
             loss, clean_logits, adv_logits = _batch_loss(model, cfg, xb, yb, eps, step, gen, sns, sources, batch, totals)
         optimizer.zero_grad(set_to_none=True)
