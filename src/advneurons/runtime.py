@@ -127,9 +127,9 @@ def runs_channels_last(model: torch.nn.Module) -> bool:
 
 def fast_layout(model: torch.nn.Module) -> torch.nn.Module:
     """The model's weights in channels_last, the layout convolutions run fastest in: on CUDA (tensor cores) and
-    on the CPU too (oneDNN's NHWC kernels: at the default width 1/8, on 1 thread, a training step 1.3x (VGG16)
-    and 1.4x (ResNet18), an attack's gradient step 1.1x and a forward pass 1.2-1.6x faster than in the
-    contiguous layout, measured on an AVX2 machine on 2026-12-04; a VGG16 training step ~1.4x on an AVX-512
+    on the CPU too (oneDNN's NHWC kernels: at the default width 1/8, on 1 thread, a training step 1.2-1.4x, an
+    attack's gradient step 1.1-1.2x and a forward pass 1.2-1.6x faster than in the contiguous layout, over two
+    runs of bench/layout_speed.py on an AVX2 machine on 2026-12-04; a VGG16 training step ~1.4x on an AVX-512
     one on 2026-12-03). Results differ from the contiguous layout's only by float rounding,
     and are as deterministic. A CPU model with a convolution oneDNN crashes on in channels_last
     (:func:`channels_last_hazard`) keeps the contiguous layout, and says so in the log."""
