@@ -19,10 +19,11 @@ from torch import nn
 from tqdm import tqdm
 
 from advneurons.attacks import AttackSpec, run_attack
-from advneurons.runtime import atomic_path, generator, model_device
+from advneurons.runtime import atomic_path, fast_batch, generator, model_device
 from advneurons.data import load_split
 from advneurons.models.checkpoint import load_model
-from advneurons.runtime import device, metadata, write_json
+from advneurons.models.inference import for_attacks
+from advneurons.runtime import metadata, write_json
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ def generate_pairs(
     out = {name: [] for name in FIELDS}
     for start in tqdm(range(0, len(index), batch_size), desc=attack.describe(), mininterval=5.0):
         idx = torch.from_numpy(index[start : start + batch_size])
-        x, y = images[idx].to(dev), labels[idx].to(dev)
+        x, y = fast_batch(images[idx].to(dev), model), labels[idx].to(dev)
         x_adv = run_attack(attack, model, x, y, generator=gen)
         out["clean"].append(x.cpu().numpy())
         out["perturbed"].append(x_adv.cpu().numpy())
@@ -163,7 +164,7 @@ def attack_pairs(
     attack = AttackSpec.from_config(attack_cfg)  # rejects a bad attack before any expensive work
 
     model, ckpt = load_model(model_path)
-    model.to(device())
+    for_attacks(model)
     images, labels = load_split(test_path)
     pairs = generate_pairs(model, images, labels, attack, n_images, seed, batch_size)
     save_pairs(pairs, out_path)

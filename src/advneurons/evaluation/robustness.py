@@ -32,12 +32,13 @@ from advneurons.evaluation.accuracy import _correct, _on_model_device, clean_cor
 from advneurons.io import write_csv, write_table
 from advneurons.attacks import AttackSpec, run_attack, AutoAttackLog, adaptive_note, attack_target, eval_mode
 from advneurons.report.figures import plotting, save_figure
-from advneurons.runtime import autocast, check_precision, device, fast_batch, fast_layout, generator
+from advneurons.runtime import autocast, check_precision, fast_batch, generator
 from advneurons.data import load_split
 from advneurons.evaluation.paired_stats import wilson_interval
 from advneurons.evaluation.pairs import select_subset
 from advneurons.evaluation.record_files import record_sidecars
 from advneurons.models.checkpoint import file_digest, load_model
+from advneurons.models.inference import FOLDED, for_attacks
 from advneurons.runtime import metadata, write_json
 
 log = logging.getLogger(__name__)
@@ -293,7 +294,7 @@ def evaluate_model(
 
 def _load_subset(model_path: Path, test_path: Path, n_images: int | None, seed: int):
     model, ckpt = load_model(model_path)
-    fast_layout(model.to(device()))
+    for_attacks(model)
     images, labels = load_split(test_path)
     index = select_subset(len(labels), n_images, seed)
     chosen = torch.from_numpy(index)
@@ -342,6 +343,7 @@ def evaluate_attack(
         accuracy={row.attack: row.accuracy for row in records.itertuples()},
         descriptions={row.attack: row.description for row in records.itertuples()},
         model_meta=ckpt.get("meta", {}).get("params"),
+        batchnorm_folded=getattr(model, FOLDED, 0),
         lineage={"checkpoint_sha256": file_digest(model_path), "code": code,
                  "log": str(log_path) if log_path is not None else None},
     )
@@ -723,7 +725,8 @@ def pgd_sweep(
     params = {"model_name": model_name, "eps": eps, "steps_values": list(steps_values), "eps_values": list(eps_values),
               "steps": steps, "random_start": random_start, "n_images": n_images, "batch_size": batch_size,
               "model": str(model_path), "test": str(test_path)}
-    write_json(metadata("pgd_sweep", params, seed=seed, model_meta=ckpt.get("meta", {}).get("params")), meta_path)
+    write_json(metadata("pgd_sweep", params, seed=seed, model_meta=ckpt.get("meta", {}).get("params"),
+                        batchnorm_folded=getattr(model, FOLDED, 0)), meta_path)
     return frame
 
 

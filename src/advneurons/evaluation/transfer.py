@@ -21,7 +21,8 @@ from advneurons.report.markdown import markdown_table, write_markdown
 from advneurons.attacks.core import eval_mode
 from advneurons.evaluation.pairs import open_pairs
 from advneurons.models.checkpoint import load_model
-from advneurons.runtime import atomic_path, device, metadata, model_device, write_json
+from advneurons.models.inference import for_attacks
+from advneurons.runtime import atomic_path, metadata, model_device, write_json
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def transfer_check(model_path: Path, pairs_path: Path, whitebox_csv: Path, base_
                          f"{base_whitebox_csv} ({n_base})")
     pairs = open_pairs(pairs_path)
     model, _ = load_model(model_path)
-    model.to(device())
+    for_attacks(model)
     row = transfer_row(model, pairs, defended_wb, base_wb, n_wb, model_name, base_name, attack, description,
                        batch_size)
     log.info("%s vs %s under %s: white-box %.4f, transferred %.4f, base %.4f", model_name, base_name, attack,

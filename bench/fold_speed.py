@@ -1,0 +1,94 @@
+"""What folding BatchNorm (and freezing parameters) buys the jobs that only attack and evaluate a model: the time
+of each step on the model as jobs loaded it before (eval mode, fastest layout) over its time on the model
+`advneurons.models.inference.for_attacks` prepares, measured in one run.
+
+Steps: a forward pass of 256 images (what score-based attacks and accuracy do), an attack's gradient step on 64
+(autograd.grad of the loss for the input: PGD, APGD, C&W), a full backward pass on 64 (`loss.backward()`, as
+FAB-T does), and a whole L-inf PGD-10 attack on 128 images through the package's attack code. The two models'
+steps alternate, `--repeats` times each, so load on a shared machine hits both alike; the fastest and slowest
+repeat of each are dropped and the rest averaged. A ratio above 1 means the prepared model is faster. The
+largest difference of their logits on the forward batch is printed too (float rounding only).
+
+Run:  .venv/bin/python bench/fold_speed.py [--width 0.125] [--threads 1] [--repeats 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+import torch.nn.functional as F
+
+from advneurons import runtime
+from advneurons.attacks import AttackSpec, run_attack
+from advneurons.models.architectures import build_model
+from advneurons.models.inference import for_attacks
+
+STEPS = {"forward": 256, "attack_grad": 64, "backward": 64, "pgd10": 128}  # step -> batch size
+PGD10 = AttackSpec.from_config({"type": "pgd", "eps": 8, "steps": 10})
+
+
+def run_step(step: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    if step == "forward":
+        with torch.no_grad():
+            model(x)
+    elif step == "attack_grad":
+        x = x.clone().requires_grad_(True)
+        torch.autograd.grad(F.cross_entropy(model(x), y), x)
+    elif step == "backward":
+        x = x.clone().requires_grad_(True)
+        F.cross_entropy(model(x), y).backward()
+    else:
+        run_attack(PGD10, model, x, y, generator=torch.Generator().manual_seed(0))
+
+
+def trimmed_mean(times: list[float]) -> float:
+    kept = sorted(times)[1:-1] if len(times) > 2 else times
+    return sum(kept) / len(kept)
+
+
+def trained_like(arch: str, width: float) -> torch.nn.Module:
+    """A freshly built model whose BatchNorms hold running statistics of a few batches (eval mode)."""
+    model = build_model(arch, "digits", width=width)
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(64, 3, 32, 32))
+    return model.eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--archs", nargs="+", default=["vgg16", "resnet18"])
+    parser.add_argument("--width", type=float, default=0.125)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=6)
+    args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    runtime.setup(args.threads, 0)
+    print(f"CPU: {runtime.cpu_model()}; width {args.width}, {args.threads} thread(s), {args.repeats} repeats")
+    print(f"{'arch':10s} {'step':12s} {'before_s':>9s} {'prepared_s':>10s} {'ratio':>6s}")
+    for arch in args.archs:
+        before = runtime.fast_layout(trained_like(arch, args.width))
+        prepared = for_attacks(copy.deepcopy(before))
+        for step, batch in STEPS.items():
+            x, y = torch.rand(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+            x = runtime.fast_batch(x, before)
+            times = {"before": [], "prepared": []}
+            for _ in range(args.repeats):
+                for name, model in (("before", before), ("prepared", prepared)):
+                    start = time.perf_counter()
+                    run_step(step, model, x, y)
+                    times[name].append(time.perf_counter() - start)
+            old, new = trimmed_mean(times["before"]), trimmed_mean(times["prepared"])
+            print(f"{arch:10s} {step:12s} {old:9.3f} {new:10.3f} {old / new:6.2f}")
+            if step == "forward":
+                with torch.no_grad():
+                    diff = float((before(x) - prepared(x)).abs().max())
+                print(f"{arch:10s} {'':12s} largest logit difference {diff:.1e}")
+
+
+if __name__ == "__main__":
+    main()
