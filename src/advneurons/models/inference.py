@@ -1,4 +1,4 @@
-"""Models prepared for jobs that only run them in eval mode (attacks and accuracy): BatchNorm folded into the
+"""Models prepared for jobs that only run them in eval mode (attacks, accuracy, ReLU-output hooks): BatchNorm folded into the
 convolution before it, on the device, in the fastest layout.
 
 In eval mode a BatchNorm is an affine map per channel, so conv -> BN equals one convolution with rescaled

@@ -30,7 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from advneurons.models.hooks import hooked
-from advneurons.runtime import atomic_path, generator, metadata, write_json
+from advneurons.runtime import atomic_path, generator, metadata, model_device, write_json
 from advneurons.evaluation.accuracy import clean_accuracy
 from advneurons.evaluation.sensitivity import top_channels
 from advneurons.io import write_table
@@ -40,6 +40,7 @@ from advneurons.data import load_split
 from advneurons.evaluation.paired_stats import wilson_interval
 from advneurons.evaluation.pairs import select_subset
 from advneurons.models.checkpoint import load_model
+from advneurons.models.inference import for_attacks
 
 log = logging.getLogger(__name__)
 
@@ -227,11 +228,13 @@ def suppression_study(
     if n_random < 1:
         raise ValueError("n_random must be at least 1")
     resolved = {name: resolve_attack(a) for name, a in perturbations.items()}  # bad attacks fail here
-    model, _ = load_model(model_path)
+    # Hooks scale ReLU outputs, which folding BatchNorm into the convolutions leaves as they are.
+    model = for_attacks(load_model(model_path)[0])
     sensitive = sensitive_selection(model, pd.read_csv(sensitivity_csv), top_percent)
     images, labels = load_split(test_path)
     index = torch.from_numpy(select_subset(len(labels), n_images, seed))
-    x, y = images[index], labels[index]
+    where = model_device(model)  # attacks craft on the model's device (for_attacks put it on the job's)
+    x, y = images[index].to(where), labels[index].to(where)
     curves = suppression_curves(model, x, y, sensitive, resolved, betas, n_random, seed, batch_size)
     summary = suppression_summary(curves)
     order = [CLEAN, *resolved]
