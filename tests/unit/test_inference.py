@@ -122,3 +122,30 @@ def test_evaluation_job_runs_the_folded_model_and_records_it(tmp_path):
     row = records.set_index("attack")
     assert row.loc["clean", "accuracy"] == pytest.approx(clean)
     assert abs(row.loc["pgd", "accuracy"] - robust) <= 1 / 24 + 1e-9  # at most one image apart by rounding
+
+
+def test_sensitivity_ratios_crafted_on_the_folded_model_equal_those_crafted_on_the_model():
+    """sensitivity_ratios crafts its attacks on a folded copy and reads the ratios from the unfolded model's
+    convolution outputs (which folding would change). In float64 the two crafters give the same perturbations."""
+    from advneurons.sns.ratios import compute_sensitivity_ratios
+
+    model = _model("vgg16").double()
+    crafter = copy.deepcopy(model)
+    fold_batchnorm(crafter)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.rand(12, 3, 32, 32, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    perturbations = {"linf_pgd": [{"type": "pgd", "eps": 4, "steps": 3}, {"type": "fgsm", "eps": 8}]}
+    plain = compute_sensitivity_ratios(model, x, y, perturbations, ["conv1", "relu1", "conv5"], seed=0, batch_size=6)
+    fast = compute_sensitivity_ratios(model, x, y, perturbations, ["conv1", "relu1", "conv5"], seed=0, batch_size=6,
+                                      crafter=crafter)
+    assert len(plain) == len(fast) and plain["ratio"].gt(0).any()
+    torch.testing.assert_close(torch.tensor(fast["ratio"].to_numpy()), torch.tensor(plain["ratio"].to_numpy()),
+                               rtol=1e-9, atol=1e-12)
+    # and the crafter is what the attacks use: another network's perturbations give other ratios
+    torch.manual_seed(9)
+    other = random_bn_stats(tiny_model("vgg16"), seed=9).double()
+    elsewhere = compute_sensitivity_ratios(model, x, y, perturbations, ["conv1", "relu1", "conv5"], seed=0,
+                                           batch_size=6, crafter=other)
+    assert not torch.allclose(torch.tensor(elsewhere["ratio"].to_numpy()), torch.tensor(plain["ratio"].to_numpy()))

@@ -1,13 +1,15 @@
-"""Models prepared for jobs that only run them in eval mode (attacks, accuracy, ReLU-output hooks): BatchNorm folded into the
-convolution before it, on the device, in the fastest layout.
+"""Models prepared for jobs that only run them in eval mode (attacks, accuracy, hooks on ReLU outputs): BatchNorm
+folded into the convolution before it, parameters frozen, on the device, in the fastest layout.
 
 In eval mode a BatchNorm is an affine map per channel, so conv -> BN equals one convolution with rescaled
 weights and a bias: the same function up to float rounding, with one layer fewer to run forward and backward.
-On this project's CPUs (2026-12-04, AVX2, width 1/8, one thread, `bench/fold_speed.py`) that makes a forward
-pass ~1.3x and an attack's gradient step 1.3-1.5x faster; on a GPU the BatchNorm kernels, memory-bound, go too.
+Frozen parameters spare a backward pass every weight gradient. On this project's AVX2 CPU (2026-12-04, width
+1/8, one thread, `bench/fold_speed.py`) a forward pass ran 1.4x, an input-gradient step 1.2-1.3x, a PGD-10
+attack 1.4-1.6x and a full backward pass (FAB's) 1.8x faster; on a GPU the memory-bound BatchNorm kernels go too.
 Only the built-in architectures are folded, whose conv/BN pairs their `layers()` name; an external model is left
 as it is. A folded model has no BatchNorm left, so it must never be trained: :func:`for_attacks` puts it in eval
-mode and marks it, and :func:`fold_batchnorm` refuses a model in training mode.
+mode and marks it, and :func:`fold_batchnorm` refuses a model in training mode. Hooks on ReLU outputs or on the
+(now identity) BatchNorm slots see the same values as before; hooks on convolution outputs would not.
 """
 
 from __future__ import annotations

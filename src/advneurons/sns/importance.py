@@ -29,13 +29,14 @@ from tqdm import tqdm
 
 from advneurons.models.hooks import captured_outputs
 from advneurons.evaluation.pairs import FIELDS, PairSet, open_pairs, predict
-from advneurons.runtime import atomic_path, generator, metadata, write_json
+from advneurons.runtime import atomic_path, fast_batch, generator, metadata, model_device, write_json
 from advneurons.evaluation.sensitivity import SensitivityAccumulator
 from advneurons.models.architectures import DEFAULT_SITE
 from advneurons.sns.common import PENULTIMATE, layers_with_penultimate
 from advneurons.attacks import AttackSpec, pgd_linf
 from advneurons.data import load_split
 from advneurons.models.checkpoint import load_model
+from advneurons.models.inference import for_attacks
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ def compute_targeted_pairs(
     """
 
     model.eval()
+    where = model_device(model)
     labels = labels.long()
     num_classes = int(num_classes if num_classes is not None else int(labels.max()) + 1)
     gen_pgd = generator(seed + 7919)
@@ -122,16 +124,16 @@ def compute_targeted_pairs(
         n_ok = 0
         for start in range(0, len(candidates), batch_size):
             idx = candidates[start : start + batch_size]
-            x, y = images[idx], labels[idx]
+            x, y = fast_batch(images[idx].to(where), model), labels[idx].to(where)
             goal = torch.full_like(y, target)
             x_adv = pgd_linf(model, x, goal, eps, steps, step_size, random_start, targeted=True, generator=gen_pgd)
-            adv_pred = predict(model, x_adv)
+            adv_pred = predict(model, x_adv).cpu()
             ok = adv_pred == target
             n_ok += int(ok.sum())
-            parts["clean"].append(x[ok].numpy())
-            parts["perturbed"].append(x_adv[ok].numpy())
-            parts["label"].append(y[ok].numpy())
-            parts["clean_pred"].append(predict(model, x)[ok].numpy())
+            parts["clean"].append(x.cpu()[ok].numpy())
+            parts["perturbed"].append(x_adv.cpu()[ok].numpy())
+            parts["label"].append(y.cpu()[ok].numpy())
+            parts["clean_pred"].append(predict(model, x).cpu()[ok].numpy())
             parts["perturbed_pred"].append(adv_pred[ok].numpy())
             parts["index"].append(idx[ok].numpy())
             parts["target"].append(np.full(int(ok.sum()), target, dtype=np.int64))
@@ -203,6 +205,7 @@ def targeted_pairs(
         type="pgd", eps=spec.eps, steps=spec.steps, step_size=spec.step_size, random_start=spec.random_start
     )
     model, ckpt = load_model(model_path)
+    for_attacks(model)
     images, labels = load_split(test_path)
     pairs, target, counts = compute_targeted_pairs(
         model,

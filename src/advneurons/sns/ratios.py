@@ -12,6 +12,7 @@ Fig 13 averages over the layer's sensitive channels (top-k% by sensitivity, from
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import OrderedDict
 from pathlib import Path
@@ -25,7 +26,7 @@ from tqdm import tqdm
 
 from advneurons.io import write_table
 from advneurons.report.figures import LAYER_LABEL, MAX_COLS, grid, layer_ticks, plotting, save_figure
-from advneurons.runtime import atomic_path, generator, metadata, write_json
+from advneurons.runtime import atomic_path, generator, metadata, model_device, write_json
 from advneurons.evaluation.sensitivity import PairHooks
 from advneurons.models.layer_names import FIG10_LAYERS, FIG14_LAYERS, arch_of
 from advneurons.sns.common import (
@@ -37,6 +38,7 @@ from advneurons.sns.common import (
 from advneurons.data import load_split
 from advneurons.evaluation.pairs import select_subset
 from advneurons.models.checkpoint import load_model
+from advneurons.models.inference import for_attacks
 
 def default_ratio_layers(model: nn.Module) -> list[str]:
     """Every conv layer that has a ReLU after it, each followed by that ReLU: conv1, relu1, conv2, relu2, ..."""
@@ -111,18 +113,24 @@ def compute_sensitivity_ratios(
     layers: Sequence[str] | None = None,
     seed: int = 0,
     batch_size: int = 200,
+    crafter: nn.Module | None = None,
 ) -> pd.DataFrame:
     """Long table of per-channel ratios for every perturbation family and strength.
 
     `perturbations`: family name -> list of attacks of increasing strength (config dicts, AttackSpec-like
     objects or callables; `sns_common.resolve_attack`). Columns: family, level (1-based), strength, attack,
     layer, kind (conv/relu), conv (the conv layer the row belongs to), position, channel, ratio, n_valid, n_pairs.
+    `crafter`: the model the perturbations are crafted against, on any device, when that is not `model` itself
+    but the same function in a faster form (`models.inference.for_attacks`: BatchNorm folded, which would change
+    the convolution outputs the ratios read); the ratios are always read from `model`.
     """
     model.eval()
     names = list(layers) if layers is not None else default_ratio_layers(model)
     modules = named_modules_for(model, names)
     conv_of = {relu: conv for conv, relu in activation_names(model).items()}
     conv_names = set(model.layers())
+    target = crafter if crafter is not None else model
+    where = model_device(target)
     resolved = {
         fam: [(strength_label(a, i + 1), resolve_attack(a)) for i, a in enumerate(items)]
         for fam, items in perturbations.items()
@@ -136,7 +144,8 @@ def compute_sensitivity_ratios(
     for j, (fam, level, label, attack) in enumerate(tqdm(jobs, desc="sensitivity ratios", mininterval=5.0)):
         gen = generator(seed + 131 * (j + 1))
         adv = torch.cat(
-            [attack(model, x[i : i + batch_size], y[i : i + batch_size], gen) for i in range(0, len(x), batch_size)]
+            [attack(target, x[i : i + batch_size].to(where), y[i : i + batch_size].to(where), gen).to(x.device)
+             for i in range(0, len(x), batch_size)]
         )
         ratios = pair_ratios(model, x, adv, modules, batch_size)
         for position, (name, (mean, valid)) in enumerate(ratios.items()):
@@ -189,9 +198,11 @@ def sensitivity_ratios(
     model, _ = load_model(model_path)
     names = list(layers) if layers is not None else default_ratio_layers(model)
     named_modules_for(model, names)
+    crafter = for_attacks(copy.deepcopy(model))  # the attacks' model; the ratios read `model`'s conv outputs
     images, labels = load_split(test_path)
     index = torch.from_numpy(select_subset(len(labels), n_images, seed))
-    table = compute_sensitivity_ratios(model, images[index], labels[index], perturbations, names, seed, batch_size)
+    table = compute_sensitivity_ratios(model, images[index], labels[index], perturbations, names, seed, batch_size,
+                                       crafter=crafter)
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False)
     write_json(
