@@ -15,6 +15,7 @@ stays within ``max_clean_drop`` percentage points of alpha = 0, ties to the smal
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections import OrderedDict
 from pathlib import Path
@@ -32,6 +33,7 @@ from advneurons.data import load_split
 from advneurons.evaluation.accuracy import clean_accuracy
 from advneurons.evaluation.robustness import attack_generator, robust_accuracy
 from advneurons.models.checkpoint import load_model, save_model
+from advneurons.models.inference import for_attacks
 from advneurons.psn.scores import select_images
 from advneurons.runtime import atomic_path, metadata, write_json
 
@@ -130,7 +132,8 @@ def meansparse_model(model_path: Path, train_path: Path, val_path: Path, alphas,
     index = select_images(len(x_val), n_val, seed)
     x_val, y_val = x_val[index], y_val[index]
     attach(model, stats, 0.0)
-    sweep = alpha_sweep(model, x_val, y_val, alphas, attacks, seed, batch_size)
+    # The sweep attacks a folded copy (the same function, faster); `model` keeps its BatchNorms for the checkpoint.
+    sweep = alpha_sweep(for_attacks(copy.deepcopy(model)), x_val, y_val, alphas, attacks, seed, batch_size)
     alpha = choose_alpha(sweep, select_on, max_clean_drop)
     sweep["chosen"] = sweep["alpha"] == alpha
     set_alpha(model, alpha)
