@@ -4,8 +4,9 @@ of each step on the model as jobs loaded it before (eval mode, fastest layout) o
 
 Steps: a forward pass of 256 images (what score-based attacks and accuracy do), an attack's gradient step on 64
 (autograd.grad of the loss for the input: PGD, APGD, C&W), a full backward pass on 64 (`loss.backward()`, as
-FAB-T does), and a whole L-inf PGD-10 attack on 128 images through the package's attack code. The two models'
-steps alternate, `--repeats` times each, so load on a shared machine hits both alike; the fastest and slowest
+FAB-T does), a whole L-inf PGD-10 attack on 128 images through the package's attack code, and one PAT training
+batch of 128 (PGD-10 crafted on the model itself before, on its `FoldedShadow` now, then the training step). The
+two models' steps alternate, `--repeats` times each, so load on a shared machine hits both alike; the fastest and slowest
 repeat of each are dropped and the rest averaged. A ratio above 1 means the prepared model is faster. The
 largest difference of their logits on the forward batch is printed too (float rounding only).
 
@@ -24,9 +25,11 @@ import torch.nn.functional as F
 from advneurons import runtime
 from advneurons.attacks import AttackSpec, run_attack
 from advneurons.models.architectures import build_model
-from advneurons.models.inference import for_attacks
+from advneurons.models.inference import FoldedShadow, for_attacks
+from advneurons.training.loop import TrainConfig, _train_epoch
 
-STEPS = {"forward": 256, "attack_grad": 64, "backward": 64, "pgd10": 128}  # step -> batch size
+STEPS = {"forward": 256, "attack_grad": 64, "backward": 64, "pgd10": 128, "pat_batch": 128}  # step -> batch size
+PAT = TrainConfig(method="pat", batch_size=128, eps=8, steps=10, augmentation="none")
 PGD10 = AttackSpec.from_config({"type": "pgd", "eps": 8, "steps": 10})
 
 
@@ -42,6 +45,23 @@ def run_step(step: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
         F.cross_entropy(model(x), y).backward()
     else:
         run_attack(PGD10, model, x, y, generator=torch.Generator().manual_seed(0))
+
+
+def pat_batch(trainer: tuple, x: torch.Tensor, y: torch.Tensor) -> None:
+    model, optimizer, scheduler, crafter = trainer
+    _train_epoch(model, optimizer, scheduler, PAT, x, y, torch.Generator().manual_seed(0), crafter=crafter)
+
+
+def trainers(arch: str, width: float, repeats: int) -> dict:
+    """Two identical models in training, one crafting PAT's examples on itself, one on its folded shadow."""
+    out = {}
+    for name in ("before", "prepared"):
+        torch.manual_seed(0)
+        model = runtime.fast_layout(build_model(arch, "digits", width=width))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.01, total_steps=repeats + 2)
+        out[name] = (model, optimizer, scheduler, FoldedShadow.of(model) if name == "prepared" else None)
+    return out
 
 
 def trimmed_mean(times: list[float]) -> float:
@@ -77,10 +97,14 @@ def main() -> None:
             x, y = torch.rand(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
             x = runtime.fast_batch(x, before)
             times = {"before": [], "prepared": []}
+            training = trainers(arch, args.width, args.repeats) if step == "pat_batch" else None
             for _ in range(args.repeats):
                 for name, model in (("before", before), ("prepared", prepared)):
                     start = time.perf_counter()
-                    run_step(step, model, x, y)
+                    if training:
+                        pat_batch(training[name], x, y)
+                    else:
+                        run_step(step, model, x, y)
                     times[name].append(time.perf_counter() - start)
             old, new = trimmed_mean(times["before"]), trimmed_mean(times["prepared"])
             print(f"{arch:10s} {step:12s} {old:9.3f} {new:10.3f} {old / new:6.2f}")

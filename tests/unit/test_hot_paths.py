@@ -16,6 +16,7 @@ from advneurons.attacks import AttackSpec, from_255, pgd_linf, run_attack
 from advneurons.config import settings
 from advneurons.evaluation.robustness import attack_generator, robust_correct
 from advneurons.models import checkpoint
+from advneurons.models.inference import FoldedShadow, fold_batchnorm
 from advneurons.training.loop import TrainConfig, _train_epoch, augment
 from tiny_models import tiny_model
 from training_helpers import train_tiny, write_small_splits
@@ -44,9 +45,17 @@ def test_vectorised_augmentation_equals_the_per_image_loop(kind):
     assert torch.equal(gen_a.get_state(), gen_b.get_state())  # the same draws, so the next batch is the same too
 
 
+def _folded_copy(model):
+    """A fresh folded, frozen copy of the model as it is now: what FoldedShadow.sync() must equal bit for bit."""
+    shadow = copy.deepcopy(model).eval().requires_grad_(False)
+    fold_batchnorm(shadow)
+    return runtime.fast_layout(shadow)
+
+
 def _epoch_by_loop(model, optimizer, scheduler, cfg, x, y, gen, layout=None):
-    """One PAT / vanilla epoch as a plain host loop: per-image augmentation, .item() after every batch;
-    `layout` puts each batch in the layout the model runs in (by default the one runtime.fast_layout gave it)."""
+    """One PAT / vanilla epoch as a plain host loop: per-image augmentation, .item() after every batch, PGD
+    crafted on a fresh folded copy of the model; `layout` puts each batch in the layout the model runs in (by
+    default the one runtime.fast_layout gave it)."""
     layout = layout or (lambda t: runtime.fast_batch(t, model))
     model.train()
     order = torch.randperm(len(x), generator=gen)
@@ -55,7 +64,8 @@ def _epoch_by_loop(model, optimizer, scheduler, cfg, x, y, gen, layout=None):
         idx = order[start : start + cfg.batch_size]
         xb, yb = layout(_augment_by_loop(x[idx], cfg.augmentation, gen)), y[idx]
         if cfg.method == "pat":
-            x_adv = pgd_linf(model, xb, yb, from_255(cfg.eps), cfg.steps, None, cfg.random_start, generator=gen)
+            x_adv = pgd_linf(_folded_copy(model), xb, yb, from_255(cfg.eps), cfg.steps, None, cfg.random_start,
+                             generator=gen)
             logits = model(torch.cat([xb, x_adv]))
             clean, adv = logits[: len(xb)], logits[len(xb) :]
             loss = 0.5 * F.cross_entropy(clean, yb) + 0.5 * F.cross_entropy(adv, yb)
@@ -92,11 +102,42 @@ def test_training_epoch_in_fp32_equals_the_plain_loop_bit_for_bit(method):
     model_a, opt_a, sched_a = _fresh()
     model_b, opt_b, sched_b = _fresh()
     runtime.fast_layout(model_a), runtime.fast_layout(model_b)  # as train() lays out its model
-    metrics_a = _train_epoch(model_a, opt_a, sched_a, cfg, x, y, runtime.generator(9))
+    crafter = FoldedShadow.of(model_a) if method == "pat" else None  # as train() makes it
+    metrics_a = _train_epoch(model_a, opt_a, sched_a, cfg, x, y, runtime.generator(9), crafter=crafter)
     metrics_b = _epoch_by_loop(model_b, opt_b, sched_b, cfg, x, y, runtime.generator(9))
     assert metrics_a == metrics_b
     for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("arch", ["vgg16", "resnet18"])
+def test_the_folded_shadow_follows_the_model_through_training_steps(arch):
+    """After optimizer steps in training mode (weights and BatchNorm statistics move), sync() gives bit for bit
+    a fresh fold of the model, and in float64 the model's eval-mode function and input gradients."""
+    torch.manual_seed(0)
+    model = tiny_model(arch).double()
+    shadow = FoldedShadow.of(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(16, 3, 32, 32, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 10, (16,), generator=gen)
+    for _ in range(3):
+        model.train()
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        folded = shadow.sync()
+        fresh = _folded_copy(model)
+        for (name, a), b in zip(folded.state_dict().items(), fresh.state_dict().values()):
+            assert torch.equal(a, b), name
+        model.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(folded(x), model(x), rtol=1e-9, atol=1e-10)
+        gen_a, gen_b = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+        assert torch.equal(pgd_linf(folded, x, y, 8 / 255, 3, None, True, generator=gen_a),
+                           pgd_linf(model, x, y, 8 / 255, 3, None, True, generator=gen_b))
+    assert all(p.requires_grad for p in model.parameters())  # the model itself is never touched
+    assert not any(p.requires_grad for p in shadow.shadow.parameters())
 
 
 def test_channels_last_changes_a_training_epoch_only_by_float_rounding():

@@ -14,11 +14,12 @@ mode and marks it, and :func:`fold_batchnorm` refuses a model in training mode. 
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights
 
 from advneurons.models.architectures import VGG16, ResNet18
 from advneurons.runtime import device, fast_layout
@@ -85,3 +86,46 @@ def for_attacks(model: nn.Module) -> nn.Module:
     if folded:
         log.info("BatchNorm folded into %d convolutions (eval-only job)", folded)
     return fast_layout(model)
+
+
+class FoldedShadow:
+    """A folded, frozen copy of a model in training, for crafting its adversarial examples.
+
+    Adversarial training crafts its examples in eval mode (`attacks.pgd_linf`), where a BatchNorm is the affine
+    map of its running statistics, so a folded copy computes the same function faster. The weights change every
+    step, so :meth:`sync` refolds the copy from the model's current weights and statistics (in place, with
+    torch's own fusion formula, bit for bit what :func:`fold_batchnorm` of a fresh copy gives) and returns it.
+    The model itself is never touched. `FoldedShadow.of` gives None for a model with nothing to fold.
+    """
+
+    def __init__(self, model: nn.Module):
+        names = {id(module): name for name, module in model.named_modules()}
+        pairs = [(names[id(conv)], names[id(norm)]) for _, conv, norm in conv_bn_pairs(model)]
+        shadow = copy.deepcopy(model).eval().requires_grad_(False)
+        with torch.no_grad():
+            fold_batchnorm(shadow)
+        self.shadow = fast_layout(shadow)
+        self._folded = [(model.get_submodule(conv), model.get_submodule(norm), shadow.get_submodule(conv))
+                        for conv, norm in pairs]
+        folded_modules = {name for pair in pairs for name in pair}
+        sources = model.state_dict(keep_vars=True)
+        targets = shadow.state_dict(keep_vars=True)
+        # every other parameter and buffer (the classifier, Normalize's constants, unfolded layers), by name
+        self._copied = [(sources[key], targets[key]) for key in sources
+                        if key.rpartition(".")[0] not in folded_modules]
+
+    @classmethod
+    def of(cls, model: nn.Module) -> "FoldedShadow | None":
+        return cls(model) if conv_bn_pairs(model) else None
+
+    @torch.no_grad()
+    def sync(self) -> nn.Module:
+        """The copy, refolded from the model as it is now."""
+        for conv, norm, fused in self._folded:
+            weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean, norm.running_var,
+                                                norm.eps, norm.weight, norm.bias)
+            fused.weight.copy_(weight)
+            fused.bias.copy_(bias)
+        for source, target in self._copied:
+            target.copy_(source)
+        return self.shadow

@@ -38,6 +38,7 @@ from advneurons.models import checkpoint as ckpt_io
 from advneurons.attacks import from_255, pgd_linf
 from advneurons.data import load_split
 from advneurons.models.architectures import DEFAULT_SITE, build_model, check_site
+from advneurons.models.inference import FoldedShadow
 from advneurons.runtime import (
     atomic_path,
     autocast,
@@ -163,10 +164,12 @@ def nat_examples(model, x, eps: float, gen: torch.Generator) -> torch.Tensor:
     return step_ll(model, x, scale.view(-1, 1, 1, 1).to(x.device))
 
 
-def _train_epoch(model, optimizer, scheduler, cfg: TrainConfig, x, y, gen, sns=None, static=()) -> dict:
+def _train_epoch(model, optimizer, scheduler, cfg: TrainConfig, x, y, gen, sns=None, static=(), crafter=None) -> dict:
     """One epoch. ``sns``: (StabilityLoss, lambda, frozen BatchNorm modules) for SNS fine-tuning.
     ``static``: EAT's static source models; batch b takes its examples from source b mod (1 + len(static)),
-    source 0 being the model in training (Tramer et al.: alternate between the current and static models)."""
+    source 0 being the model in training (Tramer et al.: alternate between the current and static models).
+    ``crafter``: a :class:`~advneurons.models.inference.FoldedShadow` of the model, which PGD examples (PAT, ALP,
+    SNS) are crafted on: the model's eval-mode function with BatchNorm folded, refreshed every batch."""
     model.train()
     if sns is not None:
         for bn in sns[2]:
@@ -185,7 +188,8 @@ def _train_epoch(model, optimizer, scheduler, cfg: TrainConfig, x, y, gen, sns=N
         # Augmentation draws from the CPU generator so runs are identical whatever the device.
         xb, yb = fast_batch(augment(x[idx], cfg.augmentation, gen).to(dev), model), y[idx].to(dev)
         with autocast(cfg.precision, dev):
-            loss, clean_logits, adv_logits = _batch_loss(model, cfg, xb, yb, eps, step, gen, sns, sources, batch, totals)
+            loss, clean_logits, adv_logits = _batch_loss(model, cfg, xb, yb, eps, step, gen, sns, sources, batch, totals,
+                                                         crafter)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -205,13 +209,15 @@ def _train_epoch(model, optimizer, scheduler, cfg: TrainConfig, x, y, gen, sns=N
     return out
 
 
-def _batch_loss(model, cfg: TrainConfig, xb, yb, eps, step, gen, sns, sources, batch, totals):
+def _batch_loss(model, cfg: TrainConfig, xb, yb, eps, step, gen, sns, sources, batch, totals, crafter=None):
     """(loss, clean logits, adversarial logits or None) of one batch of ``cfg.method``."""
     adv_logits = None
+    # PGD crafts in eval mode: on the folded copy when there is one (the same function, faster)
+    attacked = crafter.sync() if crafter is not None and cfg.method in ("sns", "pat", "alp") else model
     if cfg.method == "sns":
         from advneurons.training.sns import sns_batch_loss
 
-        x_adv = pgd_linf(model, xb, yb, eps, cfg.steps, step, cfg.random_start, generator=gen)
+        x_adv = pgd_linf(attacked, xb, yb, eps, cfg.steps, step, cfg.random_start, generator=gen)
         if sns is not None:  # pgd_linf leaves the model in train mode; keep frozen statistics fixed
             for bn in sns[2]:
                 bn.eval()
@@ -226,7 +232,7 @@ def _batch_loss(model, cfg: TrainConfig, xb, yb, eps, step, gen, sns, sources, b
         elif cfg.method == "eat":  # NAT's examples, crafted in turn by the model and each static model
             x_adv = nat_examples(sources[batch % len(sources)], xb, eps, gen)
         else:
-            x_adv = pgd_linf(model, xb, yb, eps, cfg.steps, step, cfg.random_start, generator=gen)
+            x_adv = pgd_linf(attacked, xb, yb, eps, cfg.steps, step, cfg.random_start, generator=gen)
         # One forward over clean and adversarial halves: BatchNorm sees the 1:1 mixture.
         logits = model(torch.cat([xb, x_adv]))
         clean_logits, adv_logits = logits[: len(xb)], logits[len(xb) :]
@@ -335,6 +341,8 @@ def train_model(
         elif state is not None:
             log.warning("resume file %s was written with other settings; starting over", resume_path)
 
+    # Made before any epoch, so that it carries none of the hooks an epoch registers (SNS's stability loss).
+    crafter = FoldedShadow.of(model) if cfg.method in ("sns", "pat", "alp") else None
     epochs = tqdm(range(first_epoch, cfg.epochs + 1), desc=f"train {arch}/{cfg.method}", initial=first_epoch - 1, total=cfg.epochs)
     for epoch in epochs:
         started = time.perf_counter()
@@ -346,9 +354,10 @@ def train_model(
 
             with StabilityLoss(sns[3], channels) as stability:
                 sns[0] = stability
-                row.update(_train_epoch(model, optimizer, scheduler, cfg, x_train, y_train, gen, sns))
+                row.update(_train_epoch(model, optimizer, scheduler, cfg, x_train, y_train, gen, sns, crafter=crafter))
         else:
-            row.update(_train_epoch(model, optimizer, scheduler, cfg, x_train, y_train, gen, static=static))
+            row.update(_train_epoch(model, optimizer, scheduler, cfg, x_train, y_train, gen, static=static,
+                                    crafter=crafter))
         if x_val is not None and len(x_val):
             row["val_clean_acc"] = clean_accuracy(model, x_val, y_val, batch_size=500)
         row["seconds"] = time.perf_counter() - started
