@@ -10,7 +10,15 @@ two models' steps alternate, `--repeats` times each, so load on a shared machine
 repeat of each are dropped and the rest averaged. A ratio above 1 means the prepared model is faster. The
 largest difference of their logits on the forward batch is printed too (float rounding only).
 
+With `--checkpoint` (a trained model of a run, e.g. results/<data id>/models/<model>/model.pt) and `--test`
+(that run's test split), it times instead the robustness evaluation of that model under each of `--attacks`
+(config entries as in config.yaml, by type) on `--n-images` test images: loaded as evaluation jobs loaded it
+before (eval mode, fastest layout) and through `for_attacks`, alternating, and prints both accuracies (which may
+differ by an image: a gradient component within rounding of zero can take the other sign).
+
 Run:  .venv/bin/python bench/fold_speed.py [--width 0.125] [--threads 1] [--repeats 6]
+      .venv/bin/python bench/fold_speed.py --checkpoint MODEL.pt --test TEST.npz [--attacks pgd autoattack spsa]
+          [--n-images 16] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -78,16 +86,60 @@ def trained_like(arch: str, width: float) -> torch.nn.Module:
     return model.eval()
 
 
+EVAL_ATTACKS = {  # the default config's entries
+    "pgd": {"type": "pgd", "eps": 32, "steps": 10},
+    "cw": {"type": "cw_l2", "eps": 320, "initial_const": 1, "steps": 100},
+    "spsa": {"type": "spsa", "eps": 32, "samples": 128, "steps": 50},
+    "nattack": {"type": "nattack", "eps": 32, "samples": 100, "steps": 50},
+    "autoattack": {"type": "autoattack", "eps": 32},
+}
+
+
+def checkpoint_bench(args) -> None:
+    from advneurons.data import load_split
+    from advneurons.evaluation.robustness import evaluate_model
+    from advneurons.models.checkpoint import load_model
+
+    unknown = [a for a in args.attacks if a not in EVAL_ATTACKS]
+    if unknown:
+        raise SystemExit(f"unknown attack(s) {unknown}; choose from {sorted(EVAL_ATTACKS)}")
+    before = runtime.fast_layout(load_model(args.checkpoint)[0].to(runtime.device()))
+    prepared = for_attacks(load_model(args.checkpoint)[0])
+    images, labels = load_split(args.test)
+    images, labels = images[: args.n_images], labels[: args.n_images]
+    print(f"{args.checkpoint}: {len(labels)} test images, {args.repeats} repeats")
+    print(f"{'attack':12s} {'before_s':>9s} {'prepared_s':>10s} {'ratio':>6s}  accuracy before / prepared")
+    for name in args.attacks:
+        times, accuracy = {"before": [], "prepared": []}, {}
+        for _ in range(args.repeats):
+            for label, model in (("before", before), ("prepared", prepared)):
+                start = time.perf_counter()
+                records, _ = evaluate_model(model, images, labels, {name: EVAL_ATTACKS[name]}, label, 0)
+                times[label].append(time.perf_counter() - start)
+                accuracy[label] = float(records.set_index("attack").loc[name, "accuracy"])
+        old, new = trimmed_mean(times["before"]), trimmed_mean(times["prepared"])
+        print(f"{name:12s} {old:9.2f} {new:10.2f} {old / new:6.2f}  {accuracy['before']:.4f} / {accuracy['prepared']:.4f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--archs", nargs="+", default=["vgg16", "resnet18"])
     parser.add_argument("--width", type=float, default=0.125)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--checkpoint", help="a trained model: time its robustness evaluation instead")
+    parser.add_argument("--test", help="the test split of the checkpoint's run (with --checkpoint)")
+    parser.add_argument("--attacks", nargs="+", default=["pgd", "autoattack", "spsa"])
+    parser.add_argument("--n-images", type=int, default=16)
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if bool(args.checkpoint) != bool(args.test):
+        parser.error("--checkpoint and --test go together")
     runtime.setup(args.threads, 0)
+    if args.checkpoint:
+        checkpoint_bench(args)
+        return
     print(f"CPU: {runtime.cpu_model()}; width {args.width}, {args.threads} thread(s), {args.repeats} repeats")
     print(f"{'arch':10s} {'step':12s} {'before_s':>9s} {'prepared_s':>10s} {'ratio':>6s}")
     for arch in args.archs:
