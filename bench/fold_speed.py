@@ -23,7 +23,6 @@ Run:  .venv/bin/python bench/fold_speed.py [--width 0.125] [--threads 1] [--repe
 
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 
@@ -35,6 +34,7 @@ from advneurons.attacks import AttackSpec, run_attack
 from advneurons.models.architectures import build_model
 from advneurons.models.inference import FoldedShadow, for_attacks
 from advneurons.training.loop import TrainConfig, _train_epoch
+from layout_speed import speed_parser, trimmed_mean  # bench/, the folder Python runs this script from
 
 STEPS = {"forward": 256, "attack_grad": 64, "backward": 64, "pgd10": 128, "pat_batch": 128}  # step -> batch size
 PAT = TrainConfig(method="pat", batch_size=128, eps=8, steps=10, augmentation="none")
@@ -70,11 +70,6 @@ def trainers(arch: str, width: float, repeats: int) -> dict:
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.01, total_steps=repeats + 2)
         out[name] = (model, optimizer, scheduler, FoldedShadow.of(model) if name == "prepared" else None)
     return out
-
-
-def trimmed_mean(times: list[float]) -> float:
-    kept = sorted(times)[1:-1] if len(times) > 2 else times
-    return sum(kept) / len(kept)
 
 
 def trained_like(arch: str, width: float) -> torch.nn.Module:
@@ -122,11 +117,7 @@ def checkpoint_bench(args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--archs", nargs="+", default=["vgg16", "resnet18"])
-    parser.add_argument("--width", type=float, default=0.125)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=6)
+    parser = speed_parser(__doc__)
     parser.add_argument("--checkpoint", help="a trained model: time its robustness evaluation instead")
     parser.add_argument("--test", help="the test split of the checkpoint's run (with --checkpoint)")
     parser.add_argument("--attacks", nargs="+", default=["pgd", "autoattack", "spsa"])

@@ -45,12 +45,18 @@ def trimmed_mean(times: list[float]) -> float:
     return sum(kept) / len(kept)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def speed_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every step-speed bench takes (this one and fold_speed.py): models, width, threads, repeats."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--archs", nargs="+", default=["vgg16", "resnet18"])
     parser.add_argument("--width", type=float, default=0.125)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=6)
+    return parser
+
+
+def main() -> None:
+    parser = speed_parser(__doc__)
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
