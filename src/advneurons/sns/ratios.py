@@ -40,6 +40,7 @@ from advneurons.evaluation.pairs import select_subset
 from advneurons.models.checkpoint import load_model
 from advneurons.models.inference import for_attacks
 
+
 def default_ratio_layers(model: nn.Module) -> list[str]:
     """Every conv layer that has a ReLU after it, each followed by that ReLU: conv1, relu1, conv2, relu2, ..."""
     out = []
