@@ -30,7 +30,7 @@ FOLDED = "batchnorm_folded"  # attribute set on a model whose BatchNorms were fo
 
 
 def _replace(root: nn.Module, target: nn.Module, replacement: nn.Module) -> None:
-    for name, module in root.named_modules():
+    for module in root.modules():
         for child_name, child in module.named_children():
             if child is target:
                 setattr(module, child_name, replacement)

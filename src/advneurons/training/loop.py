@@ -213,11 +213,11 @@ def _batch_loss(model, cfg: TrainConfig, xb, yb, eps, step, gen, sns, sources, b
     """(loss, clean logits, adversarial logits or None) of one batch of ``cfg.method``."""
     adv_logits = None
     # PGD crafts in eval mode: on the folded copy when there is one (the same function, faster)
-    attacked = crafter.sync() if crafter is not None and cfg.method in ("sns", "pat", "alp") else model
+    pgd_model = crafter.sync if crafter is not None else lambda: model
     if cfg.method == "sns":
         from advneurons.training.sns import sns_batch_loss
 
-        x_adv = pgd_linf(attacked, xb, yb, eps, cfg.steps, step, cfg.random_start, generator=gen)
+        x_adv = pgd_linf(pgd_model(), xb, yb, eps, cfg.steps, step, cfg.random_start, generator=gen)
         if sns is not None:  # pgd_linf leaves the model in train mode; keep frozen statistics fixed
             for bn in sns[2]:
                 bn.eval()
@@ -232,7 +232,7 @@ def _batch_loss(model, cfg: TrainConfig, xb, yb, eps, step, gen, sns, sources, b
         elif cfg.method == "eat":  # NAT's examples, crafted in turn by the model and each static model
             x_adv = nat_examples(sources[batch % len(sources)], xb, eps, gen)
         else:
-            x_adv = pgd_linf(attacked, xb, yb, eps, cfg.steps, step, cfg.random_start, generator=gen)
+            x_adv = pgd_linf(pgd_model(), xb, yb, eps, cfg.steps, step, cfg.random_start, generator=gen)
         # One forward over clean and adversarial halves: BatchNorm sees the 1:1 mixture.
         logits = model(torch.cat([xb, x_adv]))
         clean_logits, adv_logits = logits[: len(xb)], logits[len(xb) :]
