@@ -32,10 +32,46 @@ def setup(threads: int, seed: int | None = None) -> None:
     except RuntimeError:  # already set in this process
         pass
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    keep_freed_memory()
     deterministic_kernels()
     torch.backends.cudnn.benchmark = False
     if seed is not None:
         seed_everything(seed)
+
+
+# glibc's mallopt() parameters (malloc.h) and the values a step runs with: blocks up to 32 MiB (glibc's largest
+# mmap threshold) come from the heap, and up to 1 GiB freed at the top of the heap stays there.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+ALLOCATOR_SETTINGS = {"mmap_threshold": 32 << 20, "trim_threshold": 1 << 30}
+_allocator = "default"
+
+
+def keep_freed_memory() -> str:
+    """Keep the memory a step frees in the process instead of handing it back to the operating system.
+
+    glibc unmaps a freed block above its mmap threshold and trims the top of the heap once more than the trim
+    threshold lies free there; a torch step frees its activations and gradients after every call, so the next
+    call faults the same pages in again, zeroed by the kernel: on the rehearsal a quarter of the jobs' CPU time was
+    system time. With ALLOCATOR_SETTINGS the freed blocks are reused (bench/allocator_speed.py measures what this
+    buys). Blocks above 32 MiB are still unmapped when freed, so a step's memory stays near its peak, not above
+    it. No effect elsewhere than glibc (the allocator is left as it is); ADVNEURONS_MALLOC=default in the
+    environment leaves glibc's defaults too (the benchmark's baseline). Returns the allocator's setting, which
+    :func:`versions` records.
+    """
+    global _allocator
+    if os.environ.get("ADVNEURONS_MALLOC") == "default" or platform.system() != "Linux":
+        return _allocator
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc
+        return _allocator
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    if mallopt(_M_MMAP_THRESHOLD, ALLOCATOR_SETTINGS["mmap_threshold"]) == 1 and \
+            mallopt(_M_TRIM_THRESHOLD, ALLOCATOR_SETTINGS["trim_threshold"]) == 1:
+        _allocator = ",".join(f"{k}={v}" for k, v in ALLOCATOR_SETTINGS.items())
+    return _allocator
 
 
 def deterministic_kernels() -> None:
@@ -188,6 +224,7 @@ def versions() -> dict:
         if var in os.environ:
             out[var.lower()] = os.environ[var]
     out["threads"] = torch.get_num_threads()
+    out["allocator"] = _allocator
     # Results differ between CPUs (torch's kernels pick their instruction set, and so their rounding, by CPU):
     # record which CPU and which instruction set the step ran with.
     out["cpu"] = cpu_model()
