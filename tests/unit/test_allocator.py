@@ -48,3 +48,29 @@ def test_steps_reuse_freed_memory_instead_of_faulting_it_in_again():
     # faulted in again page by page; with the step's thresholds they come from the heap, which keeps them
     assert not any(default["in_heap"])
     assert all(kept["in_heap"]) and kept["kept_mib"] >= 60
+
+
+TRAIN = """
+import hashlib, torch
+import torch.nn.functional as F
+from advneurons import runtime
+from advneurons.models.architectures import build_model
+runtime.setup(1, 0)
+model = runtime.fast_layout(build_model("resnet18", "digits", width=0.125))
+opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+x, y = torch.rand(64, 3, 32, 32), torch.randint(0, 10, (64,))
+for _ in range(3):
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+print(hashlib.sha256(b"".join(p.detach().contiguous().numpy().tobytes() for p in model.state_dict().values())).hexdigest())
+"""
+
+
+def test_where_memory_comes_from_changes_no_result():
+    """Three training steps give bit-identical weights with glibc's defaults and with the steps' thresholds."""
+    runs = [subprocess.run([sys.executable, "-c", TRAIN], capture_output=True, text=True, check=True,
+                           env={**{k: v for k, v in os.environ.items() if k != "ADVNEURONS_MALLOC"}, **env})
+            for env in ({}, {"ADVNEURONS_MALLOC": "default"})]
+    kept, default = (r.stdout.strip().splitlines()[-1] for r in runs)
+    assert kept == default
