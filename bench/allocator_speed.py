@@ -39,7 +39,7 @@ from layout_speed import trimmed_mean  # noqa: E402
 from advneurons.runtime import ALLOCATOR_SETTINGS  # noqa: E402
 
 CHILD = """
-import json, resource, sys, time
+import json, sys, time
 sys.path.insert(0, {bench!r})
 import torch
 from advneurons import runtime

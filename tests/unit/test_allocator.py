@@ -34,10 +34,15 @@ print(json.dumps({"in_heap": in_heap, "kept_mib": (hi - lo - before) >> 20,
 """
 
 
-def probe(**env) -> dict:
-    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True,
+def last_line(code: str, **env) -> str:
+    """The last line `code` prints in a fresh interpreter, run with `env` (ADVNEURONS_MALLOC only from there)."""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env={**{k: v for k, v in os.environ.items() if k != "ADVNEURONS_MALLOC"}, **env})
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def probe(**env) -> dict:
+    return json.loads(last_line(PROBE, **env))
 
 
 def test_steps_reuse_freed_memory_instead_of_faulting_it_in_again():
@@ -69,8 +74,4 @@ print(hashlib.sha256(b"".join(p.detach().contiguous().numpy().tobytes() for p in
 
 def test_where_memory_comes_from_changes_no_result():
     """Three training steps give bit-identical weights with glibc's defaults and with the steps' thresholds."""
-    runs = [subprocess.run([sys.executable, "-c", TRAIN], capture_output=True, text=True, check=True,
-                           env={**{k: v for k, v in os.environ.items() if k != "ADVNEURONS_MALLOC"}, **env})
-            for env in ({}, {"ADVNEURONS_MALLOC": "default"})]
-    kept, default = (r.stdout.strip().splitlines()[-1] for r in runs)
-    assert kept == default
+    assert last_line(TRAIN) == last_line(TRAIN, ADVNEURONS_MALLOC="default")
