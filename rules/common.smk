@@ -5,6 +5,7 @@
 from snakemake.utils import min_version
 
 from advneurons.config import settings
+from advneurons.workflow import step_server as step_server_module
 from advneurons.workflow import targets
 from advneurons.workflow.fingerprints import script_fingerprint
 from advneurons.workflow.plan import LANDING_PAGE, WILDCARD_PATTERNS, Plan, split_file
@@ -38,3 +39,23 @@ def dataset_inputs(wildcards):
     data; the splits depend on the archive's md5, which is among their params.
     """
     return {k: ancient(v) for k, v in jobs.dataset_inputs(wildcards).items()}
+
+
+step_servers = []  # the run's step server, once onstart has started it (none under SLURM or when switched off)
+
+
+def start_step_server():
+    # Only where this process runs the jobs itself: not for a cluster executor's jobs, nor --touch.
+    if not workflow.local_exec or workflow.touch or workflow.remote_exec or workflow.subprocess_exec:
+        return
+    server = step_server_module.start_for_run(
+        os.path.join(workflow.basedir, "workflow_scripts"),
+        os.path.join("logs", "step_server.log"),
+    )
+    if server is not None:
+        step_servers.append(server)
+
+
+def stop_step_server():
+    while step_servers:
+        step_servers.pop().stop()

@@ -1,5 +1,9 @@
 """Rule attack_pairs: attack the test split and store the pair set (advneurons.evaluation.pairs.attack_pairs)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from advneurons import runtime
 from advneurons.evaluation.pairs import attack_pairs
 from advneurons.workflow.standalone import snakemake_object

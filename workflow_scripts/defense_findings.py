@@ -1,5 +1,9 @@
 """Rule defense_findings: the defense claims for results/findings.md (advneurons.defenses.tables.defense_findings)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from advneurons import runtime
 from advneurons.defenses.tables import defense_findings
 from advneurons.workflow.standalone import snakemake_object

@@ -1,5 +1,9 @@
 """Rule download_cifar10: verify (or fetch) the CIFAR-10 archive and record it (advneurons.data.download_cifar10)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from advneurons import runtime
 from advneurons.data import download_cifar10
 from advneurons.workflow.standalone import snakemake_object

@@ -1,5 +1,9 @@
 """Rule evaluate_attack: accuracy of one model under one attack (advneurons.evaluation.robustness.evaluate_attack)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from advneurons import runtime
 from advneurons.evaluation.robustness import evaluate_attack
 from advneurons.workflow.standalone import snakemake_object

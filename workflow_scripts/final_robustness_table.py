@@ -1,5 +1,9 @@
 """Rule final_robustness_table: every model and defense x the attack suite (advneurons.defenses.tables.final_robustness_table)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from advneurons import runtime
 from advneurons.defenses.tables import final_robustness_table
 from advneurons.workflow.standalone import snakemake_object

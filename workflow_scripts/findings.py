@@ -1,5 +1,9 @@
 """Rule findings: results/findings.md, each paper claim and whether this run supports it (advneurons.sns.findings.sns_findings)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from advneurons import runtime
 from advneurons.sns.findings import sns_findings
 from advneurons.workflow.standalone import snakemake_object

@@ -1,6 +1,10 @@
 """Rule ig_defense_analysis: relative activation change of the four channel groups of an IG-Defense mask
 under attacks on the undefended model (advneurons.defenses.ig_defense.ig_defense_analysis)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from advneurons import runtime
 from advneurons.defenses.ig_defense import ig_defense_analysis
 from advneurons.workflow.standalone import snakemake_object

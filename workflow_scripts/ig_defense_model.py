@@ -1,6 +1,10 @@
 """Rule ig_defense_model: LO-IR ranking, class-wise mask and the IG-Defense checkpoint
 (advneurons.defenses.ig_defense.ig_defense_model)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from advneurons import runtime
 from advneurons.defenses.ig_defense import ig_defense_model
 from advneurons.workflow.standalone import snakemake_object

@@ -1,6 +1,10 @@
 """Rule import_model: an external model (factory or RobustBench entry) as a pipeline checkpoint
 (advneurons.models.external.import_model)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from advneurons import runtime
 from advneurons.models.external import import_model
 from advneurons.workflow.standalone import snakemake_object

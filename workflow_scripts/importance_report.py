@@ -1,5 +1,9 @@
 """Rule importance_report: Spearman / Levenshtein / Jaccard per target class (advneurons.sns.similarity.importance_report)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from advneurons import runtime
 from advneurons.sns.similarity import importance_report
 from advneurons.workflow.standalone import snakemake_object

@@ -1,5 +1,9 @@
 """Rule layer_similarity: similarity of per-target sensitive neurons per layer (advneurons.sns.similarity.layer_similarity)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from advneurons import runtime
 from advneurons.sns.similarity import layer_similarity
 from advneurons.workflow.standalone import snakemake_object

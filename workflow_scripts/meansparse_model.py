@@ -1,6 +1,10 @@
 """Rule meansparse_model: MeanSparse statistics, alpha sweep on validation data, defended checkpoint
 (advneurons.defenses.meansparse.meansparse_model)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from advneurons import runtime
 from advneurons.defenses.meansparse import meansparse_model
 from advneurons.workflow.standalone import snakemake_object

@@ -1,5 +1,9 @@
 """Rule neuron_sensitivity: per-channel sensitivity of every layer (advneurons.evaluation.sensitivity.neuron_sensitivity)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from advneurons import runtime
 from advneurons.evaluation.sensitivity import neuron_sensitivity
 from advneurons.workflow.standalone import snakemake_object

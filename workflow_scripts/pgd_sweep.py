@@ -1,5 +1,9 @@
 """Rule pgd_sweep: L-inf PGD accuracy of one model over steps and eps (advneurons.evaluation.robustness.pgd_sweep)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from advneurons import runtime
 from advneurons.evaluation.robustness import pgd_sweep
 from advneurons.workflow.standalone import snakemake_object

@@ -1,5 +1,9 @@
 """Rule prepare_dataset: write the train/val/test split files (advneurons.data.prepare_dataset)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from advneurons import runtime
 from advneurons.data import prepare_dataset
 from advneurons.workflow.standalone import snakemake_object

@@ -1,5 +1,9 @@
 """Rule psn_agreement: PSN ranking vs neuron-sensitivity ranking per layer (advneurons.psn.analysis.psn_agreement)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from advneurons import runtime
 from advneurons.psn.analysis import psn_agreement
 from advneurons.workflow.standalone import snakemake_object

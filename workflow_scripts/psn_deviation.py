@@ -1,5 +1,9 @@
 """Rule psn_deviation: activation deviation of PSN vs random units (advneurons.psn.analysis.psn_deviation)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from advneurons import runtime
 from advneurons.psn.analysis import psn_deviation
 from advneurons.workflow.standalone import snakemake_object

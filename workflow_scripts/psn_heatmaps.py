@@ -1,5 +1,9 @@
 """Rule psn_heatmaps: single-unit Grad-CAM of a layer's extreme PSN units (advneurons.psn.analysis.psn_heatmaps)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from advneurons import runtime
 from advneurons.psn.analysis import psn_heatmaps
 from advneurons.workflow.standalone import snakemake_object

@@ -1,5 +1,9 @@
 """Rule psn_scores: verified-bound PSN score of every unit of every scored layer (advneurons.psn.scores.psn_scores)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from advneurons import runtime
 from advneurons.psn.scores import psn_scores
 from advneurons.workflow.standalone import snakemake_object

@@ -1,5 +1,9 @@
 """Rule psn_top_units: the top-p% PSN units of each layer, for every p (advneurons.psn.scores.psn_top_units)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from advneurons import runtime
 from advneurons.psn.scores import psn_top_units
 from advneurons.workflow.standalone import snakemake_object

@@ -1,5 +1,9 @@
 """Rule ratio_report: TIP Table II, Fig 13 and Fig 14 for one architecture (advneurons.sns.ratios.ratio_report)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from advneurons import runtime
 from advneurons.sns.ratios import ratio_report
 from advneurons.workflow.standalone import snakemake_object

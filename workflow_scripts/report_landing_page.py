@@ -1,5 +1,9 @@
 """Rule report_landing_page: the first page of the HTML report (advneurons.report.landing_page.report_landing_page)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from advneurons import runtime
 from advneurons.report.landing_page import report_landing_page
 from advneurons.workflow.standalone import snakemake_object

@@ -1,5 +1,9 @@
 """Rules robustness_table / robustness_table_i: the TIP Table III / I layouts (advneurons.evaluation.robustness.robustness_table)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from advneurons import runtime
 from advneurons.evaluation.robustness import robustness_table
 from advneurons.workflow.standalone import snakemake_object

@@ -1,5 +1,9 @@
 """Rule sensitive_channels: top-k% sensitive channels per layer (advneurons.evaluation.sensitivity.sensitive_channels)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from advneurons import runtime
 from advneurons.evaluation.sensitivity import sensitive_channels
 from advneurons.workflow.standalone import snakemake_object

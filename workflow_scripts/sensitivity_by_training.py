@@ -1,5 +1,9 @@
 """Rule sensitivity_by_training: per-layer neuron sensitivity of every model of one architecture (TIP Fig 17)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from advneurons import runtime
 from advneurons.defenses.tables import sensitivity_by_training
 from advneurons.workflow.standalone import snakemake_object

@@ -1,5 +1,9 @@
 """Rule sensitivity_curves: sorted per-channel sensitivity per training, TIP Fig 10 (advneurons.sns.ratios.sensitivity_curves)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from advneurons import runtime
 from advneurons.sns.ratios import sensitivity_curves
 from advneurons.workflow.standalone import snakemake_object

@@ -1,5 +1,9 @@
 """Rule sensitivity_ratios: per-channel sensitivity ratios of conv and ReLU outputs (advneurons.sns.ratios.sensitivity_ratios)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from advneurons import runtime
 from advneurons.sns.ratios import sensitivity_ratios
 from advneurons.workflow.standalone import snakemake_object

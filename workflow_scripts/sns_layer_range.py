@@ -1,5 +1,9 @@
 """Rule sns_layer_range: SNS by fine-tuned layer range, table and figure (advneurons.sns.layer_range.sns_layer_range)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from advneurons import runtime
 from advneurons.sns.layer_range import sns_layer_range
 from advneurons.workflow.standalone import snakemake_object

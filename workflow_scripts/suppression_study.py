@@ -1,5 +1,9 @@
 """Rule suppression_study: sensitive vs random channels scaled by beta (advneurons.sns.suppression.suppression_study)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from advneurons import runtime
 from advneurons.sns.suppression import suppression_study
 from advneurons.workflow.standalone import snakemake_object

@@ -1,5 +1,9 @@
 """Rule sweep_figures: accuracy vs steps and vs eps for all models (advneurons.evaluation.robustness.sweep_figures)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from advneurons import runtime
 from advneurons.evaluation.robustness import sweep_figures
 from advneurons.workflow.standalone import snakemake_object

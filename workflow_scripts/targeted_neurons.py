@@ -1,5 +1,9 @@
 """Rule targeted_neurons: per-target sensitivity and importance votes (advneurons.sns.importance.targeted_neurons)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from advneurons import runtime
 from advneurons.sns.importance import targeted_neurons
 from advneurons.workflow.standalone import snakemake_object

@@ -1,5 +1,9 @@
 """Rule targeted_pairs: targeted L-inf PGD towards every class (advneurons.sns.importance.targeted_pairs)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from advneurons import runtime
 from advneurons.sns.importance import targeted_pairs
 from advneurons.workflow.standalone import snakemake_object

@@ -1,5 +1,9 @@
 """Rule train_model: train one model (advneurons.training.loop.train_model)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from pathlib import Path
 
 from advneurons import runtime

@@ -1,6 +1,10 @@
 """Rule transfer_check: a defended model fed its base model's adversarial examples, beside both white-box
 cells (advneurons.evaluation.transfer.transfer_check)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from advneurons import runtime
 from advneurons.evaluation.transfer import transfer_check
 from advneurons.workflow.standalone import snakemake_object

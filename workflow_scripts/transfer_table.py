@@ -1,5 +1,9 @@
 """Rule transfer_table: every transfer-check row in one table (advneurons.evaluation.transfer.transfer_table)."""
 
+from advneurons.workflow.step_server import hand_over
+
+hand_over(globals())  # in a local run, the run's warm interpreter runs this step (step_server)
+
 from advneurons import runtime
 from advneurons.evaluation.transfer import transfer_table
 from advneurons.workflow.standalone import snakemake_object
