@@ -11,11 +11,13 @@ SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 SUPPORT = Path(__file__).resolve().parent
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, timeout: int = 1200, env: dict | None = None) -> subprocess.CompletedProcess:
     """The snakemake command line on `workdir`; tests/support is on the jobs' PYTHONPATH, as a user's own package
-    would be, so that the tiny run's external model (external_factory) can be rebuilt in every job."""
+    would be, so that the tiny run's external model (external_factory) can be rebuilt in every job. `env` adds
+    environment variables (e.g. ADVNEURONS_STEP_SERVER=off)."""
     cmd = [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--cores", "2", *args]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SUPPORT), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SUPPORT), os.environ.get("PYTHONPATH")])),
+           **(env or {})}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 

@@ -234,7 +234,8 @@ def start_for_run(scripts_dir: str | Path, log_file: str | Path) -> RunningServe
 
 
 def script_imports(scripts_dir: Path) -> list[str]:
-    """The modules the workflow scripts import at top level (their `import` and `from ... import` statements)."""
+    """The modules the workflow scripts import at top level: `import m` gives m, `from m import a` gives m and
+    m.a (a may be a submodule, as in `from advneurons import runtime`; :func:`preload` skips it if it is not)."""
     import ast
 
     modules: list[str] = []
@@ -243,18 +244,22 @@ def script_imports(scripts_dir: Path) -> list[str]:
             if isinstance(node, ast.Import):
                 modules += [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                modules.append(node.module)
+                modules += [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
     return list(dict.fromkeys(modules))
 
 
 def preload(modules: list[str]) -> list[str]:
-    """Import `modules` and the LAZY_IMPORTS; the failures, as messages (a step that needs one fails itself)."""
+    """Import `modules` and the LAZY_IMPORTS; the failures, as messages (a step that needs one fails itself).
+    A name that is not a module (`m.a` for a function a of m) is skipped."""
     import importlib
 
     failed = []
     for name in [*modules, *LAZY_IMPORTS]:
         try:
             importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                failed.append(f"{name}: {exc}")
         except Exception as exc:  # noqa: BLE001 - any import error only means the step imports it itself
             failed.append(f"{name}: {type(exc).__name__}: {exc}")
     return failed
