@@ -8,9 +8,11 @@ through torch.use_deterministic_algorithms: seconds per job); the preamble is wh
 machine hits all of them alike; the median is reported. With `--jobs` the default run's job count of each step
 (from a dry run) weights the step, which gives the run's fixed cost in CPU-seconds. With `--end-step` each step
 is also timed ending as the scripts end, through runtime.end_step (exit handlers, no interpreter teardown), and
-the two are compared.
+the two are compared. With `--server` each step is also timed as a local run starts it: through a step server
+(advneurons.workflow.step_server) that has loaded the imports once; the script's process then only runs
+Snakemake's preamble and the hand-over, and a forked worker runs the script's set-up and end.
 
-Run:  .venv/bin/python bench/step_overhead.py [--repeats 5] [--jobs] [--end-step] [--steps <script> ...]
+Run:  .venv/bin/python bench/step_overhead.py [--repeats 5] [--jobs] [--end-step] [--server] [--steps <script> ...]
 """
 
 from __future__ import annotations
@@ -42,6 +44,44 @@ def script_imports(path: Path) -> str:
     return code + SETUP if "runtime.setup(" in text else code
 
 
+# What Snakemake's preamble does before a script (imports for the pickled `snakemake` object) and the two globals the
+# hand-over reads; the file is run as Snakemake runs its copy of a script.
+SERVER_PREAMBLE = ("import sys, pickle\nfrom snakemake.logging import logger\nfrom snakemake.iocontainers import Snakemake\n"
+                   "from types import SimpleNamespace\nsnakemake = SimpleNamespace(threads=1, log=[])\n"
+                   "__real_file__ = __file__\nfrom advneurons.workflow.step_server import hand_over\n"
+                   "hand_over(globals())\n")
+
+
+def served_step(path: Path, folder: Path) -> Path:
+    """A file that runs the step's no-op as a local run does: the preamble, the hand-over, then (in the worker) the
+    step's imports, set-up and end_step."""
+    target = folder / f"{path.stem}.py"
+    target.write_text(SERVER_PREAMBLE + script_imports(path) + END_STEP)
+    return target
+
+
+def start_server():
+    """A step server for the repository's scripts, once it accepts connections."""
+    import socket
+    import tempfile
+
+    from advneurons.workflow import step_server
+
+    server = step_server.start_for_run(ROOT / "workflow_scripts", Path(tempfile.mkdtemp()) / "step_server.log")
+    if server is None:
+        raise SystemExit("no step server here (ADVNEURONS_STEP_SERVER=off or inside a SLURM job)")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(server.address)
+                return server
+            except OSError:
+                time.sleep(0.2)
+    server.stop()
+    raise SystemExit("the step server did not start within 120 s")
+
+
 def timed(code: str) -> float:
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
@@ -71,6 +111,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--jobs", action="store_true", help="weight each step by its job count in the default run")
     parser.add_argument("--end-step", action="store_true", help="also time each step ending through runtime.end_step")
+    parser.add_argument("--server", action="store_true", help="also time each step through a step server")
     parser.add_argument("--steps", nargs="+", help="only these steps (script names); not with --jobs")
     args = parser.parse_args()
     if args.steps and args.jobs:
@@ -82,10 +123,25 @@ def main():
         commands[path.stem] = PREAMBLE + script_imports(path)
         if args.end_step:
             commands[f"{path.stem} +end_step"] = commands[path.stem] + END_STEP
-    times = {name: [] for name in commands}
-    for _ in range(args.repeats):
-        for name, code in commands.items():
-            times[name].append(timed(code))
+    server, served = None, {}
+    if args.server:
+        import tempfile
+
+        server, folder = start_server(), Path(tempfile.mkdtemp())
+        served = {f"{path.stem} via server": served_step(path, folder)
+                  for path in sorted((ROOT / "workflow_scripts").glob("*.py")) if not args.steps or path.stem in args.steps}
+    times = {name: [] for name in [*commands, *served]}
+    try:
+        for _ in range(args.repeats):
+            for name, code in commands.items():
+                times[name].append(timed(code))
+            for name, path in served.items():
+                start = time.perf_counter()
+                subprocess.run([sys.executable, str(path)], check=True, cwd=ROOT)
+                times[name].append(time.perf_counter() - start)
+    finally:
+        if server is not None:
+            server.stop()
     median = {name: statistics.median(t) for name, t in times.items()}
     torch_s = median["import torch"]
     print(f"{'step':40s} {'no-op s':>8s} {'x torch':>8s}")
@@ -99,11 +155,15 @@ def main():
         print(f"\nend_step: median saving {saved:.2f} s per step, no-op time x{ratio:.2f} (median over "
               f"{len(pairs)} steps)")
     worst = max(v for k, v in median.items() if k not in ("python (no import)", "import torch")
-                and not k.endswith("+end_step"))
+                and not k.endswith(("+end_step", " via server")))
     print(f"\nworst step / import torch = {worst / torch_s:.2f} (target <= {TARGET_RATIO})")
+    if served:
+        print(f"through the step server: median no-op {statistics.median(median[k] for k in served):.2f} s, worst "
+              f"{max(median[k] for k in served) / torch_s:.2f}x import torch")
     if args.jobs:
         jobs, scripts = planned_jobs(), script_of_rule()
-        for suffix in ("", " +end_step") if args.end_step else ("",):
+        suffixes = [""] + ([" +end_step"] if args.end_step else []) + ([" via server"] if served else [])
+        for suffix in suffixes:
             total = sum(n * median[scripts[rule] + suffix] for rule, n in jobs.items() if rule in scripts)
             print(f"default run{suffix}: {sum(jobs.values())} jobs, fixed cost {total:.0f} CPU-s "
                   f"({total / 2 / 60:.1f} min of wall time on 2 cores)")

@@ -306,14 +306,23 @@ class StepServer:
     def serve(self) -> None:
         import select
 
+        # A worker's end wakes the loop at once (SIGCHLD writes to this pipe), so its script learns of it without
+        # waiting for the loop's timeout.
+        self.wakeup = os.pipe()
+        for fd in self.wakeup:
+            os.set_blocking(fd, False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(self.wakeup[1])
         self.listener.bind(self.address)
         self.listener.listen(64)
         print(f"{LOG_PREFIX}listening on {self.address} (pid {os.getpid()})", flush=True)
         while self._run_alive():
-            ready, _, _ = select.select([self.listener, *self.workers.values()], [], [], 0.5)
+            ready, _, _ = select.select([self.listener, self.wakeup[0], *self.workers.values()], [], [], 1.0)
             for conn in ready:
                 if conn is self.listener:
                     self._accept()
+                elif conn == self.wakeup[0]:
+                    _drain(conn)
                 else:  # a waiting script closed its connection: it was killed, and its worker goes too
                     for pid, c in list(self.workers.items()):
                         if c is conn and _closed(conn):
@@ -350,7 +359,10 @@ class StepServer:
                 return
             pid = os.fork()
             if pid == 0:
+                signal.set_wakeup_fd(-1)
                 self.listener.close()
+                for fd in self.wakeup:
+                    os.close(fd)
                 for other in self.workers.values():
                     other.close()
                 _run_worker(request, fds, conn)  # never returns
@@ -382,6 +394,14 @@ class StepServer:
             except OSError:
                 pass
             conn.close()
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def _closed(conn: socket.socket) -> bool:
