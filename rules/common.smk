@@ -41,16 +41,23 @@ def dataset_inputs(wildcards):
     return {k: ancient(v) for k, v in jobs.dataset_inputs(wildcards).items()}
 
 
-step_servers = []  # the run's step server, once onstart has started it (none under SLURM or when switched off)
+# The run's step server, once onstart has started it (none under SLURM or when switched off).
+step_servers = []
 
 
 def start_step_server():
     # Only where this process runs the jobs itself: not for a cluster executor's jobs, nor --touch.
-    if not workflow.local_exec or workflow.touch or workflow.remote_exec or workflow.subprocess_exec:
+    if (
+        not workflow.local_exec
+        or workflow.touch
+        or workflow.remote_exec
+        or workflow.subprocess_exec
+    ):
         return
+    # The log goes beside Snakemake's own (.snakemake/log/); logs/ holds one log per job.
     server = step_server_module.start_for_run(
         os.path.join(workflow.basedir, "workflow_scripts"),
-        os.path.join("logs", "step_server.log"),
+        os.path.join(".snakemake", "log", "step_server.log"),
     )
     if server is not None:
         step_servers.append(server)
