@@ -516,6 +516,10 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         server.listener.close()
         Path(args.socket).unlink(missing_ok=True)
+        try:
+            Path(args.socket).parent.rmdir()  # start_for_run's folder, once empty
+        except OSError:
+            pass
 
 
 if __name__ == "__main__":
