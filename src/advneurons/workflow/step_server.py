@@ -122,7 +122,8 @@ def _wait_for_worker(conn: socket.socket, pid: int, smk) -> None:
     if result.get("signal"):
         signal.signal(result["signal"], signal.SIG_DFL)
         os.kill(os.getpid(), result["signal"])
-    os._exit(int(result.get("exit", 1)))
+    code = result.get("exit")
+    os._exit(code if isinstance(code, int) else 1)  # also if the worker's signal did not end this process
 
 
 def _note_in_log(smk, result: dict) -> None:
