@@ -189,15 +189,16 @@ class RunningServer:
         return str(self.folder / "socket")
 
     def stop(self, timeout: float = 10.0) -> None:
+        import subprocess
+
         if self.process.poll() is None:
             self.process.terminate()
             try:
                 self.process.wait(timeout)
-            except Exception:
+            except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        for leftover in (self.folder / "socket",):
-            leftover.unlink(missing_ok=True)
+        Path(self.address).unlink(missing_ok=True)
         try:
             self.folder.rmdir()
         except OSError:
