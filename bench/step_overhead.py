@@ -88,9 +88,10 @@ def timed(code: str) -> float:
     return time.perf_counter() - start
 
 
-def planned_jobs(configfile: Path | None = None) -> dict[str, int]:
-    """Rule -> number of jobs from scratch (`snakemake -n -F`) of the default config or of `configfile`."""
-    extra = [] if configfile is None else ["--configfile", str(configfile)]
+def planned_jobs(configfiles: list[Path] | None = None) -> dict[str, int]:
+    """Rule -> number of jobs from scratch (`snakemake -n -F`) of the default config or of `configfiles`
+    (merged in order, as Snakemake's --configfile does)."""
+    extra = ["--configfile", *map(str, configfiles)] if configfiles else []
     out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-F", "--quiet", "rules", *extra], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
     found = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", out, re.M)}
