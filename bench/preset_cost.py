@@ -1,20 +1,26 @@
 """Cost model of a preset: measured per-unit costs of its heavy steps times the preset's own counts.
 
-On whatever machine runs it, this measures at the preset's widths (full width for the paper preset):
-  * t_fwd   forward pass per image (eval mode, no gradient),
-  * t_grad  one attack step per image (forward + backward to the input, eval mode),
+On whatever machine runs it, this measures at the preset's widths (full width for the paper preset), on the
+model as the workflow runs each step (attacks: eval mode, BatchNorm folded, parameters frozen):
+  * t_fwd   forward pass per image (no gradient),
+  * t_grad  one attack step per image (forward + backward to the input),
   * t_train one training step per image (forward + backward + SGD step, train mode),
-  * CROWN   PSN scoring per image of every scored node (auto_LiRPA), measured at two small widths and
-            extrapolated by a power law to the preset's width (CROWN at full width takes minutes per image on
-            a CPU; `--psn-direct` measures it at the preset's width instead),
+  * queries SPSA's and NAttack's cost per query and image, timed directly (noise draws and projections included),
+  * AutoAttack each stage of the standard version run alone, with two iteration counts: its cost per iteration
+            (APGD-T and FAB-T: all 9 target classes) or Square query, and what it pays once,
+  * MeanSparse how much its ReLUs add to a forward pass and an attack step,
+  * CROWN   PSN scoring per image of every scored node (auto_LiRPA; psn.last_nodes as the step has it), measured
+            at two small widths and extrapolated by a power law to the preset's width (CROWN at full width takes
+            minutes per image on a CPU; `--psn-direct`, or a width of at most 1/4, measures it as it is),
 and checks the model against a direct run of PGD-10 per image (C&W's iterations, which cost more than a
 gradient step, are timed directly). Every job of the preset's
 plan (advneurons.workflow.plan, the DAG's own registries) then gets an estimate from its counts: epochs x
 training images x the method's cost per image (PAT / ALP / SNS: PGD-k + two training passes; NAT / EAT: one
 Step-LL gradient + two passes), images x attack cost (PGD-k: k gradients; C&W: binary-search steps x iterations;
-SPSA / NAttack: iterations x samples forwards; AutoAttack: APGD-CE, then APGD-T, FAB-T and Square for the
-images still robust, `--robust-fraction` of them for adversarially trained models), and so on; every job also
-pays the measured start-up of a step. It prints estimated hours per rule and in total, and the biggest jobs.
+SPSA / NAttack: iterations x samples queries; AutoAttack: APGD-CE on every image, then APGD-T, FAB-T and Square on
+`--robust-fraction` of an adversarially trained model's images), the suppression study's attacks of every
+variant, and so on; every job also pays a step's start-up. It prints estimated hours per rule and in total, and
+the biggest jobs.
 
 Run:  .venv/bin/python bench/preset_cost.py [--preset presets/cifar10_paper.yaml] [--device cpu] [--threads 2]
 It takes a few minutes on 2 CPU cores (full-width VGG16 and ResNet18). The figures are estimates from
