@@ -176,7 +176,21 @@ def unit_costs(arch: str, width: float, dataset: str, device, batch: int, repeat
     out["cw4_direct"] = median_time(lambda: (run_attack(cw, attacker, x, y), sync(device)), 1) / batch
     out.update(query_costs(attacker, x, device))
     out.update(meansparse_factors(attacker, x, y, device, repeats))
+    out["model_load"] = model_load_seconds(model, arch, dataset, width, repeats)
     return out
+
+
+def model_load_seconds(model, arch: str, dataset: str, width: float, repeats: int) -> float:
+    """What a job pays once to get its model: the checkpoint loaded (weights_only) and made ready to attack."""
+    import tempfile
+
+    from advneurons.models.checkpoint import load_model, save_model
+    from advneurons.models.inference import for_attacks
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.pt"
+        save_model(model, path, arch, dataset, width, 10, meta={})
+        return median_time(lambda: for_attacks(load_model(path)[0]), repeats)
 
 
 def meansparse_factors(attacker, x, y, device, repeats: int) -> dict[str, float]:
@@ -489,6 +503,10 @@ def step_startup_seconds(repeats: int = 3) -> float:
     return median_time(lambda: subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT), repeats)
 
 
+LOADS_A_MODEL = {"evaluate_attack", "pgd_sweep", "attack_pairs", "targeted_pairs", "sensitivity_ratios",
+                 "suppression_study", "psn_scores", "psn_deviation", "meansparse_model"}
+
+
 def estimate(config: dict, presets: list[Path], units: dict, crown: dict, startup: float,
              robust_fraction: float, sizes: dict[str, int],
              outcomes: dict | None = None) -> tuple[list[tuple], collections.Counter]:
@@ -594,6 +612,10 @@ def estimate(config: dict, presets: list[Path], units: dict, crown: dict, startu
         n = n_val if ms["n_val"] is None else min(ms["n_val"], n_val)
         per_alpha = sum(attack_seconds(attacks[a], u, True, robust_fraction) for a in ms["attacks"])
         jobs.append(("meansparse_model", plan.model_label(model_id), len(ms["alphas"]) * n * per_alpha))
+    # every job of a rule that loads a model pays for loading it (the model's architecture starts its label)
+    jobs = [(rule, label, seconds + units[label.split("-")[0]]["model_load"])
+            if rule in LOADS_A_MODEL and label.split("-")[0] in units else (rule, label, seconds)
+            for rule, label, seconds in jobs]
     counts = collections.Counter(planned_jobs(presets))
     for rule, n in counts.items():
         if rule != "all":
@@ -654,7 +676,8 @@ def main():
               f"{u['aa_apgd_ce'] * 1e3:.2f} ms, APGD-T {u['aa_apgd_t'] * 1e3:.2f}, FAB-T {u['aa_fab_t'] * 1e3:.2f} "
               f"(9 target classes; t_grad {u['t_grad'] * 1e3:.2f}), Square {u['aa_square'] * 1e3:.2f} ms per query; "
               f"once per stage {u['aa_apgd_ce_fixed'] * 1e3:.1f}, {u['aa_apgd_t_fixed'] * 1e3:.1f}, "
-              f"{u['aa_fab_t_fixed'] * 1e3:.1f}, {u['aa_square_fixed'] * 1e3:.1f} ms; MeanSparse's ReLUs "
+              f"{u['aa_fab_t_fixed'] * 1e3:.1f}, {u['aa_square_fixed'] * 1e3:.1f} ms; loading the model "
+              f"{u['model_load']:.2f} s per job; MeanSparse's ReLUs "
               f"make a forward pass {u['meansparse_fwd']:.2f}x and an attack step {u['meansparse_grad']:.2f}x as costly")
         if config["psn"]["enabled"]:
             psn = config["psn"]

@@ -17,7 +17,7 @@ import preset_cost  # noqa: E402  (bench/ is not a package)
 UNITS = {"t_fwd": 1.0, "t_grad": 3.0, "t_train": 5.0, "pgd10_direct": 31.0, "cw4_direct": 16.0,
          "spsa_query": 1.5, "nattack_query": 2.0, "aa_apgd_ce": 4.0, "aa_apgd_t": 31.5, "aa_fab_t": 54.0,
          "aa_square": 1.25, "aa_apgd_ce_fixed": 7.0, "aa_apgd_t_fixed": 60.0, "aa_fab_t_fixed": 80.0,
-         "aa_square_fixed": 2.0}
+         "aa_square_fixed": 2.0, "model_load": 0.5}
 
 
 def test_digits_split_sizes_are_those_of_the_dataset_step():
