@@ -29,6 +29,38 @@ def test_activations_near_the_mean_become_the_mean():
     assert torch.equal(m(x), torch.relu(x))
 
 
+def _formula(m, x):
+    """MeanSparse as its formula reads: ReLU(where(|x - mu| <= alpha * s, mu, x))."""
+    mu, s = m.mean.view(1, -1, 1, 1), m.std.view(1, -1, 1, 1)
+    return torch.relu(torch.where((x - mu).abs() <= m.alpha * s, mu.expand_as(x), x))
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.25, 1.0])
+def test_the_fast_form_gives_the_formulas_values_and_gradients(alpha):
+    torch.manual_seed(0)
+    m = MeanSparseReLU(8)
+    m.mean.copy_(torch.randn(8))
+    m.std.copy_(torch.rand(8))
+    m.alpha.fill_(alpha)
+    mu, edge = m.mean.view(1, -1, 1, 1), m.alpha * m.std.view(1, -1, 1, 1)
+    inf = torch.tensor(float("inf"))
+    # random activations in both layouts, and activations exactly on, and one float beside, the band's edges
+    x = torch.cat([torch.randn(6, 8, 5, 5) * 2, (mu + edge).expand(1, 8, 5, 5), (mu - edge).expand(1, 8, 5, 5),
+                   torch.nextafter(mu + edge, inf).expand(1, 8, 5, 5), torch.nextafter(mu - edge, -inf).expand(1, 8, 5, 5),
+                   mu.expand(1, 8, 5, 5), torch.zeros(1, 8, 5, 5)])
+    for batch in (x, x.contiguous(memory_format=torch.channels_last)):
+        assert torch.equal(m(batch), _formula(m, batch))
+        upstream = torch.randn_like(batch)
+        grads = []
+        for fn in (m, lambda b: _formula(m, b)):
+            leaf = batch.clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad((fn(leaf) * upstream).sum(), leaf)
+            grads.append(grad)
+        assert torch.equal(*grads)
+    half = x.to(torch.bfloat16)  # activations in another dtype take the formula's own path (it promotes)
+    assert m(half).dtype == torch.float32 and torch.equal(m(half), _formula(m, half))
+
+
 def test_channel_stats_match_a_direct_computation():
     torch.manual_seed(0)
     model = tiny_model("resnet18").eval()
