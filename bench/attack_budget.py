@@ -63,25 +63,17 @@ def budget_rows(model: str, attack: str, entry: dict, images: pd.DataFrame, budg
 
 
 def records(run: Path, attack_types: tuple[str, ...]):
-    """(model, attack name, attack entry, metadata path) of every evaluation job of the run under these types.
+    """(model, attack name, attack entry, metadata path) of every evaluation job of the run under these types
+    (of a folder re-run under other settings, only the latest jobs: run_profile.current_files)."""
+    from run_profile import current_files
 
-    A folder re-run after an attack's settings changed still holds the records of the old settings (under
-    another settings id): of the records of one model and attack name, only the newest is the run's."""
-    newest = {}
-    for meta_path in sorted(run.glob("results/*/robustness/*/*.json")):
+    for meta_path in current_files(run.glob("results/*/robustness/*/*.json")):
         meta = json.loads(meta_path.read_text())
         params = meta.get("params")
         params = ast.literal_eval(params) if isinstance(params, str) else params
         for name, entry in (params or {}).get("attacks", {}).items():
             if entry.get("type") in attack_types:
-                key = (params["model_name"], name)
-                if key not in newest or meta_path.stat().st_mtime > newest[key][3].stat().st_mtime:
-                    if key in newest:
-                        print(f"left out, older settings: {newest[key][3]}", flush=True)
-                    newest[key] = (params["model_name"], name, entry, meta_path, params)
-                else:
-                    print(f"left out, older settings: {meta_path}", flush=True)
-    yield from newest.values()
+                yield params["model_name"], name, entry, meta_path, params
 
 
 def per_image(run: Path, meta_path: Path, params: dict, scratch: Path) -> pd.DataFrame:

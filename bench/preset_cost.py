@@ -313,7 +313,9 @@ def run_outcomes(run: Path) -> dict[tuple[str, str], dict]:
     import pandas as pd
 
     out = {}
-    for records in sorted((run / "results").glob("*/robustness/*/*.csv")):
+    from run_profile import current_files
+
+    for records in current_files((run / "results").glob("*/robustness/*/*.csv")):
         frame = pd.read_csv(records)
         for row in frame[frame.attack != "clean"].itertuples():
             key = (row.model, row.attack)
@@ -464,11 +466,11 @@ def compare_with_run(jobs: list[tuple], informed: list[tuple], run: Path, startu
     """Estimated against measured job-seconds of a finished run of the same config, per rule and per attack of
     the robustness evaluation (measured: each job's wall time from its benchmark file). `jobs` is the estimate
     as made before a run; `informed` the same with the run's own attack outcomes (:func:`run_outcomes`)."""
-    from run_profile import rule_families
+    from run_profile import current_files, rule_families
 
     families = rule_families()
     measured = collections.defaultdict(lambda: [0, 0.0])
-    for path in sorted((run / "benchmarks").rglob("*.tsv")):
+    for path in current_files((run / "benchmarks").rglob("*.tsv")):
         parts = path.relative_to(run / "benchmarks").with_suffix("").parts
         rule = next((p for p in parts if p in families), None)
         if rule is None:

@@ -10,6 +10,8 @@ counts those jobs. Run after a run, from the directory that holds its benchmarks
     .venv/bin/python bench/run_profile.py [--benchmarks benchmarks] [--logs logs] [--top 15] [--wall MINUTES]
 
 --wall (the run's measured wall time) adds each family's share of the 2-core budget and the idle remainder.
+A folder re-run after a setting changed still holds the older jobs' files; only the newest of each job counts
+(:func:`current_files`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,22 @@ import pandas as pd
 from advneurons.workflow.step_server import parse_log_line
 
 ROOT = Path(__file__).resolve().parents[1]
+SETTINGS_HASH = re.compile(r"~[0-9a-f]{8}")
+
+
+def current_files(paths) -> list[Path]:
+    """The files of a run folder's latest jobs, in path order. Outputs, logs and benchmarks are named
+    `<name>~<hash of its settings>`, so a folder re-run after a setting changed keeps the older jobs' files beside
+    the new ones, under other hashes: of files whose paths differ only in those hashes, the newest (by modification
+    time) is the run's. The others are named on stdout and left out."""
+    newest: dict[str, Path] = {}
+    for path in sorted(paths):
+        key = SETTINGS_HASH.sub("", str(path))
+        if key in newest:
+            older, path = sorted((newest[key], path), key=lambda p: p.stat().st_mtime)
+            print(f"left out, from older settings: {older}", flush=True)
+        newest[key] = path
+    return sorted(newest.values())
 
 
 def rule_families(rules_dir: Path = ROOT / "rules") -> dict[str, str]:
@@ -39,7 +57,7 @@ def job_table(benchmarks: Path, families: dict[str, str], logs: Path | None = No
     wall seconds, CPU seconds (with the step server's worker, from the job's log under `logs`) and whether the
     job ran in the step server."""
     rows = []
-    for path in sorted(benchmarks.rglob("*.tsv")):
+    for path in current_files(benchmarks.rglob("*.tsv")):
         parts = path.relative_to(benchmarks).with_suffix("").parts
         rule = next((p for p in parts if p in families), None)
         if rule is None:
