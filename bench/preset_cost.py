@@ -311,10 +311,9 @@ def run_outcomes(run: Path) -> dict[tuple[str, str], dict]:
     import gzip
 
     import pandas as pd
-
-    out = {}
     from run_profile import current_files
 
+    out = {}
     for records in current_files((run / "results").glob("*/robustness/*/*.csv")):
         frame = pd.read_csv(records)
         for row in frame[frame.attack != "clean"].itertuples():
