@@ -354,13 +354,15 @@ def attack_seconds(attack: dict, u: dict, robust: bool, robust_fraction: float, 
     if t == "autoattack":  # the standard version's counts unless the entry cuts them (steps, queries)
         iters = attack.get("steps") or AUTOATTACK_ITERS["apgd_ce"]
         queries = attack.get("queries") or AUTOATTACK_ITERS["square"]
+        ran = attack.get("stages") or ("apgd-ce", "apgd-t", "fab-t", "square")  # an entry may leave stages out
         stages = {stage: u[f"aa_{stage.replace('-', '_')}_fixed"] + n * u[f"aa_{stage.replace('-', '_')}"]
-                  for stage, n in (("apgd-ce", iters), ("apgd-t", iters), ("fab-t", iters), ("square", queries))}
+                  for stage, n in (("apgd-ce", iters), ("apgd-t", iters), ("fab-t", iters), ("square", queries))
+                  if stage in ran}
         after = outcome.get("autoattack_after")
-        if after is None:  # APGD-CE meets every image, the later stages `robust_fraction` of a robust model's
-            rest = robust_fraction if robust else 0.0
-            return stages["apgd-ce"] + rest * (stages["apgd-t"] + stages["fab-t"] + stages["square"])
-        # each stage attacks the images still robust after the one before it (APGD-CE: the correctly classified)
+        if after is None:  # the first stage meets every image, the later ones `robust_fraction` of a robust model's
+            first, *later = stages.values()
+            return first + (robust_fraction if robust else 0.0) * sum(later)
+        # each stage attacks the images still robust after the one before it (the first: the correctly classified)
         meets, seconds = after.get("clean", 1.0), 0.0
         for stage, cost in stages.items():
             seconds += meets * cost

@@ -470,6 +470,56 @@ def test_autoattack_counts_reach_every_stage_and_the_description(trained, monkey
         AttackSpec.from_config({"type": "autoattack", "eps": 8, "queries": 0})
 
 
+def test_autoattack_stages_left_out_are_not_run_and_the_description_says_so(trained, monkeypatch):
+    pyautoattack = pytest.importorskip("pyautoattack")
+    model, x, y = trained
+    seen = {}
+
+    def run_standard_evaluation(self, x_orig, y_orig, bs=250, batch_size=None, **kwargs):
+        seen.update(stages=list(self.attacks_to_run), restarts=self.apgd.n_restarts,
+                    targets=(self.apgd_targeted.n_target_classes, self.fab.n_target_classes),
+                    square=self.square.n_queries)
+        return x_orig.clone(), y_orig
+
+    monkeypatch.setattr(pyautoattack.AutoAttack, "run_standard_evaluation", run_standard_evaluation)
+    no_fab = AttackSpec.from_config({"type": "autoattack", "eps": 8, "stages": ["apgd-ce", "apgd-t", "square"]})
+    run_attack(no_fab, model, x[:2], y[:2], generator=torch.Generator().manual_seed(0))
+    # the three stages with the standard version's settings: 1 APGD restart, 9 target classes, 5000 queries
+    assert seen == {"stages": ["apgd-ce", "apgd-t", "square"], "restarts": 1, "targets": (9, 9), "square": 5000}
+    assert no_fab.describe() == "AutoAttack standard (APGD-CE, APGD-T, SQUARE; FAB-T left out) L-inf eps=8/255"
+    assert no_fab.to_config()["stages"] == ["apgd-ce", "apgd-t", "square"]
+    assert AttackSpec.from_config(no_fab.to_config()) == no_fab
+    # all four is the standard ensemble itself, spelled out
+    every = AttackSpec.from_config({"type": "autoattack", "eps": 8, "stages": ["apgd-ce", "apgd-t", "fab-t", "square"]})
+    assert every == AttackSpec.from_config({"type": "autoattack", "eps": 8}) and "left out" not in every.describe()
+    for bad, message in ((["apgd-t", "apgd-ce"], "order"), (["apgd-ce", "apgd-ce"], "order"), ([], "some of"),
+                         (["apgd-dlr"], "some of")):
+        with pytest.raises(ValueError, match=message):
+            AttackSpec.from_config({"type": "autoattack", "eps": 8, "stages": bad})
+    with pytest.raises(ValueError, match="does not apply"):
+        AttackSpec.from_config({"type": "pgd", "eps": 8, "stages": ["apgd-ce"]})
+
+
+def test_leaving_out_a_stage_that_fools_nothing_changes_no_other_stage(trained):
+    pytest.importorskip("pyautoattack")
+    model, x, y = trained
+    # Every stage keeps its own seed and meets what the stages before it left, so where FAB-T fools no image the
+    # ensemble without it returns the same images, bit for bit, and the same counts after the other stages.
+    x, y = x[:12], y[:12]
+    eps, cut = 16 / 255, {"iterations": 5, "queries": 30}
+    full_log, part_log = AutoAttackLog(), AutoAttackLog()
+    full = autoattack(model, x, y, eps, generator=torch.Generator().manual_seed(0), log=full_log, **cut)
+    part = autoattack(model, x, y, eps, generator=torch.Generator().manual_seed(0), log=part_log,
+                      stages=["apgd-ce", "apgd-t", "square"], **cut)
+    after = full_log.robust_after
+    assert after["apgd-ce"] > 0 and after["fab-t"] == after["apgd-t"]  # a case where FAB-T fools nothing
+    assert list(part_log.robust_after) == ["clean", "apgd-ce", "apgd-t", "square"]
+    assert {k: v for k, v in after.items() if k != "fab-t"} == part_log.robust_after
+    assert torch.equal(full, part)
+    with pytest.raises(ValueError, match="subset"):
+        autoattack(model, x, y, eps, stages=["apgd-ce"], version="custom", attacks=["apgd-ce"])
+
+
 def test_autoattack_leaves_the_global_rng_alone(trained):
     pytest.importorskip("pyautoattack")
     model, x, y = trained

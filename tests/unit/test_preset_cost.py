@@ -62,6 +62,12 @@ def test_autoattack_stages_cost_what_the_images_they_meet_cost():
     # a stage AutoAttack skipped (nothing left) carries the count before it: nothing left, nothing spent
     none_left = {"clean": 1.0, "apgd-ce": 0.0}
     assert preset_cost.attack_seconds(aa, UNITS, True, 0.5, {"autoattack_after": none_left}) == pytest.approx(apgd)
+    # an entry that leaves FAB-T out pays for the stages it runs, each on what the one before it left
+    no_fab = {**aa, "stages": ["apgd-ce", "apgd-t", "square"]}
+    assert preset_cost.attack_seconds(no_fab, UNITS, True, 0.5) == pytest.approx(apgd + 0.5 * (apgd_t + square))
+    ran = {"clean": 0.9, "apgd-ce": 0.6, "apgd-t": 0.5, "square": 0.3}
+    assert preset_cost.attack_seconds(no_fab, UNITS, True, 0.5, {"autoattack_after": ran}) == pytest.approx(
+        0.9 * apgd + 0.6 * apgd_t + 0.5 * square)
 
 
 def test_black_box_attacks_cost_their_queries():

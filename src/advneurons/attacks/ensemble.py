@@ -121,6 +121,7 @@ def autoattack(
     log: AutoAttackLog | None = None,
     iterations: int | None = None,
     queries: int | None = None,
+    stages: list[str] | None = None,
 ) -> torch.Tensor:
     """Perturbed images from AutoAttack (`attacks` picks a subset, e.g. ["apgd-ce"], with version="custom").
 
@@ -128,7 +129,10 @@ def autoattack(
     standard version but keeps its default of 5 in a custom one, so a custom APGD-CE equals the standard
     ensemble's first stage only with `apgd_restarts=1` (and the same seed). `log`, when given, receives
     this batch's robust accuracy after each stage and the warnings of AutoAttack's checks. `iterations` (APGD-CE,
-    APGD-T and FAB-T) and `queries` (Square), when given, replace the version's counts (standard: 100 and 5000)."""
+    APGD-T and FAB-T) and `queries` (Square), when given, replace the version's counts (standard: 100 and 5000).
+    `stages` (standard version only) runs a subset of its four stages with everything else as the version sets it:
+    each stage keeps its seed and settings and attacks the images the stages before it left, so leaving out a
+    stage that fools no image changes no other stage's result."""
     try:
         from pyautoattack import AutoAttack
         from pyautoattack import autoattack as aa_module
@@ -136,17 +140,20 @@ def autoattack(
         raise ImportError("AutoAttack needs the 'pyautoattack' package: pip install pyautoattack") from exc
     if norm not in NORMS:
         raise ValueError(f"AutoAttack norm must be one of {', '.join(NORMS)}, got {norm!r}")
+    if stages is not None and (version != "standard" or not stages or set(stages) - set(STANDARD_ATTACKS)):
+        raise ValueError(f"AutoAttack stages are a non-empty subset of the standard version's "
+                         f"{', '.join(STANDARD_ATTACKS)}; got {stages} with version {version!r}")
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator is not None else 0
     aa_logger = logging.getLogger("auto-attack")
     level = aa_logger.level
     aa_logger.setLevel(logging.DEBUG)  # its stage progress is logged at debug level; _stage_progress filters
     devices = [x.device.index or 0] if x.device.type == "cuda" else []
-    collect, stages = _Collect(), {}
+    collect, accuracy_after = _Collect(), {}
     checks = aa_module.checks
     original_check = checks.check_square_sr
 
     def record_stages(acc_dict, *args, **kwargs):  # AutoAttack passes its robust accuracy after each stage here
-        stages.update(acc_dict)
+        accuracy_after.update(acc_dict)
         return original_check(acc_dict, *args, **kwargs)
 
     aa_logger.addHandler(collect)
@@ -165,6 +172,8 @@ def autoattack(
                     stage.n_iter = int(iterations)
             if queries is not None:
                 adversary.square.n_queries = int(queries)
+            if stages is not None:  # after the version has set every stage's counts, targets and restarts
+                adversary.attacks_to_run = [a for a in STANDARD_ATTACKS if a in stages]
             x_adv, _ = adversary.run_standard_evaluation(x.detach().contiguous(), y, batch_size=len(x))
     finally:
         checks.check_square_sr = original_check
@@ -172,5 +181,5 @@ def autoattack(
         aa_logger.removeFilter(_stage_progress)
         aa_logger.setLevel(level)
     if log is not None:
-        log.add_batch(len(x), stages, list(adversary.attacks_to_run), collect.messages)
+        log.add_batch(len(x), accuracy_after, list(adversary.attacks_to_run), collect.messages)
     return x_adv.detach().clamp(0.0, 1.0)

@@ -69,7 +69,7 @@ def run_attack(
         return nattack(model, x, y, spec.eps, spec.steps, spec.samples, spec.lr, spec.search_sigma,
                        generator=generator, query_counts=query_counts)
     return autoattack(model, x, y, spec.eps, spec.norm, spec.version, generator=generator, log=autoattack_log,
-                      iterations=spec.steps, queries=spec.queries)
+                      iterations=spec.steps, queries=spec.queries, stages=spec.stages)
 
 
 def _eval_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -32,8 +32,9 @@ PARAMETERS: dict[str, dict] = {
     "spsa": {"steps": 100, "samples": 512, "lr": 0.01, "delta": 0.01, "random_start": True},
     "nattack": {"steps": 100, "samples": 300, "lr": 0.008, "search_sigma": 0.1},
     # steps / queries: None runs the standard version's own counts (100 APGD and FAB iterations, 5000 Square
-    # queries); a number cuts them (a rehearsal's counts), and the description says so.
-    "autoattack": {"norm": "linf", "version": "standard", "steps": None, "queries": None},
+    # queries); a number cuts them (a rehearsal's counts), and the description says so. stages: None runs the
+    # version's four (APGD-CE, APGD-T, FAB-T, Square); a subset leaves the others out, and the description names them.
+    "autoattack": {"norm": "linf", "version": "standard", "steps": None, "queries": None, "stages": None},
 }
 ATTACK_TYPES = tuple(PARAMETERS)
 # Whether eps is required, optional (C&W: a cap on the L2 norm; none = unbounded) or meaningless.
@@ -76,6 +77,7 @@ class AttackSpec:
     norm: str | None = None
     version: str | None = None
     queries: int | None = None
+    stages: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if self.type not in PARAMETERS:
@@ -93,6 +95,7 @@ class AttackSpec:
                 object.__setattr__(self, f.name, allowed[f.name])
         self._check_eps()
         self._check_values()
+        self._check_stages()
 
     def _check_eps(self):
         rule = EPS_RULE[self.type]
@@ -142,6 +145,20 @@ class AttackSpec:
             if self.version not in AUTOATTACK_VERSIONS:
                 raise ValueError(f"AutoAttack version must be one of {', '.join(AUTOATTACK_VERSIONS)}, got {self.version!r}")
 
+    def _check_stages(self):
+        """AutoAttack's stages: a non-empty subset of the standard four, in their order; all four is the default."""
+        if self.stages is None:
+            return
+        stages = (self.stages,) if isinstance(self.stages, str) else tuple(self.stages)
+        unknown = [s for s in stages if s not in STANDARD_ATTACKS]
+        if unknown or not stages:
+            raise ValueError(f"AutoAttack stages must be some of {', '.join(STANDARD_ATTACKS)}, got {list(stages)}")
+        if list(stages) != [s for s in STANDARD_ATTACKS if s in stages]:
+            raise ValueError(f"AutoAttack stages run in the standard order ({', '.join(STANDARD_ATTACKS)}), each "
+                             f"once; got {list(stages)}")
+        # all four is the standard ensemble: the same spec (and description) as leaving stages out
+        object.__setattr__(self, "stages", None if stages == STANDARD_ATTACKS else stages)
+
     # ----------------------------------------------------------------------------------- construction
     @classmethod
     def from_config(cls, cfg: dict) -> "AttackSpec":
@@ -174,6 +191,8 @@ class AttackSpec:
                 continue
             if self.type == "gaussian" and key == "sigma" and self.severity is not None:
                 continue  # derived from the severity
+            if key == "stages":
+                value = list(value)
             out[key] = round(value * 255, 6) if key in PIXEL_PARAMETERS else value
         return out
 
@@ -252,4 +271,7 @@ class AttackSpec:
         norm = {"linf": "L-inf", "l2": "L2"}[self.norm]
         counts = "".join([f", {self.steps} APGD/FAB iterations" if self.steps is not None else "",
                           f", {self.queries} Square queries" if self.queries is not None else ""])
-        return f"AutoAttack {self.version} ({', '.join(a.upper() for a in STANDARD_ATTACKS)}) {norm} {eps}{counts}"
+        stages = self.stages or STANDARD_ATTACKS
+        left_out = [a.upper() for a in STANDARD_ATTACKS if a not in stages]
+        ran = ", ".join(a.upper() for a in stages) + (f"; {', '.join(left_out)} left out" if left_out else "")
+        return f"AutoAttack {self.version} ({ran}) {norm} {eps}{counts}"
