@@ -354,10 +354,10 @@ def attack_seconds(attack: dict, u: dict, robust: bool, robust_fraction: float, 
     if t == "autoattack":  # the standard version's counts unless the entry cuts them (steps, queries)
         iters = attack.get("steps") or AUTOATTACK_ITERS["apgd_ce"]
         queries = attack.get("queries") or AUTOATTACK_ITERS["square"]
-        ran = attack.get("stages") or ("apgd-ce", "apgd-t", "fab-t", "square")  # an entry may leave stages out
+        ran = attack.get("stages")  # None: all four; an entry may leave stages out
         stages = {stage: u[f"aa_{stage.replace('-', '_')}_fixed"] + n * u[f"aa_{stage.replace('-', '_')}"]
                   for stage, n in (("apgd-ce", iters), ("apgd-t", iters), ("fab-t", iters), ("square", queries))
-                  if stage in ran}
+                  if ran is None or stage in ran}
         after = outcome.get("autoattack_after")
         if after is None:  # the first stage meets every image, the later ones `robust_fraction` of a robust model's
             first, *later = stages.values()
