@@ -23,7 +23,14 @@ include: "rules/report.smk"
 
 
 # The report opens on this run's landing page once the run has written it, else on the generic description.
-report: os.path.abspath(LANDING_PAGE) if os.path.exists(LANDING_PAGE) else "report/workflow.rst"
+REPORT_FIRST_PAGE = (
+    os.path.abspath(plan.landing_page)
+    if os.path.exists(plan.landing_page)
+    else "report/workflow.rst"
+)
+
+
+report: REPORT_FIRST_PAGE
 
 
 rule all:

@@ -4,20 +4,35 @@
 
 from snakemake.utils import min_version
 
-from advneurons.config import settings
+from advneurons import integrity
+from advneurons.config import run_space, settings
 from advneurons.workflow import step_server as step_server_module
 from advneurons.workflow import targets
 from advneurons.workflow.fingerprints import script_fingerprint
-from advneurons.workflow.plan import LANDING_PAGE, WILDCARD_PATTERNS, Plan, split_file
+from advneurons.workflow.plan import WILDCARD_PATTERNS, Plan, split_file
 from advneurons.workflow.wiring import JobWiring
 
 min_version("9.0")
 
 
+# A config without a `run` name takes the name of the file it came from (the preset's); its tables, findings
+# and figures go to results/runs/<run>~<config id>/ (advneurons.config.run_space).
+run_space.fill_run_name(config, workflow.overwrite_configfiles)
 # Fills schema defaults in place and names the offending key on error, before any job is scheduled.
 settings.validate_config(config)
 plan = Plan(config)
 jobs = JobWiring(plan)
+# Before any job is scheduled (in a dry run too): every checkpoint, pair set and split of the run that has a
+# sha256 record must still match it, else one error names each damaged file and the command that re-makes it,
+# and no job starts, so Snakemake deletes no output (advneurons.integrity). Only in the process that schedules
+# the jobs: a SLURM job or a subprocess re-parsing this file checks nothing again.
+if not (workflow.remote_exec or workflow.subprocess_exec):
+    integrity.check_run(
+        plan,
+        integrity.command_options(
+            workflow.overwrite_configfiles, workflow.config_settings.config_args
+        ),
+    )
 
 
 wildcard_constraints:

@@ -7,19 +7,19 @@ rule final_robustness_table:
         records=plan.final_table_records(),
         sidecars=plan.record_sidecars(plan.final_table_records()),
     output:
-        csv="results/tables/final_robustness.csv",
-        md="results/tables/final_robustness.md",
+        csv=plan.run_file("tables/final_robustness.csv"),
+        md=plan.run_file("tables/final_robustness.md"),
         html=report(
-            "results/tables/final_robustness.html",
+            plan.run_file("tables/final_robustness.html"),
             caption="../report/final_robustness.rst",
             category="Defenses",
         ),
-        tex="results/tables/final_robustness.tex",
-        settings="results/tables/final_robustness_settings.csv",
+        tex=plan.run_file("tables/final_robustness.tex"),
+        settings=plan.run_file("tables/final_robustness_settings.csv"),
     log:
-        "logs/final_robustness_table.log",
+        plan.run_log("final_robustness_table"),
     benchmark:
-        "benchmarks/final_robustness_table.tsv"
+        plan.run_log("final_robustness_table", "tsv")
     conda:
         "../envs/advneurons.yaml"
     threads: 1
@@ -41,18 +41,18 @@ rule sensitivity_by_training:
     input:
         unpack(jobs.arch_all_sensitivity_files),
     output:
-        csv="results/figures/sensitivity_by_training_{arch}.csv",
+        csv=plan.run_file("figures/sensitivity_by_training_{arch}.csv"),
         png=report(
-            "results/figures/sensitivity_by_training_{arch}.png",
+            plan.run_file("figures/sensitivity_by_training_{arch}.png"),
             caption="../report/sensitivity_by_training.rst",
             category="Defenses",
             labels={"architecture": "{arch}"},
         ),
-        pdf="results/figures/sensitivity_by_training_{arch}.pdf",
+        pdf=plan.run_file("figures/sensitivity_by_training_{arch}.pdf"),
     log:
-        "logs/sensitivity_by_training/{arch}.log",
+        plan.run_log("sensitivity_by_training/{arch}"),
     benchmark:
-        "benchmarks/sensitivity_by_training/{arch}.tsv"
+        plan.run_log("sensitivity_by_training/{arch}", "tsv")
     conda:
         "../envs/advneurons.yaml"
     threads: 1
@@ -202,17 +202,17 @@ rule transfer_table:
     input:
         rows=plan.transfer_rows(),
     output:
-        csv="results/tables/transfer_check.csv",
-        md="results/tables/transfer_check.md",
+        csv=plan.run_file("tables/transfer_check.csv"),
+        md=plan.run_file("tables/transfer_check.md"),
         html=report(
-            "results/tables/transfer_check.html",
+            plan.run_file("tables/transfer_check.html"),
             caption="../report/transfer_check.rst",
             category="Defenses",
         ),
     log:
-        "logs/transfer_table.log",
+        plan.run_log("transfer_table"),
     benchmark:
-        "benchmarks/transfer_table.tsv"
+        plan.run_log("transfer_table", "tsv")
     conda:
         "../envs/advneurons.yaml"
     threads: 1
@@ -232,11 +232,11 @@ rule defense_findings:
     input:
         unpack(jobs.defense_findings_inputs),
     output:
-        "results/tables/defense_findings.json",
+        plan.run_file("tables/defense_findings.json"),
     log:
-        "logs/defense_findings.log",
+        plan.run_log("defense_findings"),
     benchmark:
-        "benchmarks/defense_findings.tsv"
+        plan.run_log("defense_findings", "tsv")
     conda:
         "../envs/advneurons.yaml"
     threads: 1
@@ -257,23 +257,23 @@ rule sns_layer_range:
     input:
         records=plan.layer_range_records(),
     output:
-        csv="results/tables/sns_layer_range.csv",
-        md="results/tables/sns_layer_range.md",
+        csv=plan.run_file("tables/sns_layer_range.csv"),
+        md=plan.run_file("tables/sns_layer_range.md"),
         html=report(
-            "results/tables/sns_layer_range.html",
+            plan.run_file("tables/sns_layer_range.html"),
             caption="../report/sns_layer_range.rst",
             category="Defenses",
         ),
         png=report(
-            "results/figures/sns_layer_range.png",
+            plan.run_file("figures/sns_layer_range.png"),
             caption="../report/sns_layer_range.rst",
             category="Defenses",
         ),
-        pdf="results/figures/sns_layer_range.pdf",
+        pdf=plan.run_file("figures/sns_layer_range.pdf"),
     log:
-        "logs/sns_layer_range.log",
+        plan.run_log("sns_layer_range"),
     benchmark:
-        "benchmarks/sns_layer_range.tsv"
+        plan.run_log("sns_layer_range", "tsv")
     conda:
         "../envs/advneurons.yaml"
     threads: 1

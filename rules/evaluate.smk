@@ -38,24 +38,24 @@ rule robustness_table:
             plan.robustness_records(config["robustness"]["table_iii"].values())
         ),
     output:
-        csv="results/tables/robustness.csv",
-        md="results/tables/robustness.md",
+        csv=plan.run_file("tables/robustness.csv"),
+        md=plan.run_file("tables/robustness.md"),
         html=report(
-            "results/tables/robustness.html",
+            plan.run_file("tables/robustness.html"),
             caption="../report/robustness.rst",
             category="Robustness",
         ),
-        settings="results/tables/robustness_settings.csv",
-        settings_md="results/tables/robustness_settings.md",
+        settings=plan.run_file("tables/robustness_settings.csv"),
+        settings_md=plan.run_file("tables/robustness_settings.md"),
         settings_html=report(
-            "results/tables/robustness_settings.html",
+            plan.run_file("tables/robustness_settings.html"),
             caption="../report/robustness_settings.rst",
             category="Robustness",
         ),
     log:
-        "logs/robustness_table.log",
+        plan.run_log("robustness_table"),
     benchmark:
-        "benchmarks/robustness_table.tsv"
+        plan.run_log("robustness_table", "tsv")
     conda:
         "../envs/advneurons.yaml"
     threads: 1
@@ -80,24 +80,24 @@ rule robustness_table_i:
             plan.robustness_records(config["robustness"]["table_i"])
         ),
     output:
-        csv="results/tables/robustness_table_i.csv",
-        md="results/tables/robustness_table_i.md",
+        csv=plan.run_file("tables/robustness_table_i.csv"),
+        md=plan.run_file("tables/robustness_table_i.md"),
         html=report(
-            "results/tables/robustness_table_i.html",
+            plan.run_file("tables/robustness_table_i.html"),
             caption="../report/robustness_table_i.rst",
             category="Robustness",
         ),
-        settings="results/tables/robustness_table_i_settings.csv",
-        settings_md="results/tables/robustness_table_i_settings.md",
+        settings=plan.run_file("tables/robustness_table_i_settings.csv"),
+        settings_md=plan.run_file("tables/robustness_table_i_settings.md"),
         settings_html=report(
-            "results/tables/robustness_table_i_settings.html",
+            plan.run_file("tables/robustness_table_i_settings.html"),
             caption="../report/robustness_settings.rst",
             category="Robustness",
         ),
     log:
-        "logs/robustness_table_i.log",
+        plan.run_log("robustness_table_i"),
     benchmark:
-        "benchmarks/robustness_table_i.tsv"
+        plan.run_log("robustness_table_i", "tsv")
     conda:
         "../envs/advneurons.yaml"
     threads: 1
@@ -146,23 +146,23 @@ rule sweep_figures:
     input:
         sweeps=plan.sweep_files(),
     output:
-        csv="results/tables/pgd_sweep.csv",
+        csv=plan.run_file("tables/pgd_sweep.csv"),
         steps_png=report(
-            "results/figures/pgd_sweep_steps.png",
+            plan.run_file("figures/pgd_sweep_steps.png"),
             caption="../report/pgd_sweep_steps.rst",
             category="Robustness",
         ),
-        steps_pdf="results/figures/pgd_sweep_steps.pdf",
+        steps_pdf=plan.run_file("figures/pgd_sweep_steps.pdf"),
         eps_png=report(
-            "results/figures/pgd_sweep_eps.png",
+            plan.run_file("figures/pgd_sweep_eps.png"),
             caption="../report/pgd_sweep_eps.rst",
             category="Robustness",
         ),
-        eps_pdf="results/figures/pgd_sweep_eps.pdf",
+        eps_pdf=plan.run_file("figures/pgd_sweep_eps.pdf"),
     log:
-        "logs/sweep_figures.log",
+        plan.run_log("sweep_figures"),
     benchmark:
-        "benchmarks/sweep_figures.tsv"
+        plan.run_log("sweep_figures", "tsv")
     conda:
         "../envs/advneurons.yaml"
     threads: 1
@@ -182,11 +182,11 @@ rule results_long:
         records=plan.all_records(),
         sidecars=plan.record_sidecars(plan.all_records()),
     output:
-        csv="results/tables/results_long.csv",
+        csv=plan.run_file("tables/results_long.csv"),
     log:
-        "logs/results_long.log",
+        plan.run_log("results_long"),
     benchmark:
-        "benchmarks/results_long.tsv"
+        plan.run_log("results_long", "tsv")
     conda:
         "../envs/advneurons.yaml"
     threads: 1

@@ -5,11 +5,11 @@ rule report_landing_page:
     input:
         unpack(jobs.landing_page_inputs),
     output:
-        LANDING_PAGE,
+        plan.landing_page,
     log:
-        "logs/report_landing_page.log",
+        plan.run_log("report_landing_page"),
     benchmark:
-        "benchmarks/report_landing_page.tsv"
+        plan.run_log("report_landing_page", "tsv")
     localrule: True
     conda:
         "../envs/advneurons.yaml"

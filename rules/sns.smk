@@ -306,17 +306,17 @@ rule findings:
     input:
         jobs.findings_files,
     output:
-        md="results/findings.md",
+        md=plan.run_file("findings.md"),
         html=report(
-            "results/findings.html",
+            plan.run_file("findings.html"),
             caption="../report/findings.rst",
             category="Findings",
         ),
-        json="results/findings.json",
+        json=plan.run_file("findings.json"),
     log:
-        "logs/findings.log",
+        plan.run_log("findings"),
     benchmark:
-        "benchmarks/findings.tsv"
+        plan.run_log("findings", "tsv")
     conda:
         "../envs/advneurons.yaml"
     threads: 1

@@ -1,4 +1,4 @@
-"""Rule defense_findings: the defense claims for results/findings.md (advneurons.defenses.tables.defense_findings)."""
+"""Rule defense_findings: the defense claims for results/runs/<run>/findings.md (advneurons.defenses.tables.defense_findings)."""
 
 from advneurons.workflow.step_server import hand_over
 

@@ -1,4 +1,4 @@
-"""Rule findings: results/findings.md, each paper claim and whether this run supports it (advneurons.sns.findings.sns_findings)."""
+"""Rule findings: results/runs/<run>/findings.md, each paper claim and whether this run supports it (advneurons.sns.findings.sns_findings)."""
 
 from advneurons.workflow.step_server import hand_over
 

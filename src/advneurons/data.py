@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from advneurons.integrity import write_record
 from advneurons.runtime import atomic_path, metadata, write_json
 
 DATASETS = ("digits", "cifar10")
@@ -337,6 +338,7 @@ def save_split(split: Split, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez_compressed(tmp, images=split.images, labels=split.labels)
     tmp.replace(path)
+    write_record(path)  # its sha256, checked before later runs read it (advneurons.integrity)
 
 
 def read_split(path: Path) -> Split:

@@ -44,3 +44,21 @@ def write_claim_inputs(tmp_path: Path, rows: list[list], columns: list[str], n: 
     pd.DataFrame(settings).to_csv(tmp_path / "settings.csv", index=False)
     return {"final": tmp_path / "final.csv", "settings": tmp_path / "settings.csv",
             "records": [tmp_path / "records.csv"]}
+
+
+def write_transfer(tmp_path: Path, entries: list[tuple], n: int, base: str = "vgg16-pat",
+                   base_whitebox: float = 0.70, column: str = "L-inf PGD") -> Path:
+    """A transfer check table (advneurons.evaluation.transfer.COLUMNS plus the column label): one row per
+    (defended model, white-box accuracy, accuracy on the base model's transferred examples), fractions; the
+    transferred examples' per-image results are nested like `correct_vector`'s."""
+    rows = []
+    for model, wb, tr in entries:
+        rows.append({"model": model, "base": base, "attack": ATTACKS[column][0], "column": column,
+                     "description": "", "n_transfer": n, "base_clean": 0.98, "base_whitebox": base_whitebox,
+                     "defended_clean": 0.97, "defended_whitebox": wb, "defended_transfer": tr, "n_whitebox": n,
+                     "upper_bound": min(wb, tr), "whitebox_gain": wb - base_whitebox,
+                     "bounded_gain": min(wb, tr) - base_whitebox,
+                     "transfer_correct_by_image": "".join("y" if c else "n"
+                                                          for c in correct_vector(100 * tr, n).tolist())})
+    pd.DataFrame(rows).to_csv(tmp_path / "transfer.csv", index=False)
+    return tmp_path / "transfer.csv"

@@ -21,6 +21,13 @@ def snakemake(workdir: Path, *args: str, timeout: int = 1200, env: dict | None =
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def run_folder(workdir: Path) -> Path:
+    """The results folder (results/runs/<run>~<config id>) of the one config that ran in `workdir`."""
+    folders = sorted(p for p in (Path(workdir) / "results" / "runs").glob("*~*") if p.is_dir())
+    assert len(folders) == 1, f"expected one run folder in {workdir}/results/runs, found {[p.name for p in folders]}"
+    return folders[0]
+
+
 def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
     """Jobs a dry run would execute, counted per rule."""
     # --quiet and --configfile take several values: keep targets and options apart from them.

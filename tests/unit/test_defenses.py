@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from advneurons.models import checkpoint
 from advneurons.models.architectures import layer_channels
+from advneurons.report.findings import MASKING
 from advneurons.training.sns import (
     StabilityLoss,
     choose_channels,
@@ -267,6 +268,49 @@ def test_final_table_leaves_declared_cells_empty_and_refuses_undeclared_gaps(tmp
                                "digits", models, *out)
 
 
+def test_final_table_ranks_no_partial_suite_worst_case_and_prints_intervals_with_n(tmp_path):
+    """With per-image records: the full-suite rows' worst case is in the CSV; the row evaluated under part of the
+    suite (IG-Defense: PGD only) is empty there, marked ‡ in Markdown with the attacks it covers; Markdown cells
+    read "accuracy [low, high]" and the headers carry n."""
+    from advneurons.defenses.tables import final_robustness_table
+    from advneurons.evaluation.robustness import (PARTIAL_MARK, WORST_CASE, ImageResults, accuracy_record, image_frame,
+                                                  record_sidecars, records_frame)
+
+    pgd, fgsm = {"type": "pgd", "eps": 32, "steps": 10}, {"type": "fgsm", "eps": 32}
+    n, index = 20, np.arange(20)
+    clean = torch.arange(n) < 18
+    outcomes = {"vgg16-pat": {"pgd": torch.arange(n) < 12, "fgsm": torch.arange(n) % 2 == 0},
+                "vgg16-pat_igdefense": {"pgd": torch.arange(n) < 15}}
+    paths = []
+    for model, attacks in outcomes.items():
+        rows = [accuracy_record(model, "clean", None, n, 0.9, clean)]
+        rows += [accuracy_record(model, a, {"pgd": pgd, "fgsm": fgsm}[a], n, float(c.float().mean()), c)
+                 for a, c in attacks.items()]
+        path = tmp_path / f"{model}.csv"
+        records_frame(rows).to_csv(path, index=False)
+        zeros = torch.zeros(n)
+        pd.concat([image_frame(model, a, index, clean, ImageResults(c, zeros, zeros, torch.full((n,), -1)))
+                   for a, c in attacks.items()]).to_csv(record_sidecars(path)[0], index=False)
+        paths.append(path)
+    models = {"vgg16-pat": {"arch": "vgg16", "training": "pat", "method": "pat"},
+              "vgg16-pat_igdefense": {"arch": "vgg16", "training": "pat_igdefense", "method": "ig_defense",
+                                      "not_run": ["FGSM"]}}
+    out = [tmp_path / f for f in ("f.csv", "f.md", "f.tex", "s.csv")]
+    final = final_robustness_table(paths, {"L-inf PGD": "pgd", "FGSM": "fgsm"}, "digits", models, *out).set_index("model")
+    # vgg16-pat: robust = correct clean (first 18) and even and < 12: 0, 2, .., 10 -> 6 of 20
+    assert final.loc["vgg16-pat", WORST_CASE] == 30.0 and pd.isna(final.loc["vgg16-pat_igdefense", WORST_CASE])
+    settings = pd.read_csv(out[3]).set_index(["model", "column"])
+    partial = settings.loc[("vgg16-pat_igdefense", WORST_CASE)]
+    assert partial.partial_suite and partial.accuracy_pct == 75.0 and "not evaluated under FGSM" in partial.description
+    md = out[1].read_text()
+    assert "| 30.00 [14.6, 51.9] " in md and f"| 75.00 [53.1, 88.8] (n=20) {PARTIAL_MARK} " in md
+    assert f"{PARTIAL_MARK} vgg16-pat_igdefense: robust only if correct clean and every attack failed: L-inf PGD" in md
+    assert f"{WORST_CASE}: robust only if correct clean and every attack failed: L-inf PGD, FGSM, on the 20 images" in md
+    header = next(line for line in md.splitlines() if line.startswith("| model"))
+    assert all(f"{c} (n=20)" in header for c in ("Clean", "L-inf PGD", "FGSM", WORST_CASE)) and "±" not in md
+    assert "—" in md  # the IG-Defense FGSM cell, not evaluated
+
+
 TRAININGS = {
     "vanilla": {"method": "vanilla"}, "pat": {"method": "pat"}, "alp": {"method": "alp"},
     "nat": {"method": "nat"}, "eat": {"method": "eat"},
@@ -294,34 +338,85 @@ def test_defense_claims_take_the_papers_signs_and_decide_with_paired_tests(tmp_p
         ["vgg16", "vgg16-pat_igdefense", "pat_igdefense", "ig_defense", 97.0, 70.25, None, 62.0],
     ]
     files = write_claim_inputs(tmp_path, rows, columns, n=400)
-    sens = pd.DataFrame({
-        "training": ["vanilla", "pat", "sns_sen"] * 2, "depth": [7, 7, 7, 12, 12, 12],
-        "layer": ["conv8"] * 3 + ["conv13"] * 3, "sensitivity": [1.0, 0.2, 0.1, 2.0, 0.6, 0.5],
-    })
+    # per-channel sensitivities of the fine-tuned layers (sensitivity_by_training's table): sns_sen below vanilla
+    # in every channel, and below pat in 10 of 16 channels only (within noise for the signed-rank test)
+    rng = np.random.default_rng(0)
+    channels = 8
+    base = rng.uniform(0.5, 1.0, size=2 * channels)
+    sens = pd.DataFrame([
+        {"training": t, "depth": d, "layer": layer, "channel": c, "sensitivity": value}
+        for t, values in (("vanilla", 3 * base), ("pat", base),
+                          ("sns_sen", base + np.where(np.arange(2 * channels) < 10, -0.01, 0.012)))
+        for i, (layer, d, c) in enumerate((lay, dep, ch) for lay, dep in (("conv8", 7), ("conv13", 12))
+                                          for ch in range(channels))
+        for value in [values[i]]
+    ])
     sens.to_csv(tmp_path / "sens.csv", index=False)
     (section,) = defense_claims(files["final"], {"vgg16": tmp_path / "sens.csv"}, files["records"],
                                 files["settings"], TRAININGS)
-    verdicts = {c.text.split(":")[0]: c.verdict for c in section.claims}
+    verdicts = {c.text.split(":")[0].split(" (vgg16")[0]: c.verdict for c in section.claims}
     suite = " over the attack suite"
     assert verdicts["SNS-sen beats PAT"] == "supported"
     assert verdicts["SNS-sen beats ALP"] == "within noise"  # identical results
-    assert verdicts["SNS-sen beats SNS-all"] == "within noise"  # one image of 1200 pooled pairs
+    assert verdicts["SNS-sen beats SNS-all"] == "within noise"  # one image of 400 in one column
     assert verdicts["SNS-sen beats the mean of SNS-rand"] == "supported"
     assert verdicts['SNS-rand is worse than PAT ("behaves even worse than the original PAT model")'] == "supported"
     assert verdicts["SNS-dyn is about as robust as SNS-sen"] == "supported"  # identical, interval within 2 points
     assert verdicts["SNS-cls beats NAT"] == "supported" and verdicts["SNS-cls stays below PAT"] == "supported"
     assert "SNS-cls beats EAT" not in verdicts  # no EAT model in this table
     assert verdicts["PAT is at least as robust as ALP"] == "contradicted"
-    assert verdicts["MeanSparse raises the L-inf PGD accuracy of pat"] == "supported"  # 16 of 400 images, one way
-    assert verdicts["MeanSparse raises the AutoAttack accuracy of pat"] == "contradicted"
-    assert verdicts["IG-Defense raises the L-inf PGD accuracy of pat"] == "within noise"  # one image
-    assert verdicts["IG-Defense raises the AutoAttack accuracy of pat"] == "supported"
+    # MeanSparse: white-box gain of 16 of 400 images, one way, but AutoAttack significantly lower
+    assert verdicts["MeanSparse raises the robustness of pat"] == MASKING
+    assert verdicts["IG-Defense raises the robustness of pat"] == "within noise"  # white-box gain: one image
+    ig = next(c for c in section.claims if c.text.startswith("IG-Defense raises"))
+    assert ig.extension  # IG-Defense's paper uses ResNets, not VGG16
+    assert not next(c for c in section.claims if c.text.startswith("MeanSparse raises")).extension
     assert verdicts["sns_sen has lower neuron sensitivity than vanilla in the fine-tuned layers"] == "supported"
+    assert verdicts["sns_sen has lower neuron sensitivity than pat in the fine-tuned layers"] == "within noise"
+    sens_claim = next(c for c in section.claims if c.text.startswith("sns_sen has lower neuron sensitivity than v"))
+    assert "Wilcoxon signed-rank over 16 channels" in sens_claim.evidence and "Wilcoxon" in sens_claim.rule
     rand = next(c for c in section.claims if c.text.startswith("SNS-rand is worse"))
     assert "vgg16-sns_rand_0 + vgg16-sns_rand_1 + vgg16-sns_rand_2 vs vgg16-pat" + suite in rand.text
-    assert "pooled over 3 repeats" in rand.evidence and "exact McNemar" in rand.evidence
+    # repeats are averaged per image and tested over the 400 images, never counted as 1200 images
+    assert "of 400 images (A averaged over its 3 repeats)" in rand.evidence and "sign test" in rand.rule
     sen_pat = next(c for c in section.claims if c.text.startswith("SNS-sen beats PAT"))
-    assert all(f"{col} " in sen_pat.evidence for col in columns) and "pooled over 3 column(s)" in sen_pat.evidence
+    assert all(f"{col}: " in sen_pat.evidence for col in columns) and "3 of 3 attack columns" in sen_pat.evidence
+    assert "Holm" in sen_pat.rule and "pooled" not in sen_pat.evidence
+    assert all(c.rule for c in section.claims)  # every verdict states its rule
+    assert "Bonferroni" in next(c for c in section.claims if c.text.startswith("PAT is at least")).rule
+
+
+def test_the_defense_rule_reads_gradient_masking_and_missing_evidence(tmp_path):
+    """One rule for every post-training defense: supported needs the white-box, transfer and AutoAttack gains."""
+    from advneurons.defenses.tables import defense_claims
+    from claim_helpers import write_claim_inputs, write_transfer
+
+    n = 400
+    columns = ["L-inf PGD", "AutoAttack"]
+    rows = [
+        ["resnet18", "r-pat", "pat", "pat", 98.0, 70.0, 60.0],
+        ["resnet18", "r-ms", "pat_meansparse", "meansparse", 97.0, 80.0, 70.0],  # every gain holds
+        ["resnet18", "r-ig", "pat_igdefense", "ig_defense", 97.0, 80.0, 61.0],  # AutoAttack: 4 images
+    ]
+    files = write_claim_inputs(tmp_path, rows, columns, n)
+    transfer = write_transfer(tmp_path, [("r-ms", 0.80, 0.78), ("r-ig", 0.80, 0.75)], n, base="r-pat")
+    (section,) = defense_claims(files["final"], {}, files["records"], files["settings"], {}, transfer_csv=transfer)
+    claims = {c.text.split(" raises")[0]: c for c in section.claims}
+    assert claims["MeanSparse"].verdict == "supported"
+    assert claims["IG-Defense"].verdict == MASKING  # transfer holds, AutoAttack does not
+    assert not claims["IG-Defense"].extension  # resnet18: the architecture of IG-Defense's paper
+    assert "survives the adversarial examples transferred from r-pat" in claims["MeanSparse"].text
+    assert "transfer gain: supported" in claims["MeanSparse"].evidence
+    assert "AutoAttack gain: within noise" in claims["IG-Defense"].evidence
+    # the gain vanishes under the transferred examples: masking, whatever AutoAttack says
+    transfer = write_transfer(tmp_path, [("r-ms", 0.80, 0.70), ("r-ig", 0.80, 0.75)], n, base="r-pat")
+    (section,) = defense_claims(files["final"], {}, files["records"], files["settings"], {}, transfer_csv=transfer)
+    assert next(c for c in section.claims if c.text.startswith("MeanSparse")).verdict == MASKING
+    # no transfer check in this config: a white-box and AutoAttack gain is not enough to call it supported
+    (section,) = defense_claims(files["final"], {}, files["records"], files["settings"], {})
+    ms = next(c for c in section.claims if c.text.startswith("MeanSparse"))
+    assert ms.verdict == "not checked" and "missing evidence: transfer" in ms.evidence
+    assert "transfer gain: no evidence in this config" in ms.evidence
 
 
 def test_stability_loss_ignores_forward_passes_outside_the_training_step():
@@ -356,12 +451,12 @@ def test_a_defense_gain_the_attack_itself_flags_is_not_counted(tmp_path):
     import json
 
     from advneurons.defenses.tables import defense_claims
-    from claim_helpers import write_claim_inputs
+    from claim_helpers import write_claim_inputs, write_transfer
 
     columns = ["L-inf PGD", "AutoAttack"]
     rows = [
         ["vgg16", "vgg16-pat", "pat", "pat", 98.0, 70.0, 60.0],
-        ["vgg16", "vgg16-pat_igdefense", "pat_igdefense", "ig_defense", 97.0, 70.25, 70.0],
+        ["vgg16", "vgg16-pat_igdefense", "pat_igdefense", "ig_defense", 97.0, 80.0, 70.0],
     ]
     files = write_claim_inputs(tmp_path, rows, columns, n=400)
     records = pd.read_csv(files["records"][0])
@@ -370,7 +465,29 @@ def test_a_defense_gain_the_attack_itself_flags_is_not_counted(tmp_path):
     records["attack_log"] = records["attack_log"].astype(object)
     records.loc[warned, "attack_log"] = json.dumps({"warnings": [message]})
     records.to_csv(files["records"][0], index=False)
-    (section,) = defense_claims(files["final"], {}, files["records"], files["settings"], TRAININGS)
-    claim = next(c for c in section.claims if c.text == "IG-Defense raises the AutoAttack accuracy of pat")
-    assert claim.verdict == "not checked"  # 40 of 400 images one way would be "supported"
-    assert "not counted" in claim.evidence and message in claim.evidence and "exact McNemar" in claim.evidence
+    transfer = write_transfer(tmp_path, [("vgg16-pat_igdefense", 0.80, 0.80)], 400)
+    (section,) = defense_claims(files["final"], {}, files["records"], files["settings"], TRAININGS,
+                                transfer_csv=transfer)
+    claim = next(c for c in section.claims if c.text.startswith("IG-Defense raises the robustness of pat"))
+    assert claim.verdict == "not checked"  # white-box, transfer and AutoAttack gains would read "supported"
+    assert "not counted" in claim.evidence and message in claim.evidence and "exact McNemar" in claim.rule
+
+
+def test_sensitivity_by_training_keeps_the_channels_the_findings_test(tmp_path):
+    from advneurons.defenses.tables import sensitivity_by_training, sensitivity_claim
+
+    paths = {}
+    for training, scale in (("pat", 1.0), ("sns_sen", 0.5)):
+        table = pd.DataFrame({"layer": ["conv8"] * 6 + ["conv13"] * 6, "depth": [7] * 6 + [12] * 6,
+                              "channel": list(range(6)) * 2, "sensitivity": scale * np.linspace(0.1, 1.2, 12)})
+        paths[training] = tmp_path / f"{training}.csv"
+        table.to_csv(paths[training], index=False)
+    out = sensitivity_by_training(paths, "vgg16", tmp_path / "by_training.csv", tmp_path / "by_training.png")
+    assert len(out) == 24 and list(out.columns) == ["training", "depth", "layer", "channel", "sensitivity"]
+    # the figure's per-layer means are the channel means
+    assert out.groupby(["training", "layer"]).sensitivity.mean()["pat", "conv8"] == pytest.approx(
+        np.linspace(0.1, 1.2, 12)[:6].mean())
+    claim = sensitivity_claim(pd.read_csv(tmp_path / "by_training.csv"), "sns_sen", "pat", ["conv8", "conv13"])
+    # every one of the 12 channels lower: exact Wilcoxon one-sided p = 1/4096
+    assert claim.verdict == "supported" and "p=0.00024" in claim.evidence
+    assert "paired by layer and channel index" in claim.rule

@@ -8,10 +8,8 @@ from scipy.stats import binomtest, norm
 
 from advneurons.evaluation.paired_stats import (
     decide,
-    decide_pooled,
     mcnemar_exact,
     paired_difference_interval,
-    pool,
     wilson_interval,
 )
 
@@ -194,41 +192,77 @@ def repeats_against(other: np.ndarray, a_only: int, b_only: int, k: int) -> list
     return repeats
 
 
-def test_pool_concatenates_repeats():
-    pooled = pool([np.array([True, False]), np.array([0, 1])])
-    assert pooled.tolist() == [True, False, False, True]
+def test_repeats_are_averaged_per_image_not_counted_as_images():
+    from advneurons.evaluation.paired_stats import sign_test
 
-
-def test_pooling_repeats_adds_paired_observations():
     other = np.arange(100) < 50
-    group = repeats_against(other, a_only=8, b_only=2, k=3)
-    # One repeat alone: P(X >= 8 | 10) = 56/1024 = 0.055, not significant.
-    assert decide(group[0], other, "a_better").label == "within noise"
-    verdict = decide_pooled(group, other, "a_better")
-    assert verdict.label == "supported", verdict.statistic
-    assert (verdict.result.n, verdict.result.a_only, verdict.result.b_only) == (300, 24, 6)
-    assert verdict.result.p_a_better == pytest.approx(binomtest(24, 30, 0.5, alternative="greater").pvalue)
-    assert "pooled over 3 repeats" in verdict.statistic
-    assert "100 paired images x 3 pooled repeats" in verdict.result.describe()
+    same = repeats_against(other, a_only=8, b_only=2, k=1) * 3  # three repeats giving the same images right
+    mean = np.mean(same, axis=0)
+    # counted as 300 paired images the 24 vs 6 discordant pairs would read p = 0.0007; they are 10 images
+    verdict = sign_test(mean, other, "a_greater")
+    assert verdict.p_claimed == pytest.approx(binomtest(8, 10, 0.5, alternative="greater").pvalue)
+    assert verdict.label == "within noise" and "of 100 paired units" in verdict.statistic
+    # repeats that differ on different images: each image's mean still counts once
+    spread = np.mean(repeats_against(other, a_only=8, b_only=2, k=3), axis=0)
+    assert sign_test(spread, other, "a_greater").p_claimed == pytest.approx(
+        binomtest(24, 30, 0.5, alternative="greater").pvalue)
+    from advneurons.evaluation import paired_stats
+
+    assert not hasattr(paired_stats, "decide_pooled") and not hasattr(paired_stats, "decide_by_intervals")
 
 
-def test_pooled_rejects_repeats_of_other_length():
-    other = np.arange(100) < 50
-    with pytest.raises(ValueError, match="repeat 1"):
-        decide_pooled([other, other[:-1]], other, "a_better")
+# ------------------------------------------------------------------------- claims over several units
+def test_holm_matches_the_textbook_step_down():
+    from advneurons.evaluation.paired_stats import holm
+
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 -> 0.02, 0.03, 0.06, 0.04 -> running max 0.02, 0.03, 0.06, 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
     with pytest.raises(ValueError):
-        decide_pooled([], other, "a_better")
+        holm([0.1, 1.5])
 
 
-def test_decide_by_intervals_needs_separated_wilson_intervals():
-    from advneurons.evaluation.paired_stats import decide_by_intervals
+def test_decide_units_reads_k_of_n_with_holm():
+    from advneurons.evaluation.paired_stats import UnitTest, decide_units
 
-    # 80/100 vs 50/100: Wilson [71.1, 86.7] vs [40.4, 59.6] separate
-    assert decide_by_intervals(0.8, 100, 0.5, 100, "a_better").label == "supported"
-    assert decide_by_intervals(0.8, 100, 0.5, 100, "b_better").label == "contradicted"
-    # 55/100 vs 50/100 overlap
-    assert decide_by_intervals(0.55, 100, 0.5, 100, "a_better").label == "within noise"
-    verdict = decide_by_intervals(0.2, 100, 0.5, 300, "a_better")
-    assert verdict.label == "contradicted" and "of 300" in verdict.statistic
-    with pytest.raises(ValueError, match="a_better and b_better"):
-        decide_by_intervals(0.5, 10, 0.5, 10, "about_equal")
+    def units(claimed, against=None):
+        against = against or [1.0] * len(claimed)
+        return [UnitTest(f"layer{i}", c, a, f"p={c}") for i, (c, a) in enumerate(zip(claimed, against))]
+
+    assert decide_units(units([1e-4] * 3)).label == "supported"
+    # 18 of 21 layers significantly lower, 3 not: partly (the old all-or-nothing rule read "contradicted")
+    partly = decide_units(units([1e-6] * 18 + [0.4] * 3), unit_word="layers")
+    assert partly.label == "partly" and partly.statistic.startswith("18 of 21 layers significant")
+    assert "Holm-Bonferroni over the 21 layers" in partly.rule
+    # 0.02 and 0.03 are below alpha on their own but not after Holm over 3 units (0.02 x 3 = 0.06)
+    assert decide_units(units([0.02, 0.03, 0.5])).label == "within noise"
+    assert decide_units(units([1e-6, 0.5], [1.0, 1e-4])).label == "contradicted"
+    with pytest.raises(ValueError):
+        decide_units([])
+
+
+def test_sign_wilcoxon_and_binomial_tests_match_known_answers():
+    from advneurons.evaluation.paired_stats import binomial_vs_threshold, mcnemar_exact, sign_test, wilcoxon_test
+
+    a, b = np.array([1.0] * 9 + [0.0] + [0.5] * 5), np.array([0.0] * 9 + [1.0] + [0.5] * 5)
+    test = sign_test(a, b, "a_greater")
+    assert test.p_claimed == pytest.approx(11 / 1024)  # P(X >= 9), X ~ Binomial(10, 1/2); 5 ties dropped
+    assert test.label == "supported" and sign_test(a, b, "a_less").label == "contradicted"
+    # on 0/1 results the sign test is the exact McNemar test
+    x, y = a.astype(bool), b.astype(bool)
+    assert test.p_claimed == pytest.approx(mcnemar_exact(x, y).p_a_better)
+    # Wilcoxon signed-rank, exact null distribution for n = 5 without ties: all positive -> p = 1/32
+    assert wilcoxon_test(np.arange(1.0, 6.0), 0.0, "a_greater").p_claimed == pytest.approx(1 / 32)
+    assert wilcoxon_test(np.arange(1.0, 6.0), 0.0, "a_greater").label == "supported"
+    assert wilcoxon_test([1.0, 1.0], [1.0, 1.0]).label == "within noise"  # no differences at all
+    # 0 of 10 against a threshold of one half: P(X <= 0) = 1/1024
+    below = binomial_vs_threshold(0, 10, 0.5, "below")
+    assert below.p_claimed == pytest.approx(1 / 1024) and below.label == "supported"
+    assert binomial_vs_threshold(10, 10, 0.5, "below").label == "contradicted"
+
+
+def test_every_mcnemar_verdict_states_its_rule():
+    a, b = np.array([True] * 30 + [False] * 10), np.array([False] * 30 + [False] * 10)
+    verdict = decide(a, b, "a_better")
+    assert "exact McNemar" in verdict.rule and "one-sided (A more accurate than B)" in verdict.rule
+    assert "interval" in decide(a, b, "about_equal").rule

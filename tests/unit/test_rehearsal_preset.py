@@ -70,6 +70,8 @@ def differences(rehearsal, paper, path=()):
 
 def test_rehearsal_differs_from_the_paper_preset_only_in_counts():
     rehearsal, paper = _load("cifar10_rehearsal.yaml"), _load("cifar10_paper.yaml")
+    # each preset's results go to a folder of its own (its `run` name); everything else must agree
+    assert (rehearsal.pop("run"), paper.pop("run")) == ("cifar10_rehearsal", "cifar10_paper")
     assert differences(rehearsal, paper) == []
     # and it does cut: full width on CIFAR-10, few images, one epoch, few PSN nodes
     assert rehearsal["dataset"]["max_images"]["train"] <= 500 and rehearsal["dataset"]["max_images"]["test"] <= 100

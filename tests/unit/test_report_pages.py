@@ -4,9 +4,10 @@ import pandas as pd
 import pytest
 from docutils.core import publish_parts
 
-from advneurons.report.findings import Claim, Section, write_sections_json
+from advneurons.report.findings import MASKING, VERDICTS, Claim, Section, write_sections_json
 from advneurons.report.markdown import html_page, markdown_table, write_markdown
-from advneurons.report.landing_page import landing_page, rst_text, verdict_counts, report_landing_page
+from advneurons.report.landing_page import (EXTENSIONS, landing_page, rst_text, verdict_counts,
+                                           report_landing_page)
 
 
 def test_markdown_table_becomes_an_html_table_with_its_title_and_notes(tmp_path):
@@ -36,6 +37,10 @@ def _findings(tmp_path):
                               Claim("SNS-rand is worse than PAT", None, "p = 0.4", outcome="within noise")]),
         Section("PSN (ECCV)", [Claim("top_1 units *matter*", False, "gap 0.2 < 0.5")]),
         Section("SNS (TIP) — resnet18", [Claim("SNS-sen beats PAT", False, "McNemar p = 0.001")]),
+        Section("Defenses — vgg16", [Claim("MeanSparse raises the robustness of pat", None, "white-box only",
+                                           outcome=MASKING, rule="the defense rule"),
+                                     Claim("IG-Defense raises the robustness of pat", True, "all three gains",
+                                           rule="the defense rule", extension=True)]),
     ]
     path = tmp_path / "findings.json"
     write_sections_json(sections, path)
@@ -44,10 +49,16 @@ def _findings(tmp_path):
 
 def test_verdict_counts_per_section_and_in_total(tmp_path):
     counts = verdict_counts(_findings(tmp_path)).set_index("section")
+    assert list(counts.columns) == list(VERDICTS)
     # sections per architecture share their topic's row
-    assert counts.loc["SNS (TIP)"].tolist() == [1, 1, 1, 0] and len(counts) == 3
-    assert counts.loc["PSN (ECCV)", "contradicted"] == 1
-    assert counts.loc["all claims"].tolist() == [1, 2, 1, 0]
+    assert counts.loc["SNS (TIP)"].to_dict() == {**dict.fromkeys(VERDICTS, 0), "supported": 1, "contradicted": 1,
+                                                 "within noise": 1}
+    assert counts.loc["PSN (ECCV)", "contradicted"] == 1 and len(counts) == 5
+    # the masking verdict is counted under its own name, never as supported; the extension is counted apart
+    assert counts.loc["Defenses", MASKING] == 1 and counts.loc["Defenses", "supported"] == 0
+    assert counts.loc["all claims"].to_dict() == {**dict.fromkeys(VERDICTS, 0), "supported": 1, "contradicted": 2,
+                                                  "within noise": 1, MASKING: 1}
+    assert counts.loc[EXTENSIONS].to_dict() == {**dict.fromkeys(VERDICTS, 0), "supported": 1}
 
 
 def _render(rst: str, link_targets: list[str]) -> dict:
@@ -68,7 +79,8 @@ def test_landing_page_renders_without_errors_and_shows_the_headline_numbers(tmp_
     html = _render(rst, links)["html_body"]  # halt_level 2: any warning raises
     assert "system-message" not in html
     assert "<table" in html and "68.33" in html and "58.33" in html and "vgg16-pat" in html
-    assert "4 claims" in html and "1 within noise" in html and "Verdicts by section" in html
+    assert "5 claims" in html and "1 within noise" in html and "Verdicts by section" in html
+    assert f"1 {MASKING}" in html and "counted apart: 1: 1 supported" in html
     assert "showResultInfo('robustness.html')" in html
 
 

@@ -308,7 +308,10 @@ def test_tables_mark_cells_whose_attack_warned(tmp_path):
     robustness_table([tmp_path / "r.csv"], "table_iii", "digits", out["t.csv"], out["t.md"], out["s.csv"], out["s.md"],
                       columns={"L-inf PGD": "pgd"})
     text = out["t.md"].read_text()
-    assert "| 75.00 ± 17.8 † |" in text and "| 75.00 ± 17.8 |" in text  # the warned AutoAttack cell marked, PGD not
+    # accuracy [Wilson 95% bounds] (15 of 20: 53.1..88.8, not symmetric); the warned AutoAttack cell marked, PGD not
+    assert "| 75.00 [53.1, 88.8] † |" in text and "| 75.00 [53.1, 88.8] |" in text and "±" not in text
+    header = next(line for line in text.splitlines() if line.startswith("| model"))
+    assert "Clean (n=20)" in header and "L-inf PGD (n=20)" in header and "AutoAttack (n=20)" in header
     assert pd.read_csv(out["t.csv"])["AutoAttack"].item() == 75.0  # the CSV stays numeric
     assert "Square Attack has decreased" in pd.read_csv(out["s.csv"]).set_index("column").loc["AutoAttack", "warnings"]
     from advneurons.evaluation.robustness import accuracy_table, mark_warned_cells, read_records
@@ -361,11 +364,26 @@ def test_tables_carry_intervals_lineage_and_a_worst_case_that_brute_force_confir
     worst = settings[settings.column == robustness.WORST_CASE].iloc[0]
     assert 0 < robust < 40  # not a degenerate case
     assert worst.n_images == 40 and row[robustness.WORST_CASE] == pytest.approx(round(100 * robust / 40, 2))
+    labels = dict(zip(settings.attack, settings.column))
     for a in jobs:
         on_shared = per_image[(per_image.attack == a) & per_image["index"].isin(shared)]
         assert row[robustness.WORST_CASE] <= 100 * on_shared.correct.mean() + 1e-9
+        # ... and the settings row gives each attack's accuracy on exactly those images
+        assert f"{labels[a]} {100 * on_shared.correct.mean():.2f}" in worst.on_same_images
+    on_shared = per_image[(per_image.attack == "clean") & per_image["index"].isin(shared)]
+    assert worst.clean_on_images_pct == pytest.approx(100 * on_shared.correct.mean(), abs=0.005)
+    assert not worst.partial_suite and "pgd_l2" in worst.attack and "L2 PGD, L-inf PGD, FGSM" in worst.description
+    # every attack cell: the clean accuracy on exactly its images (FGSM's 60, L2 PGD's 40)
+    for cell in settings[~settings.column.isin(["Clean", robustness.WORST_CASE])].itertuples():
+        subset = per_image[(per_image.attack == cell.attack)]
+        assert cell.clean_on_images_pct == pytest.approx(100 * subset.clean_correct.mean(), abs=0.005)
     text = out["t.md"].read_text()
-    assert "Wilson 95%" in text and " ± " in text and robustness.WORST_CASE in text
+    header = next(line for line in text.splitlines() if line.startswith("| model"))
+    for label, n in (("Clean", 120), ("L2 PGD", 40), ("L-inf PGD", 120), ("FGSM", 60), (robustness.WORST_CASE, 40)):
+        assert f"{label} (n={n})" in header
+    for cell in settings.itertuples():  # "accuracy [low, high]", the exact bounds, not a half-width
+        assert f"| {cell.accuracy_pct:.2f} [{cell.ci_low_pct:.1f}, {cell.ci_high_pct:.1f}]" in text
+    assert "Wilson 95%" in text and "±" not in text
 
     # the long table: every record once (clean once per subset size), same accuracies, intervals and lineage
     from advneurons.evaluation.long_table import LONG_COLUMNS, results_long
@@ -373,6 +391,13 @@ def test_tables_carry_intervals_lineage_and_a_worst_case_that_brute_force_confir
     long = results_long(paths, {"m": {"arch": "vgg16", "training": "vanilla", "method": "vanilla"}}, tmp_path / "l.csv")
     assert list(pd.read_csv(tmp_path / "l.csv").columns) == list(LONG_COLUMNS)
     assert sorted(long.loc[long.attack == "clean", "n_images"]) == [40, 60, 120]
+    # the clean rows say whose images they count: the whole split (PGD's) or a seeded subset (FGSM's, L2 PGD's)
+    clean_rows = long[long.attack == "clean"].set_index("n_images")
+    assert clean_rows.subset.to_dict() == {120: "all", 60: "seeded 60", 40: "seeded 40"}
+    assert clean_rows.subset_attacks.to_dict() == {120: "pgd", 60: "fgsm", 40: "pgd_l2"}
+    for rec in long.itertuples():  # every row: the clean accuracy on its own images
+        assert rec.clean_on_images_pct == clean_rows.loc[rec.n_images, "accuracy_pct"]
+        assert rec.subset == clean_rows.loc[rec.n_images, "subset"]
     for cell in settings[settings.column.isin(["L-inf PGD", "FGSM", "L2 PGD"])].itertuples():
         row_long = long[long.attack == cell.attack].iloc[0]
         assert (row_long.accuracy_pct, row_long.ci_low_pct, row_long.ci_high_pct, row_long.n_images) == (
@@ -388,3 +413,97 @@ def test_tables_carry_intervals_lineage_and_a_worst_case_that_brute_force_confir
 def test_wilson_cell_interval_against_a_known_answer():
     # 81 of 263 correct: 25.53% .. 36.62% (hand-computed; test_paired_stats has the derivation)
     assert robustness.interval_pct(81 / 263, 263) == (25.53, 36.62)
+
+
+def _synthetic_run(rng, total=60, subsets=None, models=("a", "b", "c"), partial=("c",)):
+    """Records and per-image records of several models under nested seeded subsets (as the workflow runs slow
+    attacks), random outcomes; the `partial` models skip the attacks on subsets (declared not run)."""
+    subsets = subsets or {"pgd": None, "cw": 40, "autoattack": 24, "spsa": 16}
+    cfgs = {"pgd": {"type": "pgd", "eps": 8}, "cw": {"type": "cw_l2", "eps": 320}, "spsa": {"type": "spsa", "eps": 8},
+            "autoattack": {"type": "autoattack", "eps": 8}}
+    order = rng.permutation(total)  # one seeded permutation: every subset is a prefix of it
+    rows, frames, not_run = [], [], set()
+    labels = {"pgd": "L-inf PGD", "cw": "C&W", "autoattack": "AutoAttack", "spsa": "SPSA"}
+    for model in models:
+        clean = torch.from_numpy(rng.random(total) < rng.uniform(0.5, 0.95))
+        rows.append(accuracy_record(model, "clean", None, total, float(clean.float().mean()), clean))
+        for attack, n in subsets.items():
+            if model in partial and n is not None:
+                not_run.add((model, labels[attack]))
+                continue
+            index = np.arange(total) if n is None else np.sort(order[:n])
+            # robust mostly where correct clean; now and then an image wrong clean is right under attack
+            strength = rng.uniform(0.1, 0.9)
+            correct = torch.from_numpy(np.where(clean.numpy()[index], rng.random(len(index)) < strength,
+                                                rng.random(len(index)) < 0.1))
+            rows.append(accuracy_record(model, attack, cfgs[attack], len(index), float(correct.float().mean()), correct))
+            zeros = torch.zeros(len(index))
+            frames.append(robustness.image_frame(model, attack, index, clean[index], robustness.ImageResults(
+                correct, zeros, zeros, torch.full((len(index),), -1, dtype=torch.int64))))
+    columns = [("Clean", "clean")] + [(labels[a], a) for a in subsets]
+    return records_frame(rows), pd.concat(frames, ignore_index=True), columns, not_run
+
+
+def test_worst_case_never_exceeds_an_attack_on_the_same_images_and_partial_rows_are_marked():
+    """Property over random per-image records with nested subsets: the worst case of every full-suite row is taken
+    on the images every attack evaluated for every such row, equals a brute-force count there, and never exceeds
+    the clean accuracy or any attack's accuracy on those images, though it may exceed an attack's own cell measured
+    on more images (the default run's worst case above AutoAttack: 16 images against 24). A row evaluated under
+    only part of the attacks is left out of the table's column, marked in Markdown and states what it covers."""
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        records, images, columns, not_run = _synthetic_run(rng)
+        table, settings = robustness.accuracy_table(records, columns, not_run, images=images)
+        worst = settings[settings.column == robustness.WORST_CASE].set_index("model")
+        shared = set(images.loc[(images.model == "a") & (images.attack == "spsa"), "index"])
+        for model in ("a", "b"):
+            per = images[(images.model == model) & images["index"].isin(shared)]
+            wide = per.pivot(index="index", columns="attack", values="correct")
+            clean = per.groupby("index").clean_correct.first()
+            robust = int(((wide == 1).all(axis=1) & (clean == 1)).sum())
+            value = table.set_index("model").loc[model, robustness.WORST_CASE]
+            assert worst.loc[model, "n_images"] == len(shared) == 16
+            assert value == pytest.approx(round(100 * robust / 16, 2))
+            assert value <= 100 * clean.mean() + 1e-9
+            for attack in wide.columns:
+                assert value <= 100 * wide[attack].mean() + 1e-9  # on the same images: never above
+            assert not worst.loc[model, "partial_suite"]
+        # the partial-suite row: its own attacks only, not in the table's column, said so
+        assert pd.isna(table.set_index("model").loc["c", robustness.WORST_CASE])
+        assert worst.loc["c", "partial_suite"] and worst.loc["c", "attack"] == "pgd"
+        assert worst.loc["c", "n_images"] == 60 and "not evaluated under C&W, AutoAttack, SPSA" in worst.loc["c", "description"]
+        marked, notes = robustness.markdown_cells(table, settings)
+        # the header's n is the ranked rows'; the partial row's cell says its own
+        cells = marked.set_index("model")[f"{robustness.WORST_CASE} (n=16)"]
+        assert cells["c"].endswith(f"] (n=60) {robustness.PARTIAL_MARK}") and cells["a"].endswith("]")
+        assert f"{robustness.PARTIAL_MARK} c: " in notes and "AutoAttack (n=24)" in marked.columns
+    # the case the issue saw: SPSA fools nothing on its 16 images, AutoAttack fools exactly the 8 images it alone
+    # evaluated, so the worst case (100% on the 16) reads above AutoAttack's cell (66.67% on 24), and on the same
+    # 16 images AutoAttack's accuracy is 100% too, as the settings row says
+    order = np.random.default_rng(1).permutation(40)
+    first16, first24 = np.sort(order[:16]), np.sort(order[:24])
+    ones = torch.ones(40, dtype=torch.bool)
+    aa = torch.from_numpy(np.isin(first24, first16))
+    rows = [accuracy_record("m", "clean", None, 40, 1.0, ones),
+            accuracy_record("m", "spsa", {"type": "spsa", "eps": 8}, 16, 1.0, ones[:16]),
+            accuracy_record("m", "autoattack", {"type": "autoattack", "eps": 8}, 24, 16 / 24, aa)]
+    zeros = torch.zeros(40)
+    images = pd.concat([robustness.image_frame("m", a, ix, ones[: len(ix)], robustness.ImageResults(
+        c, zeros[: len(ix)], zeros[: len(ix)], torch.full((len(ix),), -1))) for a, ix, c in
+        (("spsa", first16, ones[:16]), ("autoattack", first24, aa))], ignore_index=True)
+    table, settings = robustness.accuracy_table(records_frame(rows), [("Clean", "clean"), ("SPSA", "spsa"),
+                                                                     ("AutoAttack", "autoattack")], images=images)
+    assert table.loc[0, robustness.WORST_CASE] == 100.0 > table.loc[0, "AutoAttack"] == 66.67
+    worst = settings[settings.column == robustness.WORST_CASE].iloc[0]
+    assert worst.n_images == 16 and worst.on_same_images == "SPSA 100.00; AutoAttack 100.00"
+    aa_cell = settings[settings.column == "AutoAttack"].iloc[0]
+    assert aa_cell.n_images == 24 and aa_cell.clean_on_images_pct == 100.0
+
+
+def test_markdown_cells_print_exact_bounds_and_n():
+    from advneurons.report.markdown import interval_text
+
+    # 0 of 24: [0.0, 13.8] (Wilson); "0.00 ± 6.9" would claim a negative lower bound
+    low, high = robustness.interval_pct(0.0, 24)
+    assert interval_text(0.0, low, high) == "0.00 [0.0, 13.8]"
+    assert interval_text(54.17, 34.3, 72.1) == "54.17 [34.3, 72.1]"

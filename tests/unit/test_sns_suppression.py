@@ -9,12 +9,14 @@ import torch
 from torch import nn
 from advneurons.sns.common import activation_names
 from advneurons.sns.suppression import (
+    decode_counts,
     evaluate_variant,
     random_selection,
     scaled_channels,
     sensitive_selection,
     suppression_curves,
     suppression_study,
+    suppression_summary,
 )
 from sns_fixtures import gaussian_noise
 from tiny_models import tiny_model
@@ -122,6 +124,16 @@ def test_suppression_curves_on_trained_model(trained_vgg, digits_files):
     # Switching off the top channels of every layer destroys the model (fake "sensitive" = highest indices).
     off = curves[(curves["perturbation"] == "clean") & (curves["beta"] == 0.0) & (curves["selection"] == "sensitive")]
     assert off["accuracy"].iloc[0] < clean
+    # every row keeps its per-image results; its accuracy is their mean (the claims test the images)
+    for row in curves.itertuples():
+        assert len(row.correct_by_image) == 40 and set(row.correct_by_image) <= {"y", "n"}
+        assert row.accuracy == pytest.approx(row.correct_by_image.count("y") / 40)
+    # the summary counts, per image, the repeats that get it right: the random cell's mean over its 2 draws
+    summary = suppression_summary(curves)
+    for row in summary.itertuples():
+        counts = decode_counts(row.correct_count_by_image)
+        assert len(counts) == 40 and counts.max() <= row.n_repeats
+        assert 100 * counts.sum() / (40 * row.n_repeats) == pytest.approx(row.accuracy_pct)
 
 
 def test_suppression_study_step_writes_outputs(trained_vgg_path, trained_vgg, digits_files, tmp_path):

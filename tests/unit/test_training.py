@@ -50,6 +50,8 @@ def test_same_seed_same_weights_and_metadata(splits, tmp_path):
     a = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # and the same bytes: the recorded sha256 identifies the weights (run-specific metadata stays in meta.json)
+    assert checkpoint.file_digest(tmp_path / "a" / "model.pt") == checkpoint.file_digest(tmp_path / "b" / "model.pt")
     assert meta["seed"] == 3 and meta["versions"]["torch"] == torch.__version__
     assert meta["versions"]["cpu"] and meta["versions"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert meta["params"]["training"]["method"] == "vanilla"

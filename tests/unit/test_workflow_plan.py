@@ -11,7 +11,7 @@ import yaml
 
 from advneurons.config import settings
 from advneurons.workflow import targets
-from advneurons.workflow.plan import LANDING_PAGE, WILDCARD_PATTERNS, Plan
+from advneurons.workflow.plan import WILDCARD_PATTERNS, Plan
 from advneurons.workflow.wiring import JobWiring
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,15 +67,20 @@ def test_model_path_and_label_follow_the_registry(quick):
     assert quick.model_label(extra).endswith(quick.layer_range_models[extra]["training_name"])
 
 
+def outputs_of(plan):
+    """rule all's files, those of the run folder (another folder for every config) named relative to it."""
+    return [f.replace(plan.run_dir, "<run>") for f in targets.final_outputs(plan)]
+
+
 def test_targets_follow_the_stage_switches():
-    on = targets.final_outputs(plan_of())
-    assert on[-1] == LANDING_PAGE and len(on) == len(set(on))
-    off = targets.final_outputs(plan_of(mutate=lambda c: c["psn"].update(enabled=False)))
+    on = outputs_of(plan_of())
+    assert on[-1] == "<run>/report_landing.rst" and len(on) == len(set(on))
+    off = outputs_of(plan_of(mutate=lambda c: c["psn"].update(enabled=False)))
     assert set(off) < set(on)
     assert all("/psn/" in f for f in set(on) - set(off))
     no_defenses = plan_of(mutate=lambda c: c["defenses"].update(final_table=False))
     assert targets.defenses(no_defenses) == [] and no_defenses.transfer_rows() == []
-    assert "results/tables/final_robustness.md" in on
+    assert "<run>/tables/final_robustness.md" in on
 
 
 def test_training_inputs_name_base_and_static_models(quick):
@@ -118,7 +123,7 @@ def test_findings_inputs_are_the_files_findings_files_lists(quick):
     labelled = jobs.findings_inputs(None)
     files = jobs.findings_files(None)
     assert set(labelled["importance"]) == {quick.model_label(m) for m in quick.analysed}
-    assert "results/tables/defense_findings.json" in files
+    assert quick.run_file("tables/defense_findings.json") in files
     assert len(files) == sum(len(g) for g in labelled.values())
 
 

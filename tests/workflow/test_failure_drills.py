@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from workflow_helpers import ROOT, SNAKEMAKE, overlay, snakemake
+from workflow_helpers import ROOT, SNAKEMAKE, overlay, run_folder, snakemake
 
 BAD_CONFIGS = {
     "wrong type": ({"seed": "zero"}, "seed"),
@@ -89,7 +89,7 @@ def test_killed_training_job_resumes_to_the_same_weights_and_tables(tmp_path):
     # Same seed, same config: identical result tables.
     for table in ("robustness.csv", "robustness_table_i.csv", "pgd_sweep.csv"):
         pd.testing.assert_frame_equal(
-            pd.read_csv(reference / "results" / "tables" / table), pd.read_csv(tmp_path / "results" / "tables" / table)
+            pd.read_csv(run_folder(reference) / "tables" / table), pd.read_csv(run_folder(tmp_path) / "tables" / table)
         )
     for ref_csv in (reference / "results").rglob("sensitivity_tip_bn.csv"):
         pd.testing.assert_frame_equal(pd.read_csv(ref_csv), pd.read_csv(tmp_path / ref_csv.relative_to(reference)))

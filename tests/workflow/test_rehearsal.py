@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from cifar_archive import write_tiny_cifar
-from workflow_helpers import ROOT, planned_jobs, snakemake
+from workflow_helpers import ROOT, planned_jobs, run_folder, snakemake
 
 REHEARSAL = ROOT / "presets" / "cifar10_rehearsal.yaml"
 PAPER = ROOT / "presets" / "cifar10_paper.yaml"
@@ -69,12 +69,12 @@ def test_rehearsal_ran_every_job_at_full_width(rehearsal_run):
 
 @pytest.mark.slow
 def test_rehearsal_tables_have_every_model_and_attack_of_the_preset(rehearsal_run):
-    final = pd.read_csv(rehearsal_run / "results" / "tables" / "final_robustness.csv")
+    final = pd.read_csv(run_folder(rehearsal_run) / "tables" / "final_robustness.csv")
     preset = yaml.safe_load(REHEARSAL.read_text())
     for column in preset["robustness"]["table_iii"]:
         assert column in final.columns, column
     assert len(final) >= 2 * (2 + len(preset["defenses"]["training"]))
-    table_i = pd.read_csv(rehearsal_run / "results" / "tables" / "robustness_table_i.csv")
+    table_i = pd.read_csv(run_folder(rehearsal_run) / "tables" / "robustness_table_i.csv")
     assert len(table_i) == 4  # VGG16 and ResNet18, vanilla and PAT
 
 

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from workflow_helpers import (copy_of_workflow, dry_run_with_copy, edit_definition, job_counts, overlay,
-                              planned_jobs, rules_with_changed_params, snakemake)
+                              planned_jobs, rules_with_changed_params, run_folder, snakemake)
 
 PER_MODEL = {  # jobs that exist once per model
     "train_model": 1, "attack_pairs": 2, "neuron_sensitivity": 1, "sensitive_channels": 2, "evaluate_attack": 9,
@@ -53,6 +53,11 @@ EXTERNAL = {"import_model": 1, "attack_pairs": 1, "neuron_sensitivity": 1, "sens
             "suppression_study": 1, **PER_PSN_MODEL}
 EXTERNAL_SNS = {"train_model": 1, "evaluate_attack": 7}  # SNS-sen fine-tuned from it, under the table_iii attacks
 RESULTS_LONG = {"results_long": 1}
+# A changed config is another run: its tables, findings, figures and landing page go to its own folder
+# (results/runs/<run>~<config id>), so every job that writes there runs once for it, from the reused intermediates.
+RUN_LEVEL = {"robustness_table": 1, "robustness_table_i": 1, "sweep_figures": 1, "results_long": 1,
+             "final_robustness_table": 1, "sensitivity_by_training": 2, "transfer_table": 1, "defense_findings": 1,
+             "sns_layer_range": 1, "findings": 1, "report_landing_page": 1, "all": 1}
 
 
 def _sum(*dicts):
@@ -209,41 +214,45 @@ def test_nothing_planned_without_a_change(tiny_run):
     assert planned_jobs(tiny_run) == {}
 
 
-def with_findings(expected: dict) -> dict:
-    """Jobs that change the final table or the sensitivity figures also change the defense claims and so
-    findings.md; the report's landing page shows both tables and the findings."""
-    if {"final_robustness_table", "sensitivity_by_training", "transfer_table"} & set(expected):
-        expected = {**expected, "defense_findings": 1, "findings": 1}
-    if {"robustness_table", "final_robustness_table", "findings"} & set(expected):
-        expected = {**expected, "report_landing_page": 1}
-    if "evaluate_attack" in expected:  # results_long gathers every evaluation
-        expected = {**expected, **RESULTS_LONG}
-    return expected
+def with_run_level(expected: dict) -> dict:
+    """A changed config writes its run-level outputs (tables, findings, figures, landing page) to a folder of its
+    own: every run-level job runs once for it, besides the jobs downstream of the change."""
+    return {**expected, **RUN_LEVEL}
 
 
 @pytest.mark.parametrize("name", list(CHANGES))
 def test_one_change_plans_exactly_its_downstream_jobs(tiny_run, tmp_path, name):
     change, expected = CHANGES[name]
-    assert planned_jobs(tiny_run, *overlay(tiny_run, _override(tmp_path, change))) == with_findings(expected)
+    assert planned_jobs(tiny_run, *overlay(tiny_run, _override(tmp_path, change))) == with_run_level(expected)
 
 
 def test_undoing_a_change_reuses_earlier_results(tiny_run, tmp_path):
+    """Two configs run one after the other in one working directory: each keeps its own tables, findings and
+    figures (results/runs/<run>~<config id>), and going back to the first re-runs nothing."""
     # Work on a copy: the shared tiny run must stay exactly the result of the tiny config for the other tests.
     # copytree keeps modification times, so Snakemake sees the copy as up to date.
     workdir = tmp_path / "run"
     shutil.copytree(tiny_run, workdir, symlinks=True)
     assert planned_jobs(workdir) == {}
+    first = run_folder(workdir)
+    first_files = {p.relative_to(first): p.read_bytes() for p in first.rglob("*") if p.is_file()}
     # two settings that name their outputs' paths (top-k files, the suppression id); cheap to run for real
     override = _override(tmp_path, {"sensitivity": {"top_percent": [10, 25]},
                                     "sns": {"suppression": {"betas": [1.0, 0.7]}}})
     proc = snakemake(workdir, "all", *overlay(workdir, override))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert planned_jobs(workdir, *overlay(workdir, override)) == {}
-    # Back to the original config: both the old and the new results are on disk. Only the summaries kept
-    # at fixed paths (results/tables, results/findings.md) are rebuilt, from the reused results.
-    assert set(planned_jobs(workdir)) <= {"robustness_table", "robustness_table_i", "final_robustness_table", "results_long",
-                                          "sensitivity_by_training", "transfer_table", "defense_findings", "findings",
-                                          "report_landing_page", "all"}
+    # The second config's run-level outputs went to a folder of its own, named after its file; the first
+    # config's are untouched, byte for byte.
+    folders = sorted(p.name for p in (workdir / "results" / "runs").iterdir())
+    assert len(folders) == 2 and any(name.startswith("override~") for name in folders), folders
+    second = next(p for p in (workdir / "results" / "runs").iterdir() if p.name.startswith("override~"))
+    for folder in (first, second):
+        assert (folder / "tables" / "robustness.csv").exists() and (folder / "findings.md").exists()
+    assert {p.relative_to(first): p.read_bytes() for p in first.rglob("*") if p.is_file()} == first_files
+    # Back to the original config: both the old and the new results are on disk, its own run folder included:
+    # nothing to do.
+    assert planned_jobs(workdir) == {}
 
 
 # A definition edited in a copy of the package -> the rules whose jobs Snakemake re-runs because their params (the

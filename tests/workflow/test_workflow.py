@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from advneurons.evaluation.pairs import open_pairs
-from workflow_helpers import snakemake
+from workflow_helpers import run_folder, snakemake
 
 
 def test_every_stage_produced_its_outputs(tiny_run):
@@ -58,7 +58,7 @@ def test_sensitivity_outputs_cover_every_layer(tiny_run):
 
 
 def test_robustness_tables_have_the_papers_columns_and_trace_every_cell(tiny_run):
-    tables = tiny_run / "results" / "tables"
+    tables = run_folder(tiny_run) / "tables"
     table = pd.read_csv(tables / "robustness.csv")
     assert sorted(table.model) == ["resnet18-pat", "resnet18-vanilla", "small-external", "vgg16-pat", "vgg16-vanilla"]
     assert list(table.columns) == ["model", "Clean", "C&W", "L2 PGD", "L-inf PGD", "FGSM", "SPSA", "Step-LL", "MI-FGSM",
@@ -82,12 +82,12 @@ def test_robustness_tables_have_the_papers_columns_and_trace_every_cell(tiny_run
 
 
 def test_pgd_sweeps_cover_steps_and_eps(tiny_run):
-    sweep = pd.read_csv(tiny_run / "results" / "tables" / "pgd_sweep.csv")
+    sweep = pd.read_csv(run_folder(tiny_run) / "tables" / "pgd_sweep.csv")
     assert set(sweep.model) == {"resnet18-pat", "resnet18-vanilla", "vgg16-pat", "vgg16-vanilla", "small-external"}
     assert sorted(sweep[sweep.sweep == "steps"].steps.unique()) == [1, 2]
     assert sorted(sweep[sweep.sweep == "eps"].eps_255.unique()) == [16, 32]
     for name in ("pgd_sweep_steps.png", "pgd_sweep_eps.png"):
-        assert (tiny_run / "results" / "figures" / name).read_bytes()[:4] == b"\x89PNG"
+        assert (run_folder(tiny_run) / "figures" / name).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_sns_analyses_and_findings(tiny_run):
@@ -107,7 +107,7 @@ def test_sns_analyses_and_findings(tiny_run):
     for arch in ("vgg16", "resnet18"):
         assert len(list((sns / arch).glob("pgd~*-tip_bn/ratios~*_table_ii.csv"))) == 1
         assert len(list((sns / arch).glob("pgd~*/sensitivity_curves_tip_bn.png"))) == 1
-    findings = (tiny_run / "results" / "findings.md").read_text()
+    findings = (run_folder(tiny_run) / "findings.md").read_text()
     assert "Claims supported by this run" in findings and "vgg16" in findings and "resnet18" in findings
     assert "small-external" in findings  # its per-model SNS sections
 
@@ -159,7 +159,7 @@ def test_defenses_trained_and_compared_with_every_model(tiny_run):
     assert meta["base"]["path"].endswith(f"{base_dir.name}/model.pt") and meta["sns_lambda"] == 5.0
     assert set(meta["stabilised_channels"]) == {f"conv{i}" for i in range(8, 14)}
     assert "train_sns_loss" in pd.read_csv(sns_dir / "metrics.csv").columns
-    tables = tiny_run / "results" / "tables"
+    tables = run_folder(tiny_run) / "tables"
     final = pd.read_csv(tables / "final_robustness.csv")
     assert list(final.columns[:4]) == ["arch", "model", "training", "method"]
     assert list(final.columns[4:]) == ["Clean", "C&W", "L2 PGD", "L-inf PGD", "FGSM", "SPSA", "Step-LL", "MI-FGSM",
@@ -173,7 +173,13 @@ def test_defenses_trained_and_compared_with_every_model(tiny_run):
     ig_cells = settings[settings.model.isin(ig.model) & (settings.column != "Clean")]
     ig_cells = ig_cells[ig_cells.column != "Worst case"]
     assert len(ig_cells) == 6 and ig_cells.description.str.contains("EOT over 2 noise draws").all()
-    assert "—" in (tables / "final_robustness.md").read_text() and "adaptively" in (tables / "final_robustness.md").read_text()
+    final_md = (tables / "final_robustness.md").read_text()
+    assert "—" in final_md and "adaptively" in final_md
+    # exact intervals and n in every header; the partial-suite rows' worst case is marked and not ranked
+    assert "±" not in final_md and "‡" in final_md and "L-inf PGD (n=" in final_md and "Worst case (n=" in final_md
+    assert final.loc[final.method == "ig_defense", "Worst case"].isna().all()
+    worst = settings[settings.column == "Worst case"]
+    assert worst[worst.model.isin(ig.model)].partial_suite.all() and worst[~worst.partial_suite].n_images.nunique() == 1
     for d in (data_dir / "ig_defense").iterdir():  # LO-IR ranking, mask, analysis of the four channel groups
         ranking = pd.read_csv(d / "lo_ir_ranking.csv")
         channels = ranking.channel.nunique()
@@ -190,7 +196,10 @@ def test_defenses_trained_and_compared_with_every_model(tiny_run):
     for model, checked in transfer.iterrows():
         assert 100 * checked.defended_whitebox == pytest.approx(cells[model], abs=0.01)  # the table's cell
         assert checked.upper_bound == min(checked.defended_whitebox, checked.defended_transfer)
-    assert "survives the adversarial examples transferred" in (tiny_run / "results" / "findings.md").read_text()
+    findings = (run_folder(tiny_run) / "findings.md").read_text()
+    assert "survives the adversarial examples transferred" in findings
+    # every verdict with the rule that decided it; the defense rule, stated once, names the masking case
+    assert "  - rule: " in findings and "gradient masking likely" in findings
     (eat_dir,) = list((data_dir / "models").glob("vgg16-eat~*"))  # static sources: both vanilla models
     eat_meta = json.loads((eat_dir / "metadata.json").read_text())
     assert sorted(m["arch"] for m in eat_meta["static_models"]) == ["resnet18", "vgg16"]
@@ -204,7 +213,7 @@ def test_defenses_trained_and_compared_with_every_model(tiny_run):
         assert row.Clean == robustness.loc[row.model, "Clean"]
     assert (tables / "final_robustness.tex").read_text().count(r"\\") >= 17
     for arch in ("vgg16", "resnet18"):
-        fig = pd.read_csv(tiny_run / "results" / "figures" / f"sensitivity_by_training_{arch}.csv")
+        fig = pd.read_csv(run_folder(tiny_run) / "figures" / f"sensitivity_by_training_{arch}.csv")
         assert set(fig.training) == {"vanilla", "pat", "alp", "nat", "eat", "sns_sen"}
 
 
@@ -249,7 +258,7 @@ def test_html_report_holds_every_table_with_its_caption(tiny_run):
 
 
 def test_layer_range_sweep_and_paired_claims(tiny_run):
-    tables = tiny_run / "results" / "tables"
+    tables = run_folder(tiny_run) / "tables"
     sweep = pd.read_csv(tables / "sns_layer_range.csv")
     assert set(zip(sweep.arch, sweep.first_layer)) == {("vgg16", "conv8"), ("vgg16", "conv13"),
                                                       ("resnet18", "l3b2c1"), ("resnet18", "l4b2c1")}
@@ -258,7 +267,7 @@ def test_layer_range_sweep_and_paired_claims(tiny_run):
     final = pd.read_csv(tables / "final_robustness.csv").set_index("model")
     own = sweep[(sweep.first_layer == "conv8") & (sweep.column == "L-inf PGD")].iloc[0]
     assert own.model == "vgg16-sns_sen" and own.accuracy_pct == pytest.approx(final.loc["vgg16-sns_sen", "L-inf PGD"], abs=0.01)
-    assert (tiny_run / "results" / "figures" / "sns_layer_range.png").stat().st_size > 0
+    assert (run_folder(tiny_run) / "figures" / "sns_layer_range.png").stat().st_size > 0
     # every evaluation stores its per-image results; the defense claims are decided on them
     data_dir = next((tiny_run / "results").glob("digits~*"))
     for records_csv in (data_dir / "robustness").rglob("*.csv"):
@@ -266,7 +275,7 @@ def test_layer_range_sweep_and_paired_claims(tiny_run):
         for row in records.itertuples():
             assert len(row.correct_by_image) == row.n_images
             assert row.correct_by_image.count("y") == pytest.approx(row.accuracy * row.n_images)
-    findings = (tiny_run / "results" / "findings.md").read_text()
+    findings = (run_folder(tiny_run) / "findings.md").read_text()
     assert "SNS-sen beats PAT" in findings and "exact McNemar" in findings
     assert "**yes**" not in findings and "**no**" not in findings
 
@@ -322,7 +331,7 @@ def test_external_model_through_every_stage_that_applies(tiny_run):
     (model_dir,) = list((data_dir / "models").glob("small-external~*"))
     meta = json.loads((model_dir / "metadata.json").read_text())
     assert meta["shared_relus"] == ["shared"] and meta["params"]["weights"] == "external/small.pt"
-    tables = tiny_run / "results" / "tables"
+    tables = run_folder(tiny_run) / "tables"
     table = pd.read_csv(tables / "robustness.csv").set_index("model")
     assert table.loc["small-external", "Clean"] > 50  # its own training reached ~70-80% on the test split
     # the worst case is taken on the images every attack saw: SPSA's 8 (the smallest seeded subset)
@@ -362,6 +371,9 @@ def test_external_model_through_every_stage_that_applies(tiny_run):
     assert set(own.defense) == {"external"} and len(own[own.attack != "clean"]) == 9
     assert ((own.ci_low_pct <= own.accuracy_pct) & (own.accuracy_pct <= own.ci_high_pct)).all()
     assert set(long.model) >= set(final.index[final.training.notna()])
+    # one clean row per subset of images, each saying whose images it counts
+    clean = own[own.attack == "clean"]
+    assert clean.subset.is_unique and "all" in set(clean.subset)
     # PSN (relu_inputs: the probe's ReLU inputs, functional and shared ReLUs included) and its analyses
     (psn_dir,) = list((data_dir / "psn" / model_dir.name).glob("psn~*"))
     scores = pd.read_csv(psn_dir / "scores.csv.gz")

@@ -13,14 +13,15 @@ import pandas as pd
 
 from advneurons.report.figures import LAYER_LABEL, figure_width, layer_ticks, plotting, save_figure
 from advneurons.report.markdown import markdown_table, write_markdown
-from advneurons.evaluation.robustness import (INTERVAL_NOTE, WORST_CASE, accuracy_table, attack_report,
-                                              mark_warned_cells, read_lineage, read_record_images, read_records,
-                                              table_iii_columns, with_intervals)
+from advneurons.evaluation.robustness import (CELL_NOTE, WORST_CASE, WORST_CASE_NOTE, accuracy_table,
+                                              attack_report, markdown_cells, read_lineage, read_record_images,
+                                              read_records, table_iii_columns)
 from advneurons.models.layer_names import SNS_LAYERS
 from advneurons.runtime import atomic_path
-from advneurons.evaluation.paired_stats import decide, decide_pooled
+from advneurons.evaluation.paired_stats import (UnitTest, decide, decide_units, mcnemar_rule, mcnemar_unit,
+                                                sign_test, wilcoxon_test)
 from advneurons.evaluation.robustness import CLEAN, decode_correct
-from advneurons.report.findings import Claim, Section, write_sections_json
+from advneurons.report.findings import MASKING, Claim, Section, write_sections_json
 
 
 def _group_rows(table: pd.DataFrame, groups: dict[str, str], labels: list[str]) -> pd.DataFrame:
@@ -72,8 +73,9 @@ def final_robustness_table(record_csvs: list[Path], columns: dict[str, str], dat
     notes = (f"Accuracy (%) on the {dataset} test split; images per cell: {', '.join(map(str, n))} "
              f"(slow attacks on seeded subsets); eps in 1/255 units. Settings and lineage of every cell: "
              f"{Path(settings_csv).name}.")
+    notes += " " + CELL_NOTE + " Group mean and std rows have no interval."
     if WORST_CASE in labels:
-        notes += " " + INTERVAL_NOTE + " Group mean and std rows have no interval."
+        notes += " " + WORST_CASE_NOTE
     adaptive = sorted(set(settings.loc[settings.description.str.contains("EOT", na=False), "model"]))
     if adaptive:
         notes += (f" Randomised defenses ({', '.join(adaptive)}) are attacked adaptively: the attacks see their "
@@ -82,13 +84,14 @@ def final_robustness_table(record_csvs: list[Path], columns: dict[str, str], dat
         notes += " —: not evaluated under that attack (configuration)."
     with atomic_path(out_csv) as tmp:
         final.to_csv(tmp, index=False)
-    marked, warned = mark_warned_cells(with_intervals(final, settings), settings)
+    # intervals, n in the headers, partial-suite and warned cells marked (robustness.markdown_cells)
+    marked, marks = markdown_cells(final, settings)
     body = "\n\n".join(
         f"## {arch}\n\n" + markdown_table(block.drop(columns="arch"), ".2f", missing="—")
         for arch, block in marked.groupby("arch", sort=False)
     )
     write_markdown(out_md, f"# Final robustness: models and defenses x attack suite\n\n{notes}\n\n{body}\n"
-                   + (f"\n{warned}\n" if warned else ""))
+                   + (f"\n{marks}\n" if marks else ""))
     with atomic_path(out_tex) as tmp:
         tmp.write_text(_latex(final, labels, notes))
     with atomic_path(settings_csv) as tmp:
@@ -114,17 +117,19 @@ def _latex(final: pd.DataFrame, labels: list[str], notes: str) -> str:
 
 
 def sensitivity_by_training(sensitivity_csvs: dict[str, Path], arch: str, out_csv: Path, out_png: Path) -> pd.DataFrame:
-    """Workflow step (TIP Fig 17): mean neuron sensitivity of each conv layer for every model of one
-    architecture (training label -> its sensitivity CSV), as a table and a line figure."""
+    """Workflow step (TIP Fig 17): neuron sensitivity of each conv channel for every model of one architecture
+    (training label -> its sensitivity CSV), as a table (one row per training, layer and channel: the findings
+    test the fine-tuned layers over their channels) and a line figure of the per-layer means."""
     frames = []
     for training, path in sensitivity_csvs.items():
         table = pd.read_csv(path)
-        missing = {"layer", "depth", "sensitivity"} - set(table.columns)
+        missing = {"layer", "depth", "channel", "sensitivity"} - set(table.columns)
         if missing:
             raise ValueError(f"{path} is not a sensitivity table: missing {sorted(missing)}")
-        per_layer = table.groupby(["depth", "layer"], sort=True)["sensitivity"].mean().reset_index()
-        per_layer.insert(0, "training", training)
-        frames.append(per_layer)
+        per_channel = table[["depth", "layer", "channel", "sensitivity"]].sort_values(["depth", "channel"],
+                                                                                     kind="stable")
+        per_channel.insert(0, "training", training)
+        frames.append(per_channel)
     summary = pd.concat(frames, ignore_index=True)
     with atomic_path(out_csv) as tmp:
         summary.to_csv(tmp, index=False)
@@ -137,7 +142,9 @@ def sensitivity_by_training_figure(summary: pd.DataFrame, arch: str):
     already means over image pairs (the tables keep no per-pair values), so there is no band."""
     plt, sns = plotting()
     fig, ax = plt.subplots(figsize=(figure_width(summary.layer.nunique()), 4.2))
-    sns.lineplot(data=summary, x="depth", y="sensitivity", hue="training", marker="o", errorbar=None, ax=ax)
+    # one point per training and layer: the mean over the layer's channels (rows may be per channel)
+    means = summary.groupby(["training", "depth", "layer"], sort=False)["sensitivity"].mean().reset_index()
+    sns.lineplot(data=means, x="depth", y="sensitivity", hue="training", marker="o", errorbar=None, ax=ax)
     layers = summary.drop_duplicates("depth").sort_values("depth")
     layer_ticks(ax, layers.depth, layers.layer, f"conv {LAYER_LABEL}")
     ax.set_ylabel("mean neuron sensitivity (TIP Eq 1, log scale)")
@@ -191,37 +198,72 @@ class PerImage:
         return out
 
 
-def paired_claim(text: str, source: str, claim: str, a_models: list[str], b_model: str, columns: list[str],
-                 per_image: PerImage, final: pd.DataFrame):
-    """One claim comparing model(s) A with model B over every attack column both were evaluated under,
-    decided by an exact McNemar test on the shared test images (advneurons.evaluation.paired_stats).
+def _column_verdicts(claim: str, a_models: list[str], b_model: str, shared: list[str], per_image: PerImage,
+                     alpha: float = 0.05):
+    """The verdict of `claim` (A vs B) over the attack columns in `shared`, each column tested on its own.
 
-    The verdict pools the columns (and, for a group of repeats such as SNS-rand, the repeats) as paired
-    observations; the evidence gives each column's accuracies and verdict. `claim` is a paired_stats claim
-    ("a_better", "b_better", "a_not_worse", "about_equal")."""
+    Directional claims ("a_better", "b_better"): one exact McNemar test per column, combined by Holm over the
+    columns (paired_stats.decide_units). A group of repeats (SNS-rand) is averaged per image first and tested
+    with the exact sign test over the images, so the repeats count as repeats, not as extra images. The other
+    claims ("a_not_worse", "about_equal"): `decide` per column at Bonferroni alpha/n (interval at 1 - alpha/n),
+    then supported if every column is, contradicted if any column is, partly if some are, else within noise."""
+    import numpy as np
+
+    if claim in ("a_better", "b_better"):
+        units = []
+        for column in shared:
+            a = np.mean([per_image.get(m, column) for m in a_models], axis=0)
+            b = per_image.get(b_model, column).astype(float)
+            if len(a_models) == 1:
+                units.append(mcnemar_unit(column, a.astype(bool), b.astype(bool), claim))
+                continue
+            test = sign_test(a, b, "a_greater" if claim == "a_better" else "a_less", alpha,
+                             f"images (A averaged over its {len(a_models)} repeats)")
+            units.append(UnitTest(column, test.p_claimed, test.p_against, test.statistic))
+        verdict = decide_units(units, alpha, "attack columns")
+        test = ("exact McNemar test per column" if len(a_models) == 1 else
+                f"exact sign test per column on the per-image mean of the {len(a_models)} repeats")
+        rule = f"{test}, one-sided in the claimed direction; " + verdict.rule
+        return verdict.label, verdict.statistic, rule
+    n = len(shared)
+    labels, parts = [], []
+    for column in shared:
+        if len(a_models) != 1:
+            raise ValueError(f"claim {claim!r} compares single models, got the group {a_models}")
+        v = decide(per_image.get(a_models[0], column), per_image.get(b_model, column), claim, alpha=alpha / n)
+        labels.append(v.label)
+        parts.append(f"{column}: {v.label} ({v.statistic})")
+    label = ("contradicted" if "contradicted" in labels else "supported" if set(labels) == {"supported"}
+             else "partly" if "supported" in labels else "within noise")
+    rule = (mcnemar_rule(claim, alpha / n, what="A vs B per attack column") + f" (Bonferroni: alpha {alpha:g} / "
+            f"{n} columns); combined: supported if every column is, contradicted if any is, partly if some are "
+            "supported and none contradicted, otherwise within noise")
+    return label, f"{labels.count('supported')} of {n} columns supported: " + "; ".join(parts), rule
+
+
+def paired_claim(text: str, source: str, claim: str, a_models: list[str], b_model: str, columns: list[str],
+                 per_image: PerImage, final: pd.DataFrame, extension: bool = False):
+    """One claim comparing model(s) A with model B over every attack column both were evaluated under, each
+    column tested on the shared test images (advneurons.evaluation.paired_stats) and the columns combined by a
+    stated multiple-testing rule (`_column_verdicts`); no p-value pools the same images over several columns.
+    `claim` is a paired_stats claim ("a_better", "b_better", "a_not_worse", "about_equal")."""
     import numpy as np
 
     shared = per_image.shared_columns([*a_models, b_model], columns)
     if not shared:
-        return Claim(text, None, f"no per-image results shared by {', '.join(a_models)} and {b_model}", source)
+        return Claim(text, None, f"no per-image results shared by {', '.join(a_models)} and {b_model}", source,
+                     rule="needs per-image results of both models on the same images", extension=extension)
     acc = final.set_index("model")
-    parts = []
-    for column in shared:
-        a_vectors = [per_image.get(m, column) for m in a_models]
-        b_vector = per_image.get(b_model, column)
-        verdict = (decide(a_vectors[0], b_vector, claim) if len(a_models) == 1
-                   else decide_pooled(a_vectors, b_vector, claim))
-        a_acc = np.mean([acc.loc[m, column] for m in a_models])
-        parts.append(f"{column} {a_acc:.1f} vs {acc.loc[b_model, column]:.1f} ({verdict.label})")
-    a_all = [np.concatenate([per_image.get(m, c) for c in shared]) for m in a_models]
-    b_all = np.concatenate([per_image.get(b_model, c) for c in shared])
-    verdict = decide(a_all[0], b_all, claim) if len(a_models) == 1 else decide_pooled(a_all, b_all, claim)
+    label, statistic, rule = _column_verdicts(claim, a_models, b_model, shared, per_image)
+    parts = [f"{column} {np.mean([acc.loc[m, column] for m in a_models]):.1f} vs {acc.loc[b_model, column]:.1f}"
+             for column in shared]
     a_name = a_models[0] if len(a_models) == 1 else f"mean of {', '.join(a_models)}"
     clean = ""
     if "Clean" in acc.columns:
         clean = f"; clean {np.mean([acc.loc[m, 'Clean'] for m in a_models]):.1f} vs {acc.loc[b_model, 'Clean']:.1f}"
-    evidence = f"{a_name} vs {b_model} (%): " + "; ".join(parts) + clean + f"; pooled over {len(shared)} column(s)"
-    return Claim.decided(text, verdict, evidence, source)
+    evidence = f"{a_name} vs {b_model} (%): " + "; ".join(parts) + clean + f"; {statistic}"
+    return Claim(text, {"supported": True, "contradicted": False}.get(label), evidence, source, label, rule,
+                 extension)
 
 
 def _variant_models(block: pd.DataFrame, trainings: dict, variant: str) -> list[str]:
@@ -249,44 +291,140 @@ PAPER_DEFENSE_CLAIMS = (
     (("method", "pat"), "a_not_worse", ("method", "alp"), "TIP Table III", "PAT is at least as robust as ALP"),
 )
 
+# The architectures each post-training defense's own paper applies it to; on another architecture its claims are
+# marked as extensions (IG-Defense: ResNet18 / ResNet-50; MeanSparse: adversarially trained models of any kind).
+DEFENSE_PAPER_ARCHS = {"ig_defense": ("resnet18", "resnet50")}
+
+AUTOATTACK = "AutoAttack"
+WHITEBOX = "L-inf PGD"  # the white-box column of the defense rule where no transfer check names one
+
+DEFENSE_RULE = (
+    "one rule for every post-training defense (MeanSparse, IG-Defense, any later one), on three pieces of "
+    "evidence, each an exact McNemar test (one-sided: defended more accurate than its base model, alpha 0.05) "
+    "on the same test images, Holm over the columns where a piece has several: (a) white-box gain: the defended "
+    "model under the attack run on itself vs the base model under the same attack; (b) transfer gain: an image "
+    "counts for the defended model only if both its white-box attack and the base model's transferred example "
+    "fail on it, vs the base model's white-box result; (c) AutoAttack gain. Supported if (a), (b) and (c) are "
+    f"all significant; \"{MASKING}\" if (a) is significant and (b) or (c) is not; within noise or contradicted "
+    "as (a) reads if (a) is not significant; not checked if (a) is significant, nothing present says masking, "
+    "but (b) or (c) is missing in this config (a white-box gain alone never counts as supported), or if the "
+    "attack warned that the white-box evaluation is unreliable"
+)
+
+
+DEFENSE_RULE_SHORT = (
+    "the defense rule (section note): supported only if the gain over the base model is significant under "
+    "white-box attack, under the base model's transferred examples and under AutoAttack (exact McNemar each, "
+    f"one-sided, alpha 0.05); a significant white-box gain without the other two: \"{MASKING}\"; no significant "
+    "white-box gain: within noise or contradicted as that test reads; a missing piece of evidence: not checked"
+)
+
 
 def _members(block: pd.DataFrame, trainings: dict, kind: tuple[str, str]) -> list[str]:
     family, name = kind
     return _variant_models(block, trainings, name) if family == "sns" else _method_models(block, name)
 
 
-def _transfer_claims(transfer: pd.DataFrame, defended: pd.Series, label: str, per_image: PerImage) -> list:
-    """Whether a defended model's gain over its base model survives the base model's transferred examples:
-    per image, the defended model counts as robust only if it resists both its own white-box attack and the
-    base model's examples; that is compared with the base model's white-box results (exact McNemar)."""
+def _gain_units(defended: str, base: str, columns: list[str], per_image: PerImage) -> list[UnitTest]:
+    """White-box gain units: defended vs base per column, exact McNemar, where both have per-image results."""
+    return [mcnemar_unit(c, per_image.get(defended, c), per_image.get(base, c))
+            for c in per_image.shared_columns([defended, base], columns)]
 
-    claims = []
-    for row in transfer[transfer.model == defended["model"]].itertuples():
-        evidence = (f"{row.column}: {row.base} {100 * row.base_whitebox:.2f}%; {row.model} white-box "
-                    f"{100 * row.defended_whitebox:.2f}%, on {row.base}'s adversarial examples "
-                    f"{100 * row.defended_transfer:.2f}% ({row.n_transfer} images); gain {100 * row.whitebox_gain:+.2f} "
-                    f"points white-box, {100 * row.bounded_gain:+.2f} at the lower of the two")
-        text = (f"{label}'s {row.column} gain over {row.base} survives the adversarial examples transferred from "
-                f"{row.base} (an image counts as robust only if both attacks fail on it)")
-        whitebox = per_image.get(row.model, row.column)
-        base = per_image.get(row.base, row.column)
+
+def _transfer_units(transfer: pd.DataFrame | None, defended: str, per_image: PerImage) -> tuple[list, list[str]]:
+    """Transfer gain units (one per transfer row of the defended model) and notes on rows that could not be
+    tested: per image, the defended model counts as robust only if it resists both its own white-box attack and
+    the base model's examples; that is compared with the base model's white-box results (exact McNemar)."""
+    units, notes = [], []
+    if transfer is None:
+        return units, notes
+    for row in transfer[transfer.model == defended].itertuples():
+        notes.append(f"{row.column}: {row.base} {100 * row.base_whitebox:.2f}%; {row.model} white-box "
+                     f"{100 * row.defended_whitebox:.2f}%, on {row.base}'s adversarial examples "
+                     f"{100 * row.defended_transfer:.2f}% ({row.n_transfer} images); gain "
+                     f"{100 * row.whitebox_gain:+.2f} points white-box, {100 * row.bounded_gain:+.2f} at the lower "
+                     "of the two")
+        whitebox, base = per_image.get(row.model, row.column), per_image.get(row.base, row.column)
         transferred = decode_correct(getattr(row, "transfer_correct_by_image", None))
         if whitebox is None or base is None or len(transferred) != len(whitebox) or len(base) != len(whitebox):
-            claims.append(Claim(text, None, evidence + "; per-image results do not line up: not tested",
-                                "transfer check (gradient masking)"))
+            notes[-1] += " (per-image results do not line up: not tested)"
             continue
-        claims.append(Claim.decided(text, decide(whitebox & transferred, base, "a_better"), evidence,
-                                    "transfer check (gradient masking)"))
-    return claims
+        units.append(mcnemar_unit(f"{row.column} transferred", whitebox & transferred, base))
+    return units, notes
+
+
+def defense_robustness_claim(label: str, defended: pd.Series, base: pd.Series, per_image: PerImage,
+                             transfer: pd.DataFrame | None, extension: bool = False, alpha: float = 0.05) -> Claim:
+    """The claim "defense `label` raises the robustness of `base`", decided by DEFENSE_RULE."""
+    model, base_model = defended["model"], base["model"]
+    transfer_units, transfer_notes = _transfer_units(transfer, model, per_image)
+    transfer_columns = [] if transfer is None else list(dict.fromkeys(transfer[transfer.model == model].column))
+    whitebox_units = _gain_units(model, base_model, transfer_columns or [WHITEBOX], per_image)
+    autoattack_units = _gain_units(model, base_model, [AUTOATTACK], per_image)
+    text = (f"{label} raises the robustness of {base['training']} ({model} vs {base_model}): its gain holds under "
+            f"white-box attack, survives the adversarial examples transferred from {base_model}, and holds under "
+            "AutoAttack")
+    pieces = {}
+    for name, units in (("white-box", whitebox_units), ("transfer", transfer_units),
+                        ("AutoAttack", autoattack_units)):
+        pieces[name] = decide_units(units, alpha, "columns") if units else None
+    evidence = "; ".join(f"{name} gain: " + (f"{v.label} ({v.statistic})" if v else "no evidence in this config")
+                         for name, v in pieces.items())
+    if transfer_notes:
+        evidence += "; transfer check: " + " | ".join(transfer_notes)
+    whitebox = pieces["white-box"]
+    others = [v for name, v in pieces.items() if name != "white-box" and v is not None]
+    missing = [name for name, v in pieces.items() if name != "white-box" and v is None]
+    # the attack's own warnings (e.g. AutoAttack's that a weaker attack beat a stronger one) on any cell used
+    warned = [f"{c}: {w}" for c in dict.fromkeys([*(transfer_columns or [WHITEBOX]), AUTOATTACK])
+              for w in per_image.warnings.get((model, c), [])]
+    if whitebox is None:
+        outcome = "not checked"
+        evidence = f"no white-box per-image results shared by {model} and {base_model}; " + evidence
+    elif whitebox.label != "supported":
+        outcome = "contradicted" if whitebox.label == "contradicted" else "within noise"
+    elif any(v.label != "supported" for v in others):
+        outcome = MASKING
+    elif missing:
+        outcome = "not checked"
+        evidence += f"; missing evidence: {' and '.join(missing)} (a white-box gain alone is not counted)"
+    else:
+        outcome = "supported"
+    if warned:
+        evidence += f"; the attack warned: {' | '.join(warned)}"
+        if outcome == "supported":  # the attack itself says a number may be inflated: the gain is not shown
+            outcome = "not checked"
+            evidence += f" (not counted: {model}'s evaluation may be unreliable)"
+    return Claim(text, {"supported": True, "contradicted": False}.get(outcome), evidence, label, outcome,
+                 DEFENSE_RULE_SHORT, extension)
+
+
+def sensitivity_claim(sens: pd.DataFrame, training: str, other: str, layers: list[str],
+                      alpha: float = 0.05) -> Claim:
+    """TIP Fig 17: `training` has lower neuron sensitivity than `other` in the fine-tuned `layers`: Wilcoxon
+    signed-rank test over the channels of those layers, paired by (layer, channel index)."""
+    text = f"{training} has lower neuron sensitivity than {other} in the fine-tuned layers"
+    top = sens[sens.layer.isin(layers)]
+    means = top.groupby("training")["sensitivity"].mean()
+    evidence = f"mean sensitivity over {', '.join(layers)}: {means[training]:.4g} vs {means[other]:.4g}"
+    if "channel" not in top.columns:
+        return Claim(text, None, evidence + "; per-channel values not in the table: no test", "TIP Fig 17",
+                     "not checked", "needs per-channel sensitivities (Wilcoxon signed-rank over channels)")
+    wide = top.pivot_table(index=["layer", "channel"], columns="training", values="sensitivity").dropna(
+        subset=[training, other])
+    verdict = wilcoxon_test(wide[training].to_numpy(), wide[other].to_numpy(), "a_less", alpha,
+                            "channels of the fine-tuned layers, paired by layer and channel index")
+    return Claim.decided(text, verdict, evidence, "TIP Fig 17")
 
 
 def defense_claims(final_csv: Path, sensitivity_csvs: dict[str, Path], record_csvs: list[Path], settings_csv: Path,
                    trainings: dict, sns_layers: dict[str, list[str]] | None = None,
                    transfer_csv: Path | None = None) -> list:
     """Findings sections (advneurons.report.findings) on the defenses: the papers' defense claims with their signs,
-    each decided by a paired test on the shared test images over every attack column of the final table;
-    the post-training defenses against their base models; and the per-layer sensitivity of the fine-tuned
-    layers. `trainings` is the config's training section (to know each SNS variant)."""
+    each decided by paired tests on the shared test images per attack column of the final table (combined by
+    Holm or Bonferroni, `_column_verdicts`); the post-training defenses against their base models (DEFENSE_RULE:
+    white-box, transfer and AutoAttack gains); and the per-layer sensitivity of the fine-tuned layers.
+    `trainings` is the config's training section (to know each SNS variant)."""
 
     final = pd.read_csv(final_csv)
     final = final[final.training.astype(str) != ""].dropna(subset=["training"])  # drop group mean/std rows
@@ -302,7 +440,7 @@ def defense_claims(final_csv: Path, sensitivity_csvs: dict[str, Path], record_cs
             a_models, b_models = _members(block, trainings, a_kind), _members(block, trainings, b_kind)
             if not a_models or not b_models:
                 continue
-            # a group of repeats (SNS-rand) is pooled; other kinds have one model per architecture
+            # a group of repeats (SNS-rand) is averaged per image; other kinds have one model per architecture
             groups = [a_models] if a_kind == ("sns", "rand") else [[m] for m in a_models]
             for a_group in groups:
                 for b_model in b_models:
@@ -311,54 +449,34 @@ def defense_claims(final_csv: Path, sensitivity_csvs: dict[str, Path], record_cs
                     claims.append(paired_claim(f"{wording}: {' + '.join(a_group)} vs {b_model} over the attack suite",
                                                source, relation, a_group, b_model, attack_columns, per_image, final))
         for method, (label, suffix) in DEFENDED_METHODS.items():
+            extension = method in DEFENSE_PAPER_ARCHS and arch not in DEFENSE_PAPER_ARCHS[method]
             for _, defended in block[block.method == method].iterrows():
                 base = _row(final, arch, defended["training"].removesuffix(suffix))
                 if base is None:
                     continue
-                # AutoAttack too where it was run: a gain under PGD alone can be gradient masking.
-                for column in ("L-inf PGD", "AutoAttack"):
-                    if column not in final.columns or pd.isna(defended[column]) or pd.isna(base[column]):
-                        continue
-                    claim = paired_claim(f"{label} raises the {column} accuracy of {base['training']}", label,
-                                         "a_better", [defended["model"]], base["model"], [column], per_image, final)
-                    warned = per_image.warnings.get((defended["model"], column))
-                    if warned and claim.verdict == "supported":
-                        # the attack itself says the number may be inflated: a gain cannot count as shown
-                        claim = Claim(claim.text, None, f"{claim.evidence}; not counted: the attack warned that "
-                                      f"{defended['model']}'s evaluation is unreliable ({' | '.join(warned)})",
-                                      claim.source, "not checked")
-                    elif warned:
-                        claim = Claim(claim.text, claim.supported, f"{claim.evidence}; the attack warned: "
-                                      f"{' | '.join(warned)}", claim.source, claim.outcome)
-                    claims.append(claim)
-                if transfer is not None:
-                    claims += _transfer_claims(transfer, defended, label, per_image)
+                claims.append(defense_robustness_claim(label, defended, base, per_image, transfer, extension))
         sens_path = sensitivity_csvs.get(arch)
         sns_rows = block[block.method == "sns"]
         if sens_path is not None and len(sns_rows):
             sens = pd.read_csv(sens_path)
-            top = sens[sens.layer.isin(layers.get(arch, []))]
-            means = top.groupby("training")["sensitivity"].mean()
+            trained = set(sens[sens.layer.isin(layers.get(arch, []))].training)
             for training in sns_rows.training:
                 for other in ("vanilla", "pat"):
-                    if training in means and other in means:
-                        ok = bool(means[training] < means[other])
-                        claims.append(Claim(
-                            f"{training} has lower neuron sensitivity than {other} in the fine-tuned layers", ok,
-                            f"mean sensitivity over {', '.join(layers.get(arch, []))}: {means[training]:.4g} vs "
-                            f"{means[other]:.4g}", "TIP Fig 17"))
+                    if training in trained and other in trained:
+                        claims.append(sensitivity_claim(sens, training, other, layers.get(arch, [])))
         sections.append(Section(f"Defenses — {arch}", claims, note=(
-            "Accuracy comparisons are decided on the shared test images: exact McNemar test on the images one "
-            "model gets right and the other wrong (alpha 0.05), pooled over the attack columns both models were "
-            "evaluated under (and over the SNS-rand repeats); each column's verdict is in the evidence. "
-            "\"About equal\" needs the 95% interval of the paired difference inside +/-2 points. Pooled p-values "
-            "are approximate: the same images appear in every column.")))
+            "Accuracy comparisons are decided on the shared test images, each attack column on its own (exact "
+            "McNemar test on the images one model gets right and the other wrong, alpha 0.05), the columns "
+            "combined by Holm-Bonferroni (directional claims) or Bonferroni (\"at least as robust\", \"about "
+            "equal\"); no p-value pools the same images over several columns. SNS-rand's repeats are averaged per "
+            "image (exact sign test over the images). \"About equal\" needs the interval of the paired difference "
+            "inside +/-2 points. Post-training defenses: " + DEFENSE_RULE + ".")))
     return sections
 
 
 def defense_findings(final_csv: Path, settings_csv: Path, record_csvs: list[Path], sensitivity_csvs: dict[str, Path],
                      trainings: dict, out_json: Path, transfer_csv: Path | None = None) -> list:
-    """Workflow step: the defense claims as a findings sections file (appended to results/findings.md)."""
+    """Workflow step: the defense claims as a findings sections file (appended to results/runs/<run>/findings.md)."""
 
     sections = defense_claims(final_csv, sensitivity_csvs, record_csvs, settings_csv, trainings,
                               transfer_csv=transfer_csv)

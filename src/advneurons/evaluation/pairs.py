@@ -21,6 +21,7 @@ from tqdm import tqdm
 from advneurons.attacks import AttackSpec, run_attack
 from advneurons.runtime import atomic_path, fast_batch, generator, model_device
 from advneurons.data import load_split
+from advneurons.integrity import write_record
 from advneurons.models.checkpoint import load_model
 from advneurons.models.inference import for_attacks
 from advneurons.runtime import metadata, write_json
@@ -63,6 +64,7 @@ def save_pairs(pairs: PairSet, path: Path) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:  # a file object keeps numpy from appending another .npz
             np.savez(fh, **{name: getattr(pairs, name) for name in FIELDS})
+    write_record(path)  # its sha256, checked before later runs read it (advneurons.integrity)
 
 
 def _memmap_member(path: Path, zf: zipfile.ZipFile, name: str) -> np.ndarray:

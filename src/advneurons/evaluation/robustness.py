@@ -32,6 +32,7 @@ from advneurons.evaluation.accuracy import _correct, _on_model_device, clean_cor
 from advneurons.io import write_csv, write_table
 from advneurons.attacks import AttackSpec, run_attack, AutoAttackLog, adaptive_note, attack_target, eval_mode
 from advneurons.report.figures import plotting, save_figure
+from advneurons.report.markdown import interval_text
 from advneurons.runtime import autocast, check_precision, fast_batch, generator
 from advneurons.data import load_split
 from advneurons.evaluation.paired_stats import wilson_interval
@@ -424,18 +425,66 @@ def read_record_images(record_csvs: list[Path]) -> pd.DataFrame:
 WORST_CASE = "Worst case"
 # The column AutoAttack's authors ask for: an image counts as robust only if the model classifies it correctly
 # and every attack of the table failed on it. Slow attacks run on smaller seeded subsets (nested: every subset is
-# a prefix of one seeded permutation), so the worst case is taken over the images that every attack evaluated.
+# a prefix of one seeded permutation), so the worst case is taken over the images that every attack evaluated:
+# the smallest subset (default run: SPSA's and NAttack's 16). That is why it could read above an attack's own
+# cell measured on more images (AutoAttack on 24: its accuracy on the 8 images the others did not see was lower);
+# on the same images it never can. So every worst-case cell states its n and the attacks it covers, and its
+# settings row gives each covered attack's accuracy on exactly its images (`on_same_images`).
+PARTIAL_MARK = "‡"
+# A row evaluated under only part of the table's attacks (IG-Defense runs ig_defense.attacks): its worst case covers
+# fewer attacks, so it would look more robust than rows that faced the whole suite. It is computed over its own
+# attacks, marked with PARTIAL_MARK in Markdown, kept out of the CSV's worst-case column (NaN there, so that
+# sorting the CSV does not rank it with the others) and stated in full in its settings row.
 
 
-def worst_case(images: pd.DataFrame, model: str, attacks: list[str]) -> tuple[int, int]:
-    """(images every attack evaluated, of those: robust against all of them and correct clean) for one model."""
+def _correct_by_index(images: pd.DataFrame, model: str, attack: str) -> pd.DataFrame:
+    """Per-image rows (index -> correct, clean_correct) of one model and attack; empty when there are none."""
+    part = images[(images.model == model) & (images.attack == attack)]
+    return part.drop_duplicates("index").set_index("index")[["correct", "clean_correct"]]
+
+
+def shared_images(images: pd.DataFrame, models: list[str], attacks: list[str]) -> pd.Index:
+    """Test-split indices that every one of `attacks` evaluated for every one of `models` (sorted); models without
+    per-image records for some attack are left out (their worst case cannot be computed and must not shrink the
+    others' images)."""
+    common = None
+    for model in models:
+        per_attack = [_correct_by_index(images, model, a).index for a in attacks]
+        if not attacks or any(len(ix) == 0 for ix in per_attack):
+            continue
+        for ix in per_attack:
+            common = ix if common is None else common.intersection(ix)
+    return pd.Index([], dtype="int64") if common is None else common.sort_values()
+
+
+def accuracy_on_images(images: pd.DataFrame, model: str, attack: str, index=None) -> tuple[int, int, int]:
+    """(n, correct under the attack, correct clean) of one model and attack on the images in `index` (None: every
+    image the attack evaluated); (0, 0, 0) without per-image records."""
+    part = _correct_by_index(images, model, attack)
+    if index is not None:
+        part = part.loc[part.index.intersection(index)]
+    return int(len(part)), int((part.correct == 1).sum()), int((part.clean_correct == 1).sum())
+
+
+def worst_case_images(images: pd.DataFrame, model: str, attacks: list[str], index=None) -> tuple[pd.Index, int]:
+    """(the images every attack evaluated, of those: how many are robust against all of them and correct clean) for
+    one model; `index` restricts the images further (the images every row of the table shares)."""
     part = images[(images.model == model) & images.attack.isin(attacks)]
-    if part.empty or set(part.attack) != set(attacks):
-        return 0, 0
+    if not attacks or part.empty or set(part.attack) != set(attacks):
+        return pd.Index([], dtype="int64"), 0
     wide = part.pivot_table(index="index", columns="attack", values="correct", aggfunc="first").dropna()
+    if index is not None:
+        wide = wide.loc[wide.index.intersection(index)]
     clean = part.groupby("index").clean_correct.min().reindex(wide.index)
     robust = (wide == 1).all(axis=1) & (clean == 1)
-    return int(len(wide)), int(robust.sum())
+    return wide.index, int(robust.sum())
+
+
+def worst_case(images: pd.DataFrame, model: str, attacks: list[str], index=None) -> tuple[int, int]:
+    """(images every attack evaluated, of those: robust against all of them and correct clean) for one model
+    (:func:`worst_case_images`)."""
+    used, robust = worst_case_images(images, model, attacks, index)
+    return int(len(used)), robust
 
 
 def interval_pct(accuracy: float, n: int) -> tuple[float, float]:
@@ -495,11 +544,17 @@ def accuracy_table(records: pd.DataFrame, columns: list[tuple[str, str]],
     """Lay records out as rows = models, columns = `columns` ((label, attack name) pairs), cells = accuracy
     in percent. Returns (table, settings) where settings has one row per cell: model, column, attack, its
     description, threat, eps, steps, step size, number of images, the accuracy in the cell and its Wilson 95%
-    interval (ci_low_pct, ci_high_pct), and, from `lineage` (:func:`read_lineage`), what produced it.
+    interval (ci_low_pct, ci_high_pct), the clean accuracy on exactly that cell's images (clean_on_images_pct:
+    an attack run on a subset gets that subset's; needs `images`), whether the row ran only part of the attacks
+    (partial_suite), and, from `lineage` (:func:`read_lineage`), what produced it.
 
     With per-image records (`images`, IMAGE_COLUMNS), the table ends with a WORST_CASE column: per model, the
-    share of the images every attack column evaluated that are classified correctly and survive every attack
-    (:func:`worst_case`); its settings row names the attacks and the number of images.
+    share of the images that are classified correctly and survive every attack column (:func:`worst_case`). Rows
+    that ran every attack column are compared on the same images: those every attack evaluated for every such row
+    (:func:`shared_images`). A row declared not to run some attack (partial suite) gets its worst case over its own
+    attacks in its settings row only (NaN in the table: it is not ranked with the others). Each worst-case
+    settings row names the attacks it covers, its n, the clean accuracy and each covered attack's accuracy on
+    exactly its images (on_same_images), which the worst case never exceeds.
 
     A model without a record for some column is an error (a blank cell would hide a missing run), unless
     the (model, column label) pair is declared in ``not_run``: that cell is empty (NaN).
@@ -514,40 +569,69 @@ def accuracy_table(records: pd.DataFrame, columns: list[tuple[str, str]],
         raise TableError(f"no record for (model, attack) {missing[:5]}" + (" ..." if len(missing) > 5 else ""))
     lineage = lineage or {}
     with_worst = images is not None and not images.empty
+    suite = [(label, a) for label, a in columns if a != CLEAN]
+    # rows that ran every attack of the table; the others (declared not_run) are partial-suite rows
+    full = [m for m in models if all((m, a) in by_key for _, a in suite)]
+    # the worst case of every full-suite row is taken on the same images: those every attack evaluated for every row
+    shared = shared_images(images, full, [a for _, a in suite]) if with_worst else None
+    nan = float("nan")
     table_rows, settings_rows = [], []
     for model in models:
+        partial = model not in full
         row = {"model": model}
         for label, attack in columns:
             if (model, attack) not in by_key:  # declared not run
-                row[label] = float("nan")
+                row[label] = nan
                 continue
             rec = by_key[(model, attack)]
             pct = round(100.0 * float(rec.accuracy), 2)
             row[label] = pct
             report = attack_report(getattr(rec, "attack_log", ""))
             low, high = interval_pct(float(rec.accuracy), int(rec.n_images))
+            # the clean accuracy on exactly this cell's images (an attack on a subset: that subset's)
+            clean_pct = pct if attack == CLEAN else nan
+            if attack != CLEAN and with_worst:
+                n_seen, _, clean_ok = accuracy_on_images(images, model, attack)
+                if n_seen and n_seen == int(rec.n_images):
+                    clean_pct = round(100.0 * clean_ok / n_seen, 2)
             settings_rows.append({
                 "model": model, "column": label, "attack": attack, "description": rec.description,
                 "threat": rec.threat, "eps_255": rec.eps_255, "steps": rec.steps, "step_size_255": rec.step_size_255,
                 "n_images": int(rec.n_images), "accuracy_pct": pct, "ci_low_pct": low, "ci_high_pct": high,
+                "clean_on_images_pct": clean_pct, "partial_suite": partial, "on_same_images": "",
                 "accuracy_after_stages": "; ".join(f"{k} {v:.2f}" for k, v in report.get("robust_accuracy_after_pct", {}).items()),
                 "warnings": " | ".join(report.get("warnings", [])),
                 **{k: lineage.get((model, attack), {}).get(k, "") for k in LINEAGE_COLUMNS},
             })
         if with_worst:
-            attacked = [(label, a) for label, a in columns if a != CLEAN and (model, a) in by_key]
-            n, robust = worst_case(images, model, [a for _, a in attacked])
-            pct = round(100.0 * robust / n, 2) if n else float("nan")
-            row[WORST_CASE] = pct
-            low, high = interval_pct(robust / n, n) if n else (float("nan"), float("nan"))
-            skipped = [label for label, a in columns if a != CLEAN and (model, a) not in by_key]
+            attacked = [(label, a) for label, a in suite if (model, a) in by_key]
+            used, robust = worst_case_images(images, model, [a for _, a in attacked], None if partial else shared)
+            n = len(used)
+            pct = round(100.0 * robust / n, 2) if n else nan
+            # a partial-suite row's worst case is not comparable with the others': kept out of the CSV column
+            row[WORST_CASE] = nan if partial else pct
+            low, high = interval_pct(robust / n, n) if n else (nan, nan)
+            skipped = [label for label, a in suite if (model, a) not in by_key]
+            on_same = []
+            for label, a in attacked:
+                k, ok, _ = accuracy_on_images(images, model, a, used)
+                on_same.append(f"{label} {100.0 * ok / k:.2f}" if k else f"{label} -")
+            clean_ok = accuracy_on_images(images, model, attacked[0][1], used)[2] if n else 0
+            covered = ", ".join(label for label, _ in attacked)
+            if partial:
+                where = (f"on the {n} images all of them evaluated; partial suite: not evaluated under "
+                         f"{', '.join(skipped)}, so not ranked with the full-suite rows (empty in the CSV table)")
+            else:
+                where = f"on the {n} images all of them evaluated for every full-suite row"
             settings_rows.append({
                 "model": model, "column": WORST_CASE, "attack": "+".join(a for _, a in attacked),
-                "description": (f"robust only if correct clean and every attack failed: "
-                                f"{', '.join(label for label, _ in attacked)}, on the {n} images all of them evaluated"
-                                + (f"; not run: {', '.join(skipped)}" if skipped else "")),
+                "description": (f"robust only if correct clean and every attack failed: {covered}, {where}" if n else
+                                f"not computed: no per-image records shared by every attack ({covered})" if attacked
+                                else "not computed: no attack of the table ran on this model"),
                 "threat": "", "eps_255": None, "steps": None, "step_size_255": None, "n_images": n,
-                "accuracy_pct": pct, "ci_low_pct": low, "ci_high_pct": high, "accuracy_after_stages": "",
+                "accuracy_pct": pct, "ci_low_pct": low, "ci_high_pct": high,
+                "clean_on_images_pct": round(100.0 * clean_ok / n, 2) if n else nan, "partial_suite": partial,
+                "on_same_images": "; ".join(on_same) if n else "", "accuracy_after_stages": "",
                 "warnings": "", **{k: "" for k in LINEAGE_COLUMNS},
             })
         table_rows.append(row)
@@ -566,25 +650,88 @@ def settings_for_markdown(settings: pd.DataFrame) -> pd.DataFrame:
 
 
 def with_intervals(table: pd.DataFrame, settings: pd.DataFrame, floatfmt: str = ".2f") -> pd.DataFrame:
-    """A copy of `table` for Markdown whose cells read "54.17 ± 19.6": the accuracy and half the width of its
-    Wilson 95% interval (settings columns ci_low_pct / ci_high_pct; the interval is not symmetric, its exact
-    bounds are in the settings CSV). Cells without an interval stay as they are."""
+    """A copy of `table` for Markdown whose cells read "54.17 [34.3, 72.1]": the accuracy and its Wilson 95%
+    interval (settings columns ci_low_pct / ci_high_pct; exact bounds, not symmetric, so both are printed). Cells
+    without an interval stay as they are. A settings row whose value the table leaves empty (a partial-suite
+    row's worst case) fills its cell."""
     if not {"ci_low_pct", "ci_high_pct"} <= set(settings.columns):
         return table
     marked = table.astype(object).copy()
     for rec in settings.itertuples():
-        if pd.isna(rec.ci_low_pct) or pd.isna(rec.accuracy_pct):
+        if pd.isna(rec.ci_low_pct) or pd.isna(rec.accuracy_pct) or rec.column not in marked.columns:
             continue
-        half = (float(rec.ci_high_pct) - float(rec.ci_low_pct)) / 2.0
+        text = interval_text(float(rec.accuracy_pct), float(rec.ci_low_pct), float(rec.ci_high_pct), floatfmt)
         for i in marked.index[marked["model"] == rec.model]:
-            marked.at[i, rec.column] = f"{format(float(rec.accuracy_pct), floatfmt)} ± {half:.1f}"
+            marked.at[i, rec.column] = text
     return marked
 
 
-INTERVAL_NOTE = ("Cells read accuracy ± half the width of its Wilson 95% interval over the cell's images (exact, "
-                 "asymmetric bounds: ci_low_pct / ci_high_pct in the settings CSV). "
-                 f"{WORST_CASE}: an image counts as robust only if it is classified correctly and every attack of the "
-                 "table failed on it, over the images every attack evaluated (its n is in the settings).")
+def _partial_worst(settings: pd.DataFrame) -> pd.Series:
+    """Which settings rows are a partial-suite row's worst case (their cells state their own n)."""
+    if "partial_suite" not in settings.columns:
+        return pd.Series(False, index=settings.index)
+    return (settings.column == WORST_CASE) & settings.partial_suite.fillna(False).astype(bool)
+
+
+def column_n(settings: pd.DataFrame) -> dict[str, int | None]:
+    """Column label -> the number of images behind every cell of the column, or None where its cells differ
+    (partial-suite worst cases left out: their cells say their own n)."""
+    cells = settings[~_partial_worst(settings)]
+    cells = cells[cells.accuracy_pct.notna()] if "accuracy_pct" in cells.columns else cells
+    return {column: (int(ns.iloc[0]) if ns.nunique() == 1 else None)
+            for column, ns in cells.groupby("column", sort=False).n_images}
+
+
+def markdown_cells(table: pd.DataFrame, settings: pd.DataFrame, floatfmt: str = ".2f") -> tuple[pd.DataFrame, str]:
+    """(a copy of `table` for Markdown, the notes its marks need).
+
+    Cells read "54.17 [34.3, 72.1]" (:func:`with_intervals`); a column whose cells all rest on the same number of
+    images says it in its header ("AutoAttack (n=24)"), a column that mixes n says it in each cell ("... (n=16)");
+    a partial-suite row's worst case states its own n, is marked PARTIAL_MARK and a note says which attacks it
+    covers; cells whose attack warned are marked as :func:`mark_warned_cells` does. Group rows (no settings row) keep
+    their numbers."""
+    if not {"column", "n_images"} <= set(settings.columns):  # no cells: nothing to mark
+        return table, ""
+    marked = with_intervals(table, settings, floatfmt)
+    ns = column_n(settings)
+    for rec in settings[~_partial_worst(settings)].itertuples():
+        if rec.column in ns and ns[rec.column] is None and pd.notna(rec.accuracy_pct):
+            for i in marked.index[marked["model"] == rec.model]:
+                marked.at[i, rec.column] = f"{marked.at[i, rec.column]} (n={int(rec.n_images)})"
+    notes = []
+    if "partial_suite" in settings.columns:
+        # what the full-suite rows' worst case covers, once (their descriptions agree: same attacks, same images)
+        ranked = settings[(settings.column == WORST_CASE) & ~_partial_worst(settings) & settings.accuracy_pct.notna()]
+        notes += [f"{WORST_CASE}: {text}." for text in dict.fromkeys(ranked.description)]
+        lines = []
+        for rec in settings[_partial_worst(settings)].itertuples():
+            if pd.notna(rec.accuracy_pct):  # its own n: the header's is the ranked rows'
+                for i in marked.index[marked["model"] == rec.model]:
+                    marked.at[i, rec.column] = f"{marked.at[i, rec.column]} (n={int(rec.n_images)}) {PARTIAL_MARK}"
+            lines.append(f"- {PARTIAL_MARK} {rec.model}: {rec.description}")
+        if lines:
+            notes.append(f"{PARTIAL_MARK} Evaluated under only part of the attacks: its worst case covers only "
+                         "those, so it is not comparable with the other rows' and not ranked with them:\n"
+                         + "\n".join(lines))
+    marked, warned = mark_warned_cells(marked, settings, floatfmt)
+    if warned:
+        notes.append(warned)
+    marked = marked.rename(columns={c: f"{c} (n={n})" for c, n in ns.items() if n is not None and c in marked.columns})
+    return marked, "\n\n".join(notes)
+
+
+CELL_NOTE = ("Cells read accuracy [low, high]: the accuracy (%) and its Wilson 95% interval over the cell's images "
+             "(exact bounds, not symmetric; ci_low_pct / ci_high_pct in the settings CSV). A header's (n=...) is the "
+             "number of images behind every cell of its column; where the cells of a column differ, each cell says its "
+             "n. The settings CSV's clean_on_images_pct is the clean accuracy on exactly each cell's images (an attack "
+             "run on a subset: that subset's).")
+WORST_CASE_NOTE = (f"{WORST_CASE}: an image counts as robust only if it is classified correctly and every attack of "
+                   "the table failed on it, over the images every attack evaluated for every row (the smallest "
+                   "subset). An attack's own cell may rest on more images (a larger n in its header), so the worst "
+                   "case can read above it; on the same images it never does (each attack's accuracy on the worst "
+                   f"case's images: on_same_images in the settings). {PARTIAL_MARK}: a row evaluated under only part "
+                   "of the attacks; its worst case covers only those and is not ranked with the other rows.")
+INTERVAL_NOTE = f"{CELL_NOTE} {WORST_CASE_NOTE}"
 
 
 def attack_report(text) -> dict:
@@ -649,12 +796,13 @@ def robustness_table(
     name = "TIP Table III layout" if layout == "table_iii" else "TIP Table I layout"
     title = f"Accuracy (%) on the {dataset} test split ({name})"
     notes = (f"Images per cell: {', '.join(map(str, n))}. eps in 1/255 units. Every cell's attack, settings and "
-             f"lineage: {Path(settings_md).name} (CSV: {Path(settings_csv).name}). {INTERVAL_NOTE}\n\n" + "\n".join(
+             f"lineage: {Path(settings_md).name} (CSV: {Path(settings_csv).name}). {CELL_NOTE}"
+             + (f" {WORST_CASE_NOTE}" if WORST_CASE in table.columns else "") + "\n\n" + "\n".join(
                  f"- {label}: {desc}" for label, desc in
                  settings[settings.column != WORST_CASE].drop_duplicates("column")[["column", "description"]].values))
-    marked, warned = mark_warned_cells(with_intervals(table, settings), settings)
+    marked, marks = markdown_cells(table, settings)
     write_csv(table, out_csv)
-    write_table(marked, None, out_md, title, notes + ("\n\n" + warned if warned else ""), floatfmt=".2f")
+    write_table(marked, None, out_md, title, notes + ("\n\n" + marks if marks else ""), floatfmt=".2f")
     write_csv(settings, settings_csv)
     write_table(settings_for_markdown(settings), None, settings_md, f"Settings of every cell of {Path(out_md).name}",
                 f"Full lineage (package versions, log and record files, whole digests): {Path(settings_csv).name}.",

@@ -7,6 +7,8 @@ pickled code payload; nothing in such a file is executed.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import pickle
 import zipfile
 from pathlib import Path
@@ -18,9 +20,15 @@ from advneurons.models.defended import rebuild_defense
 from advneurons.models.architectures import build_model
 from advneurons.runtime import atomic_path
 from advneurons.data import file_hash
+from advneurons.integrity import write_record
 
 FORMAT = "advneurons-model"
 FORMAT_VERSION = 1
+# Metadata that differs between two runs of the same step (when it ran, on which machine and package versions,
+# how long each epoch took), not between models: kept in the metadata JSON each step writes beside the
+# checkpoint and left out of the checkpoint itself, so that training the same model twice gives the same bytes
+# and the recorded sha256 (integrity records, the lineage columns of the tables) identifies the weights.
+RUN_SPECIFIC_META = ("created", "versions", "seconds")
 
 
 class CheckpointError(RuntimeError):
@@ -51,7 +59,8 @@ def save_model(model: nn.Module, path: Path, arch: str, dataset: str, width: flo
                defense: dict | None = None, external: dict | None = None) -> None:
     """``defense``: how to rebuild a defended model's structure (e.g. advneurons.defenses.meansparse) before its
     weights load; ``external``: how to rebuild an external model (advneurons.models.external); plain data only,
-    so the checkpoint still loads with weights_only=True."""
+    so the checkpoint still loads with weights_only=True. Writes the sha256 record ``<path>.sha256.json`` beside
+    it (advneurons.integrity), which the workflow checks the file against before any later run."""
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -60,14 +69,32 @@ def save_model(model: nn.Module, path: Path, arch: str, dataset: str, width: flo
         "width": float(width),
         "num_classes": int(num_classes),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "meta": meta,
+        "meta": model_meta(meta),
     }
     if defense is not None:
         payload["defense"] = defense
     if external is not None:
         payload["external"] = external
+    # Serialised in memory: torch.save names the archive inside the file after the file it writes to (here a
+    # temporary name), an in-memory buffer always "archive"; and the sha256 of the bytes written is recorded
+    # beside the checkpoint (advneurons.integrity) without reading the file back.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    blob = buffer.getvalue()
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        tmp.write_bytes(blob)
+    write_record(path, hashlib.sha256(blob).hexdigest())
+
+
+def model_meta(meta):
+    """`meta` without its run-specific entries (RUN_SPECIFIC_META), at any depth: what a checkpoint stores."""
+    if isinstance(meta, dict):
+        return {k: model_meta(v) for k, v in meta.items() if k not in RUN_SPECIFIC_META}
+    if isinstance(meta, list):
+        return [model_meta(v) for v in meta]
+    if isinstance(meta, tuple):
+        return tuple(model_meta(v) for v in meta)
+    return meta
 
 
 def load_model(path: Path) -> tuple[nn.Module, dict]:

@@ -1,4 +1,4 @@
-"""Paper claims checked against this run's numbers, rendered as Markdown (results/findings.md).
+"""Paper claims checked against this run's numbers, rendered as Markdown (results/runs/<run>/findings.md).
 
 A `Claim` states one finding of a paper, whether this run supports it (True / False / None when it could
 not be checked) and the numbers behind the verdict. Claims come in titled `Section`s; any analysis can add
@@ -18,9 +18,33 @@ from advneurons.report.markdown import write_markdown
 from advneurons.runtime import write_json
 
 
-# What a claim's verdict can be. Claims that compare accuracies on shared images are decided by a paired test
-# (advneurons.evaluation.paired_stats) and may read "within noise"; a claim decided otherwise is supported or contradicted.
-VERDICTS = ("supported", "contradicted", "within noise", "not checked")
+# What a claim's verdict can be. Every checked claim is decided by a stated test (its `rule`): "within noise" when
+# the test cannot tell; "partly" when a claim over several units (layers, classes) holds significantly in some of
+# them and significantly against in none; MASKING when a defense's gain shows under white-box attack but not under
+# the transferred examples or AutoAttack (gradient masking, not robustness: never counted as supported).
+MASKING = "gain under white-box attack only: gradient masking likely"
+VERDICTS = ("supported", "partly", MASKING, "contradicted", "within noise", "not checked")
+
+# The general decision rules, stated at the top of findings.md; each claim adds the rule that decided it.
+GENERAL_RULES = (
+    "How verdicts are decided (alpha 0.05 throughout; each claim's own rule follows it). Accuracy comparisons "
+    "between two models use the same test images and an exact McNemar test (one-sided in the claimed direction) "
+    "on the images one model gets right and the other wrong: supported if significant in the claimed direction, "
+    "contradicted if significant against it, within noise otherwise. Where one claim covers several attack "
+    "columns, layers or classes (units), each unit has its own test and the units are combined by Holm-Bonferroni "
+    "at alpha 0.05 (never by pooling the same images as if independent): supported if every unit is significant "
+    "in the claimed direction, partly if some are and none is significantly against, contradicted if any is "
+    "significantly against, within noise if none is significant. Repeats (random channel draws, seeded "
+    "trainings) are averaged per image, never counted as extra images. Other claims name their test in their rule "
+    "(all from scipy): Wilcoxon signed-rank (per-channel sensitivities, overlaps against chance), the exact sign "
+    "test (per-image means over repeats; units without a test of their own), the exact binomial test (an accuracy "
+    "against a fixed threshold, hits against chance), Kendall's tau (trends over layers), Welch's t-test (layer "
+    "means over their channels). A defense's claim to raise robustness "
+    "is supported only when its gain is significant under white-box attack, under the adversarial examples "
+    "transferred from its base model and under AutoAttack; a white-box gain that is not significant under "
+    f"transfer or AutoAttack reads \"{MASKING}\". Claims marked as extensions test models the papers do not "
+    "discuss and are counted apart."
+)
 
 
 @dataclass
@@ -30,6 +54,8 @@ class Claim:
     evidence: str  # the numbers behind the verdict (with the test statistic where one decided it)
     source: str = ""  # where the paper makes the claim, e.g. "TIP Fig 9"
     outcome: str | None = None  # one of VERDICTS; None: read from `supported`
+    rule: str = ""  # the rule that decided the verdict, in words: test, threshold, direction, what was compared
+    extension: bool = False  # the claim tests a model the papers do not discuss: counted apart
 
     def __post_init__(self):
         if self.outcome is not None and self.outcome not in VERDICTS:
@@ -42,10 +68,13 @@ class Claim:
         return {True: "supported", False: "contradicted", None: "not checked"}[self.supported]
 
     @classmethod
-    def decided(cls, text: str, verdict, evidence: str, source: str = "") -> "Claim":
-        """A claim decided by a paired test: `verdict` is an advneurons.evaluation.paired_stats.Verdict."""
+    def decided(cls, text: str, verdict, evidence: str, source: str = "", rule: str = "",
+                extension: bool = False) -> "Claim":
+        """A claim decided by a test: `verdict` has a `label` (one of VERDICTS) and a `statistic` (e.g. an
+        advneurons.evaluation.paired_stats.Verdict); `rule` defaults to the verdict's own `rule` where it has one."""
         supported = {"supported": True, "contradicted": False}.get(verdict.label)
-        return cls(text, supported, f"{evidence}; {verdict.statistic}", source, verdict.label)
+        rule = rule or getattr(verdict, "rule", "")
+        return cls(text, supported, f"{evidence}; {verdict.statistic}", source, verdict.label, rule, extension)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,6 +90,8 @@ class Claim:
             evidence=str(data.get("evidence", "")),
             source=str(data.get("source", "")),
             outcome=data.get("outcome"),
+            rule=str(data.get("rule", "")),
+            extension=bool(data.get("extension", False)),
         )
 
 
@@ -82,25 +113,34 @@ class Section:
         )
 
 
-def verdict_counts(sections: Iterable[Section]) -> dict[str, int]:
+def verdict_counts(sections: Iterable[Section], extension: bool | None = False) -> dict[str, int]:
+    """Claims per verdict: of the papers' own claims (extension=False, the default), of the extensions
+    (True), or of all (None)."""
     counts = dict.fromkeys(VERDICTS, 0)
     for section in sections:
         for claim in section.claims:
-            counts[claim.verdict] += 1
+            if extension is None or claim.extension == extension:
+                counts[claim.verdict] += 1
     return counts
+
+
+def _count_line(counts: dict[str, int]) -> str:
+    return "; ".join(f"{verdict} {n}" for verdict, n in counts.items())
 
 
 def render_findings(sections: Sequence[Section], title: str = "Findings", preamble: str = "") -> str:
     """Markdown: a title, a count of verdicts, then one list of claims per section."""
-    counts = verdict_counts(sections)
+    counts, extensions = verdict_counts(sections), verdict_counts(sections, extension=True)
     lines = [f"# {title}", ""]
     if preamble.strip():
         lines += [preamble.strip(), ""]
     lines += [
-        f"Claims supported by this run: {counts['supported']}; contradicted: {counts['contradicted']}; "
-        f"within noise: {counts['within noise']}; not checked: {counts['not checked']}. Claims that compare "
-        "accuracies are decided on the shared test images with an exact McNemar test (alpha 0.05) or a paired "
-        "interval; the statistic follows each.",
+        f"Claims supported by this run: {counts['supported']} of the papers' {sum(counts.values())} claims "
+        f"({_count_line(counts)}).",
+        "",
+        f"Extensions (the same claims on models the papers do not discuss), counted apart: {_count_line(extensions)}.",
+        "",
+        GENERAL_RULES,
         "",
     ]
     for section in sections:
@@ -111,7 +151,10 @@ def render_findings(sections: Sequence[Section], title: str = "Findings", preamb
             lines += ["(no claims)", ""]
         for claim in section.claims:
             source = f" ({claim.source})" if claim.source else ""
-            lines.append(f"- **{claim.verdict}** — {claim.text}{source}. {claim.evidence}".rstrip())
+            marker = " *(extension)*" if claim.extension else ""
+            lines.append(f"- **{claim.verdict}**{marker} — {claim.text}{source}. {claim.evidence}".rstrip())
+            if claim.rule:
+                lines.append(f"  - rule: {claim.rule}")
         lines.append("")
     return "\n".join(lines)
 

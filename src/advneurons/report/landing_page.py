@@ -13,12 +13,15 @@ from typing import Sequence
 
 import pandas as pd
 
-from advneurons.report.findings import VERDICTS, read_sections_json
+from advneurons.report.findings import MASKING, VERDICTS, read_sections_json
 from advneurons.runtime import atomic_path
 
 # The landing page is a narrow column beside the rule graph: it shows these columns of the robustness table
 # (those the run has) and links to the full tables.
 HEADLINE_COLUMNS = ("Clean", "L-inf PGD", "AutoAttack", "C&W")
+
+# The row of the verdict table that counts the extensions apart from the papers' claims.
+EXTENSIONS = "extensions (counted apart)"
 
 # Characters with a meaning in reStructuredText inline markup; escaped in every text taken from a result.
 _RST_SPECIAL = "\\*`_|[]<>"
@@ -45,18 +48,22 @@ def rst_table(frame: pd.DataFrame, title: str, floatfmt: str = ".2f") -> list[st
 
 
 def verdict_counts(findings_json: Path) -> pd.DataFrame:
-    """One row per findings topic: how many of its claims read each verdict (VERDICTS order), plus a total.
+    """One row per findings topic: how many of the papers' claims read each verdict (VERDICTS order), a total
+    ("all claims"), and last the extensions (claims on models the papers do not discuss), counted apart.
 
     A topic is a section title up to " — " (sections per model or architecture share one row), so the table
     stays short in the landing page's narrow column."""
     counts: dict[str, Counter] = {}
+    extensions: Counter = Counter()
     for section in read_sections_json(findings_json):
         topic = section.title.split(" — ")[0]
-        counts.setdefault(topic, Counter()).update(claim.verdict for claim in section.claims)
+        counts.setdefault(topic, Counter()).update(c.verdict for c in section.claims if not c.extension)
+        extensions.update(c.verdict for c in section.claims if c.extension)
     rows = [{"section": topic, **{v: c.get(v, 0) for v in VERDICTS}} for topic, c in counts.items()]
     table = pd.DataFrame(rows, columns=["section", *VERDICTS])
     total = {"section": "all claims", **{v: int(table[v].sum()) for v in VERDICTS}}
-    return pd.concat([table, pd.DataFrame([total])], ignore_index=True)
+    apart = {"section": EXTENSIONS, **{v: extensions.get(v, 0) for v in VERDICTS}}
+    return pd.concat([table, pd.DataFrame([total, apart])], ignore_index=True)
 
 
 def _heading(text: str, mark: str) -> list[str]:
@@ -100,16 +107,21 @@ def landing_page(
         final = pd.read_csv(final_csv)
         lines += [f"Defenses: {len(final)} rows of models and defenses under the attack suite in final_robustness.html.", ""]
     if findings_json is not None:
-        counts = verdict_counts(findings_json)
-        total = counts.iloc[-1]
+        counts = verdict_counts(findings_json).set_index("section")
+        total, apart = counts.loc["all claims"], counts.loc[EXTENSIONS]
         lines += _heading("Paper claims", "-")
         lines += [
             f"{int(sum(total[v] for v in VERDICTS))} claims of the papers checked on this run: "
-            + ", ".join(f"{int(total[v])} {v}" for v in VERDICTS)
-            + ". Claims that compare accuracies are decided with a paired test on the shared test images; "
-            "\"within noise\" means the data cannot tell.",
+            + ", ".join(f"{int(total[v])} {rst_text(v)}" for v in VERDICTS)
+            + f". Extensions (the claims on models the papers do not discuss), counted apart: "
+            f"{int(sum(apart[v] for v in VERDICTS))}: " + ", ".join(f"{int(apart[v])} {rst_text(v)}" for v in VERDICTS)
+            + ". Every verdict comes from a stated test (findings.html gives each claim's rule); \"within noise\" "
+            "means the data cannot tell, \"partly\" that a claim over several layers or classes holds in some "
+            f"and fails significantly in none, and \"{rst_text(MASKING)}\" a defense gain that holds under "
+            "white-box attack but not under transferred examples or AutoAttack (never counted as supported).",
             "",
         ]
+        counts = counts.reset_index()
         lines += rst_table(counts, "Verdicts by section", floatfmt=".0f")
     if links:
         lines += _heading("Where to look", "-")

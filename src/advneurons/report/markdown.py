@@ -37,6 +37,12 @@ def format_cell(value, fmt: str, missing: str) -> str:
     return str(value)
 
 
+def interval_text(value: float, low: float, high: float, fmt: str = ".2f", bound_fmt: str = ".1f") -> str:
+    """An estimate with its interval as one cell, "54.17 [34.3, 72.1]": both bounds, since a Wilson interval is
+    not symmetric about the estimate (0 of 24 correct is [0.0, 13.8], which "± half-width" would misstate)."""
+    return f"{format(value, fmt)} [{format(low, bound_fmt)}, {format(high, bound_fmt)}]"
+
+
 def markdown_table(frame: pd.DataFrame, floatfmt: Format = ".2f", missing: str = "") -> str:
     """`frame` as a GitHub Markdown table; `floatfmt` is one format spec for every float column or a
     column -> spec mapping (columns left out use ".4g"). Integers print as integers, NaN as `missing`."""

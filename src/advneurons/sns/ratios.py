@@ -443,7 +443,8 @@ def sensitivity_curves_plot(tables: dict[str, pd.DataFrame], layers: Sequence[st
 
 
 def sensitivity_layer_summary(tables: dict[str, pd.DataFrame], top_percent: float = 10.0) -> pd.DataFrame:
-    """Per layer and model: mean sensitivity over all channels and over the top `top_percent`%."""
+    """Per layer and model: mean (and standard deviation) of the sensitivity over all channels, and the mean
+    over the top `top_percent`%."""
     rows = []
     for label, table in tables.items():
         for (layer, depth), group in table.groupby(["layer", "depth"], sort=False):
@@ -456,6 +457,8 @@ def sensitivity_layer_summary(tables: dict[str, pd.DataFrame], top_percent: floa
                     "depth": int(depth),
                     "n_channels": len(values),
                     "mean_sensitivity": float(values.mean()),
+                    # the channels' spread: the findings test each layer's vanilla vs PAT means with it (Welch)
+                    "std_sensitivity": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
                     f"mean_top{top_percent:g}pct": float(values[:k].mean()),
                 }
             )

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from advneurons.models.hooks import hooked
 from advneurons.runtime import atomic_path, generator, metadata, model_device, write_json
-from advneurons.evaluation.accuracy import clean_accuracy
+from advneurons.evaluation.accuracy import clean_correct
 from advneurons.evaluation.sensitivity import top_channels
 from advneurons.io import write_table
 from advneurons.report.figures import grid, plotting, save_figure
@@ -105,6 +105,32 @@ def random_selection(model: nn.Module, sensitive: dict[str, list[int]], seed: in
     return out
 
 
+def evaluate_variant_correct(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    perturbations: dict[str, Any],
+    seed: int,
+    batch_size: int,
+) -> dict[str, np.ndarray]:
+    """Per image, clean and under each perturbation (crafted against `model` as it is now): classified
+    correctly? (bool arrays in the order of `x`)"""
+    out = {CLEAN: clean_correct(model, x, y, batch_size).numpy()}
+    for j, (name, spec) in enumerate(perturbations.items()):
+        attack = resolve_attack(spec)
+        gen = generator(seed + 101 * (j + 1))  # the same draws for every model variant
+        adv = torch.cat(
+            [attack(model, x[i : i + batch_size], y[i : i + batch_size], gen) for i in range(0, len(x), batch_size)]
+        )
+        out[name] = clean_correct(model, adv, y, batch_size).numpy()
+    return out
+
+
+def _accuracy(correct: np.ndarray) -> float:
+    # the same number clean_accuracy computes: correct images / images (NaN for none)
+    return float(correct.sum()) / len(correct) if len(correct) else float("nan")
+
+
 def evaluate_variant(
     model: nn.Module,
     x: torch.Tensor,
@@ -114,15 +140,20 @@ def evaluate_variant(
     batch_size: int,
 ) -> dict[str, float]:
     """Clean accuracy and accuracy under each perturbation (crafted against `model` as it is now)."""
-    out = {CLEAN: clean_accuracy(model, x, y, batch_size)}
-    for j, (name, spec) in enumerate(perturbations.items()):
-        attack = resolve_attack(spec)
-        gen = generator(seed + 101 * (j + 1))  # the same draws for every model variant
-        adv = torch.cat(
-            [attack(model, x[i : i + batch_size], y[i : i + batch_size], gen) for i in range(0, len(x), batch_size)]
-        )
-        out[name] = clean_accuracy(model, adv, y, batch_size)
-    return out
+    return {name: _accuracy(c) for name, c in
+            evaluate_variant_correct(model, x, y, perturbations, seed, batch_size).items()}
+
+
+def encode_correct(correct) -> str:
+    """Per-image correctness as a string, "y" (correct) or "n" per image."""
+    return "".join("y" if c else "n" for c in np.asarray(correct, dtype=bool))
+
+
+def decode_counts(text) -> np.ndarray:
+    """The per-image counts of `suppression_summary`'s correct_count_by_image ("2,3,0,...") as integers."""
+    if not isinstance(text, str) or not text:
+        return np.zeros(0, dtype=np.int64)
+    return np.array([int(v) for v in text.split(",")], dtype=np.int64)
 
 
 def suppression_curves(
@@ -136,7 +167,8 @@ def suppression_curves(
     seed: int = 0,
     batch_size: int = 200,
 ) -> pd.DataFrame:
-    """Accuracy per (selection, repeat, beta, perturbation); selection is "sensitive" or "random".
+    """Accuracy per (selection, repeat, beta, perturbation); selection is "sensitive" or "random"; with each
+    row, its per-image results (`correct_by_image`, `encode_correct`), which the claims test.
 
     beta = 1 is the unmodified model: evaluated once and reported for both selections (every repeat).
     """
@@ -154,34 +186,42 @@ def suppression_curves(
     for beta, (kind, repeat, chans) in tqdm(plan, desc="suppression", mininterval=5.0):
         if beta == 1.0:
             if base is None:
-                base = evaluate_variant(model, x, y, resolved, seed, batch_size)
+                base = evaluate_variant_correct(model, x, y, resolved, seed, batch_size)
             result = base
         else:
             with scaled_channels(relus, chans, beta):
-                result = evaluate_variant(model, x, y, resolved, seed, batch_size)
-        for name, acc in result.items():
+                result = evaluate_variant_correct(model, x, y, resolved, seed, batch_size)
+        for name, correct in result.items():
             rows.append(
                 {
                     "selection": kind,
                     "repeat": repeat,
                     "beta": float(beta),
                     "perturbation": name,
-                    "accuracy": acc,
+                    "accuracy": _accuracy(correct),
                     "n_images": len(x),
+                    "correct_by_image": encode_correct(correct),
                 }
             )
     return pd.DataFrame(rows)
 
 
 def suppression_summary(curves: pd.DataFrame) -> pd.DataFrame:
-    """Mean (and std over random repeats) accuracy in percent per beta, perturbation and selection."""
-    grouped = curves.groupby(["perturbation", "selection", "beta"], sort=False)["accuracy"]
+    """Mean (and std over random repeats) accuracy in percent per beta, perturbation and selection; with the
+    per-image results of the curves, `correct_count_by_image`: per image, in how many of the cell's repeats it
+    is classified correctly ("2,3,0,..."; the claims average each image over its repeats and test over images)."""
+    keys = ["perturbation", "selection", "beta"]
+    grouped = curves.groupby(keys, sort=False)["accuracy"]
     summary = grouped.agg(["mean", "std", "count"]).reset_index()
     summary["mean"] = 100 * summary["mean"]
     summary["std"] = 100 * summary["std"].fillna(0.0)
     summary = summary.rename(columns={"mean": "accuracy_pct", "std": "std_pct", "count": "n_repeats"})
-    # images per evaluation (the same for every cell): the claims put intervals on these accuracies
+    # images per evaluation (the same for every cell)
     summary["n_images"] = int(curves["n_images"].iloc[0]) if len(curves) else 0
+    if "correct_by_image" in curves:
+        counts = curves.groupby(keys, sort=False)["correct_by_image"].agg(
+            lambda texts: ",".join(map(str, np.sum([[c == "y" for c in t] for t in texts], axis=0))))
+        summary = summary.merge(counts.rename("correct_count_by_image").reset_index(), on=keys, how="left")
     return summary.sort_values(["perturbation", "selection", "beta"], ascending=[True, True, False], kind="stable")
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 
-from advneurons.config import settings
+from advneurons.config import run_space, settings
 from advneurons.evaluation import record_files
 
 # Patterns of the wildcards of every rule; ids are "<name>~<8 hex digits>".
@@ -52,8 +52,8 @@ WILDCARD_PATTERNS = {
     "layer": r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*",
 }
 
-# The report's first page once a run has made it (Snakefile `report:`); rule report_landing_page writes it.
-LANDING_PAGE = "results/report_landing.rst"
+# The report's first page once a run has made it (Snakefile `report:`), in the run's folder (Plan.landing_page).
+LANDING_PAGE_NAME = "report_landing.rst"
 
 
 def split_file(split: str) -> str:
@@ -69,6 +69,10 @@ class Plan:
         self.config = config
         self.dataset = config["dataset"]["name"]
         self.data_id = settings.make_id(self.dataset, settings.dataset_params(config))
+        # tables, findings, figures and the landing page of this config: results/runs/<run>~<config id>
+        self.run_id = run_space.run_id(config)
+        self.run_dir = run_space.run_dir(config)
+        self.landing_page = self.run_file(LANDING_PAGE_NAME)
         self.archs = list(config["models"]["architectures"])
         self.analysed = settings.model_entries(config)
         self.defense_models = {**settings.defense_entries(config), **settings.external_sns_entries(config)}
@@ -122,6 +126,15 @@ class Plan:
         return settings.psn_ids(self.config, entry)
 
     # ----------------------------------------------------------------------------------------- paths
+    def run_file(self, relative: str) -> str:
+        """A run-level output (a table, the findings, a cross-model figure) in this config's results folder;
+        `relative` may hold wildcards, e.g. "figures/sensitivity_by_training_{arch}.csv"."""
+        return f"{self.run_dir}/{relative}"
+
+    def run_log(self, rule: str, ext: str = "log") -> str:
+        """Log (ext "log") or benchmark file (ext "tsv") of a run-level rule: one per config, like its outputs."""
+        return f"{'logs' if ext == 'log' else 'benchmarks'}/runs/{self.run_id}/{rule}.{ext}"
+
     def model_path(self, model_id: str) -> str:
         """Checkpoint of a trained or a defended (MeanSparse, IG-Defense) model."""
         if model_id in self.ig_defended:
@@ -250,16 +263,16 @@ class Plan:
             out["ratio_tables"] = {a: self.sns_arch_file("ratio_table", a) for a in self.archs}
             out["ratio_layer_means"] = {a: self.sns_arch_file("ratio_means", a) for a in self.archs}
         if self.config["defenses"]["final_table"]:
-            out["extra_sections"] = ["results/tables/defense_findings.json"]
+            out["extra_sections"] = [self.run_file("tables/defense_findings.json")]
         return out
 
     def landing_page_inputs(self) -> dict[str, str]:
         """The headline results the report's landing page shows: whichever of them this config makes."""
         files = {}
         if self.config["robustness"]["table_iii"]:
-            files["robustness"] = "results/tables/robustness.csv"
+            files["robustness"] = self.run_file("tables/robustness.csv")
         if self.config["defenses"]["final_table"]:
-            files["final"] = "results/tables/final_robustness.csv"
+            files["final"] = self.run_file("tables/final_robustness.csv")
         if self.sns["enabled"]:
-            files["findings"] = "results/findings.json"
+            files["findings"] = self.run_file("findings.json")
         return files

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 from advneurons.config import settings
-from advneurons.workflow.plan import LANDING_PAGE, Plan
+from advneurons.workflow.plan import Plan
 
 
 def pair_sets(plan: Plan) -> list[str]:
@@ -17,16 +17,16 @@ def pair_sets(plan: Plan) -> list[str]:
 
 
 def robustness(plan: Plan) -> list[str]:
-    config, files = plan.config, []
+    config, names = plan.config, []
     if config["robustness"]["table_iii"]:
-        files += ["results/tables/robustness.csv", "results/tables/robustness.md"]
+        names += ["tables/robustness.csv", "tables/robustness.md"]
     if config["robustness"]["table_i"]:
-        files += ["results/tables/robustness_table_i.csv", "results/tables/robustness_table_i.md"]
+        names += ["tables/robustness_table_i.csv", "tables/robustness_table_i.md"]
     if config["sweeps"]["enabled"]:
-        files += ["results/tables/pgd_sweep.csv", "results/figures/pgd_sweep_steps.png"]
+        names += ["tables/pgd_sweep.csv", "figures/pgd_sweep_steps.png"]
     if plan.all_records():
-        files.append("results/tables/results_long.csv")
-    return files
+        names.append("tables/results_long.csv")
+    return [plan.run_file(name) for name in names]
 
 
 def sensitivity(plan: Plan) -> list[str]:
@@ -42,7 +42,7 @@ def sns(plan: Plan) -> list[str]:
     if not plan.sns["enabled"]:
         return []
     return [
-        "results/findings.md",
+        plan.run_file("findings.md"),
         *[plan.sns_arch_file("curves_figure", a) for a in plan.archs],
         *[plan.sns_model_file("importance_figure", m) for m in plan.tabled],
     ]
@@ -69,34 +69,35 @@ def psn(plan: Plan) -> list[str]:
 def defenses(plan: Plan) -> list[str]:
     if not plan.config["defenses"]["final_table"]:
         return []
-    files = [f"results/tables/final_robustness.{ext}" for ext in ("csv", "md", "tex")]
-    files += [f"results/figures/sensitivity_by_training_{arch}.png" for arch in plan.archs]
+    files = [plan.run_file(f"tables/final_robustness.{ext}") for ext in ("csv", "md", "tex")]
+    files += [plan.run_file(f"figures/sensitivity_by_training_{arch}.png") for arch in plan.archs]
     if plan.transfer_rows():
-        files.append("results/tables/transfer_check.md")
+        files.append(plan.run_file("tables/transfer_check.md"))
     if plan.layer_range:
-        files.append("results/tables/sns_layer_range.md")
+        files.append(plan.run_file("tables/sns_layer_range.md"))
     return files + [f for m in plan.ig_defended for f in plan.ig_analysis_files(m)]
 
 
 def final_outputs(plan: Plan) -> list[str]:
     """Everything rule `all` asks for."""
     return [*pair_sets(plan), *robustness(plan), *sensitivity(plan), *sns(plan), *psn(plan), *defenses(plan),
-            LANDING_PAGE]
+            plan.landing_page]
 
 
 def results_guide(plan: Plan) -> str:
     """What the end of a successful run prints: where to look first (only what exists)."""
-    lines = ["", "Results (this run and any earlier ones in results/):"]
-    for path, what in (
-        ("results/tables/robustness.md", "robustness table (TIP Table III layout); every cell's settings beside it"),
-        ("results/tables/final_robustness.md", "models and defenses x attack suite"),
-        ("results/findings.md", "each paper claim with its verdict and statistic"),
-        ("results/tables/results_long.csv", "every accuracy with its interval and lineage (for pandas)"),
-        ("results/tables", "all tables (CSV + Markdown)"),
-        ("results/figures", "all figures"),
+    lines = ["", f"Results of this run ({plan.config['run']}): {plan.run_dir}/",
+             "(each config writes its own folder under results/runs/; earlier runs' folders are left as they were)"]
+    for name, what in (
+        ("tables/robustness.md", "robustness table (TIP Table III layout); every cell's settings beside it"),
+        ("tables/final_robustness.md", "models and defenses x attack suite"),
+        ("findings.md", "each paper claim with its verdict and statistic"),
+        ("tables/results_long.csv", "every accuracy with its interval and lineage (for pandas)"),
+        ("tables", "all tables (CSV + Markdown)"),
+        ("figures", "all figures"),
     ):
-        if os.path.exists(path):
-            lines.append(f"  {path:38s} {what}")
+        if os.path.exists(plan.run_file(name)):
+            lines.append(f"  {plan.run_file(name):58s} {what}")
     lines.append(f"  results/{plan.data_id}/               every intermediate, in folders named by the settings "
                  "that made it")
     lines.append("  snakemake --report report.html          one HTML page with every table and figure and its "

@@ -214,13 +214,14 @@ class JobWiring:
 
     def defense_findings_inputs(self, wildcards) -> dict:
         out = {
-            "final": "results/tables/final_robustness.csv",
-            "settings": "results/tables/final_robustness_settings.csv",
+            "final": self.plan.run_file("tables/final_robustness.csv"),
+            "settings": self.plan.run_file("tables/final_robustness_settings.csv"),
             "records": self.plan.final_table_records(),  # per-image results for the paired tests
-            "sensitivity": [f"results/figures/sensitivity_by_training_{arch}.csv" for arch in self.plan.archs],
+            "sensitivity": [self.plan.run_file(f"figures/sensitivity_by_training_{arch}.csv")
+                            for arch in self.plan.archs],
         }
         if self.plan.transfer_rows():
-            out["transfer"] = "results/tables/transfer_check.csv"
+            out["transfer"] = self.plan.run_file("tables/transfer_check.csv")
         return out
 
     def layer_range_models(self, wildcards) -> dict:
