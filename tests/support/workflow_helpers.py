@@ -21,6 +21,22 @@ def snakemake(workdir: Path, *args: str, timeout: int = 1200, env: dict | None =
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def one_model_config(training: str = "vanilla") -> dict:
+    """The quick preset cut to one model (VGG16 of `training`), two attacks and no analyses: a finished run in about
+    a minute. Its ids equal those of the same model in the tiny run (same settings)."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "presets" / "quick.yaml").read_text())
+    cfg["models"] = {"architectures": ["vgg16"], "training": [training]}
+    cfg["robustness"]["table_iii"] = {"FGSM": "fgsm", "L-inf PGD": "pgd"}
+    cfg["robustness"]["table_i"] = ["pgd"]
+    cfg["sweeps"]["enabled"] = False
+    for stage in ("sns", "psn", "sns_layer_range", "meansparse", "ig_defense"):
+        cfg[stage] = {"enabled": False}
+    cfg["defenses"] = {"training": [], "final_table": False}
+    return cfg
+
+
 def run_folder(workdir: Path) -> Path:
     """The results folder (results/runs/<run>~<config id>) of the one config that ran in `workdir`."""
     folders = sorted(p for p in (Path(workdir) / "results" / "runs").glob("*~*") if p.is_dir())

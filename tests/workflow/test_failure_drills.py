@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from workflow_helpers import ROOT, SNAKEMAKE, overlay, run_folder, snakemake
+from workflow_helpers import ROOT, SNAKEMAKE, one_model_config, overlay, run_folder, snakemake
 
 BAD_CONFIGS = {
     "wrong type": ({"seed": "zero"}, "seed"),
@@ -41,18 +41,9 @@ def test_killed_training_job_resumes_to_the_same_weights_and_tables(tmp_path):
     """Kill the workflow while the 3-epoch PAT training is past its first epoch, then run again. The reference
     runs every step in its own process (ADVNEURONS_STEP_SERVER=off), the drill in the step server: the same
     weights and tables also show that the server changes no result."""
-    cfg = yaml.safe_load((ROOT / "presets" / "quick.yaml").read_text())
+    cfg = one_model_config("pat")
     cfg["training"]["pat"]["epochs"] = 3
-    cfg["models"] = {"architectures": ["vgg16"], "training": ["pat"]}
-    cfg["robustness"]["table_iii"] = {"FGSM": "fgsm", "L-inf PGD": "pgd"}
-    cfg["robustness"]["table_i"] = ["pgd"]
-    cfg["sweeps"].update(steps_values=[1], eps_values=[32])
-    cfg["sns"] = {"enabled": False}
-    cfg["psn"] = {"enabled": False}
-    cfg["defenses"] = {"training": [], "final_table": False}
-    cfg["sns_layer_range"] = {"enabled": False}
-    cfg["meansparse"] = {"enabled": False}
-    cfg["ig_defense"] = {"enabled": False}
+    cfg["sweeps"].update(enabled=True, steps_values=[1], eps_values=[32])
     reference = tmp_path / "reference"
     reference.mkdir()
     for workdir in (tmp_path, reference):

@@ -8,23 +8,9 @@ import json
 
 import yaml
 
-from workflow_helpers import ROOT, snakemake
+from workflow_helpers import one_model_config, snakemake
 
 
-def small_config() -> dict:
-    """The quick preset cut to one model (VGG16, vanilla) and a few attacks: a finished run in about a minute."""
-    cfg = yaml.safe_load((ROOT / "presets" / "quick.yaml").read_text())
-    cfg["models"] = {"architectures": ["vgg16"], "training": ["vanilla"]}
-    cfg["robustness"]["table_iii"] = {"FGSM": "fgsm", "L-inf PGD": "pgd"}
-    cfg["robustness"]["table_i"] = ["pgd"]
-    cfg["sweeps"].update(steps_values=[1], eps_values=[32])
-    cfg["sns"] = {"enabled": False}
-    cfg["psn"] = {"enabled": False}
-    cfg["defenses"] = {"training": [], "final_table": False}
-    cfg["sns_layer_range"] = {"enabled": False}
-    cfg["meansparse"] = {"enabled": False}
-    cfg["ig_defense"] = {"enabled": False}
-    return cfg
 
 
 def digests(workdir) -> dict[str, str]:
@@ -34,7 +20,7 @@ def digests(workdir) -> dict[str, str]:
 
 
 def test_truncated_checkpoint_stops_the_run_before_any_job_and_loses_nothing(tmp_path):
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(small_config()))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(one_model_config()))
     first = snakemake(tmp_path, "all")
     assert first.returncode == 0, first.stderr[-3000:]
     [model] = (tmp_path / "results").glob("*/models/*/model.pt")

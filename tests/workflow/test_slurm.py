@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 import slurm_cluster
-from workflow_helpers import ROOT, snakemake
+from workflow_helpers import ROOT, one_model_config, snakemake
 
 reason = slurm_cluster.available()
 pytestmark = pytest.mark.skipif(reason is not None, reason=reason or "")
@@ -28,19 +28,6 @@ TEST_FLAGS = [
 
 # One model and the core stages keep the SLURM run short (every job pays the scheduler's latency); its ids
 # equal those of the same model in the tiny run, so the results can be compared file by file.
-def one_model_config() -> dict:
-    cfg = yaml.safe_load((ROOT / "presets" / "quick.yaml").read_text())
-    cfg["models"] = {"architectures": ["vgg16"], "training": ["vanilla"]}
-    cfg["robustness"]["table_iii"] = {"FGSM": "fgsm", "L-inf PGD": "pgd"}
-    cfg["robustness"]["table_i"] = ["pgd"]
-    cfg["sweeps"]["enabled"] = False
-    cfg["sns"] = {"enabled": False}
-    cfg["psn"] = {"enabled": False}
-    cfg["defenses"] = {"training": [], "final_table": False}
-    cfg["sns_layer_range"] = {"enabled": False}
-    cfg["meansparse"] = {"enabled": False}
-    cfg["ig_defense"] = {"enabled": False}
-    return cfg
 
 EXPECTED_JOBS = {"prepare_dataset": 1, "train_model": 1, "attack_pairs": 2, "neuron_sensitivity": 1,
                  "sensitive_channels": 2, "evaluate_attack": 2, "robustness_table": 1, "robustness_table_i": 1,

@@ -301,6 +301,17 @@ def _label(p_claimed: float, p_against: float, alpha: float) -> str:
     return "supported" if p_claimed < alpha else "contradicted" if p_against < alpha else "within noise"
 
 
+def _one_sided(p_greater: float, p_less: float, claim: str, alpha: float, test: str, counts: str) -> PairedVerdict:
+    """The verdict of a paired test run in both directions: `test` names it in the rule, `counts` opens the
+    statistic."""
+    p_claimed, p_against = (p_greater, p_less) if claim == "a_greater" else (p_less, p_greater)
+    word = "above" if claim == "a_greater" else "below"
+    rule = (f"{test}, one-sided (A {word} B) at alpha {alpha:g}: supported if p < {alpha:g}; contradicted if the "
+            f"opposite one-sided p < {alpha:g}; otherwise within noise")
+    statistic = f"{counts}, one-sided p={p_claimed:.2g} (opposite p={p_against:.2g})"
+    return PairedVerdict(_label(p_claimed, p_against, alpha), statistic, rule, p_claimed, p_against)
+
+
 def sign_test(a, b, claim: str = "a_greater", alpha: float = 0.05, what: str = "paired units") -> PairedVerdict:
     """Exact sign test (scipy binomtest) that paired values `a` exceed `b` ("a_greater") or fall below it
     ("a_less"): ties are dropped; under the null each non-tied pair goes either way with probability 1/2. For 0/1
@@ -319,13 +330,8 @@ def sign_test(a, b, claim: str = "a_greater", alpha: float = 0.05, what: str = "
     else:
         p_greater = float(binomtest(above, n, 0.5, alternative="greater").pvalue)
         p_less = float(binomtest(above, n, 0.5, alternative="less").pvalue)
-    p_claimed, p_against = (p_greater, p_less) if claim == "a_greater" else (p_less, p_greater)
-    word = "above" if claim == "a_greater" else "below"
-    rule = (f"exact sign test over {what} (ties dropped), one-sided (A {word} B) at alpha {alpha:g}: supported if "
-            f"p < {alpha:g}; contradicted if the opposite one-sided p < {alpha:g}; otherwise within noise")
-    statistic = (f"sign test: A above B in {above}, below in {below} of {a.size} {what} ({a.size - n} tied), "
-                 f"one-sided p={p_claimed:.2g} (opposite p={p_against:.2g})")
-    return PairedVerdict(_label(p_claimed, p_against, alpha), statistic, rule, p_claimed, p_against)
+    return _one_sided(p_greater, p_less, claim, alpha, f"exact sign test over {what} (ties dropped)",
+                      f"sign test: A above B in {above}, below in {below} of {a.size} {what} ({a.size - n} tied)")
 
 
 def wilcoxon_test(a, b, claim: str = "a_greater", alpha: float = 0.05, what: str = "paired units") -> PairedVerdict:
@@ -345,13 +351,9 @@ def wilcoxon_test(a, b, claim: str = "a_greater", alpha: float = 0.05, what: str
     else:
         p_greater = float(wilcoxon(d, alternative="greater").pvalue)
         p_less = float(wilcoxon(d, alternative="less").pvalue)
-    p_claimed, p_against = (p_greater, p_less) if claim == "a_greater" else (p_less, p_greater)
-    word = "above" if claim == "a_greater" else "below"
-    rule = (f"Wilcoxon signed-rank test over {what}, one-sided (A {word} B) at alpha {alpha:g}: supported if "
-            f"p < {alpha:g}; contradicted if the opposite one-sided p < {alpha:g}; otherwise within noise")
-    statistic = (f"Wilcoxon signed-rank over {a.size} {what}: median difference {np.median(d):.4g}, A above B in "
-                 f"{int(np.sum(d > 0))}, one-sided p={p_claimed:.2g} (opposite p={p_against:.2g})")
-    return PairedVerdict(_label(p_claimed, p_against, alpha), statistic, rule, p_claimed, p_against)
+    return _one_sided(p_greater, p_less, claim, alpha, f"Wilcoxon signed-rank test over {what}",
+                      f"Wilcoxon signed-rank over {a.size} {what}: median difference {np.median(d):.4g}, "
+                      f"A above B in {int(np.sum(d > 0))}")
 
 
 def binomial_vs_threshold(successes: int, n: int, threshold: float, claim: str = "below", alpha: float = 0.05,
