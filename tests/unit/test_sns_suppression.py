@@ -10,7 +10,7 @@ from torch import nn
 from advneurons.sns.common import activation_names
 from advneurons.sns.suppression import (
     decode_counts,
-    evaluate_variant,
+    evaluate_variant_correct,
     random_selection,
     scaled_channels,
     sensitive_selection,
@@ -92,8 +92,8 @@ def test_zeroing_last_relu_leaves_bias_logits_and_attacks_see_the_suppressed_mod
 
     everything = {"relu13": list(range(tiny_vgg.features.conv13.out_channels))}
     with scaled_channels(tiny_vgg.relus(), everything, 0.0):
-        result = evaluate_variant(tiny_vgg, x, y, {"probe": probe}, seed=0, batch_size=5)
-    assert result["clean"] == pytest.approx(float((y == bias_class).float().mean()))
+        result = evaluate_variant_correct(tiny_vgg, x, y, {"probe": probe}, seed=0, batch_size=5)
+    assert result["clean"].mean() == pytest.approx(float((y == bias_class).float().mean()))
     for logits in seen:
         torch.testing.assert_close(logits, tiny_vgg.fc.bias.detach().expand_as(logits))
 

@@ -131,19 +131,6 @@ def _accuracy(correct: np.ndarray) -> float:
     return float(correct.sum()) / len(correct) if len(correct) else float("nan")
 
 
-def evaluate_variant(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    perturbations: dict[str, Any],
-    seed: int,
-    batch_size: int,
-) -> dict[str, float]:
-    """Clean accuracy and accuracy under each perturbation (crafted against `model` as it is now)."""
-    return {name: _accuracy(c) for name, c in
-            evaluate_variant_correct(model, x, y, perturbations, seed, batch_size).items()}
-
-
 def encode_correct(correct) -> str:
     """Per-image correctness as a string, "y" (correct) or "n" per image."""
     return "".join("y" if c else "n" for c in np.asarray(correct, dtype=bool))
